@@ -1,0 +1,161 @@
+"""Rollout buffers that keep the STPN state only where a training sequence starts.
+
+An STPN carries ``H x K`` synaptic floats per environment, far more than an LSTM's ``2 H``.
+sb3-contrib stores the recurrent state at every step; here each environment's rollout is cut
+into fixed sequences of ``sequence_length`` steps and only the state entering each sequence is
+kept. Inside a sequence the STPN resets itself at episode starts, so training replays every
+sequence from its stored state exactly as it ran during collection, with no padding at episode
+boundaries (only the last sequence is padded when ``sequence_length`` does not divide ``n_steps``).
+
+Memory for the states, per rollout: ``ceil(n_steps / sequence_length) * n_envs * (H + H * K) * 4``
+bytes, twice when the critic has its own STPN.
+"""
+
+from collections.abc import Callable, Generator
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from sb3_contrib.common.recurrent.buffers import RecurrentDictRolloutBuffer, RecurrentRolloutBuffer
+from sb3_contrib.common.recurrent.type_aliases import (
+    RecurrentDictRolloutBufferSamples,
+    RecurrentRolloutBufferSamples,
+    RNNStates,
+)
+from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
+
+
+class SequenceStateStorage:
+    """
+    Mixin: cuts each environment's rollout into sequences and stores the STPN state entering each.
+
+    The host class names the SB3 buffer it extends (``_base_buffer``) and how to gather its
+    observations, the one piece that depends on whether they are an array or a dict.
+    """
+
+    _base_buffer: type[RolloutBuffer] | type[DictRolloutBuffer]
+    buffer_size: int
+    n_envs: int
+    pos: int
+    full: bool
+    device: th.device
+    # (n_sequences, n_envs, *state_shape) tensors, allocated on the first add()
+    actor_states: tuple[th.Tensor, th.Tensor] | None
+    critic_states: tuple[th.Tensor, th.Tensor] | None
+
+    def __init__(
+        self,
+        buffer_size: int,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        device: th.device | str = "auto",
+        gae_lambda: float = 1,
+        gamma: float = 0.99,
+        n_envs: int = 1,
+        sequence_length: int | None = None,
+        store_critic_state: bool = True,
+    ):
+        sequence_length = buffer_size if sequence_length is None else sequence_length
+        if sequence_length < 1:
+            raise ValueError(f"sequence_length must be at least 1, got {sequence_length}")
+        self.sequence_length = min(sequence_length, buffer_size)
+        self.n_sequences_per_env = -(-buffer_size // self.sequence_length)
+        self.store_critic_state = store_critic_state
+        self.actor_states = self.critic_states = None
+        # sb3-contrib's recurrent buffers (the parents, so that RecurrentPPO accepts this one) store
+        # the LSTM state at every step: their constructor, reset and add are bypassed for the plain SB3 ones
+        self._base_buffer.__init__(self, buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs)
+
+    def reset(self) -> None:
+        self._base_buffer.reset(self)
+
+    def _stored(self, states: tuple[th.Tensor, th.Tensor] | None, stpn_state: tuple[th.Tensor, ...]) -> tuple[th.Tensor, th.Tensor]:
+        """Write ``stpn_state`` (layer axis first) into the slot of the sequence starting now."""
+        if states is None:
+            states = tuple(
+                th.empty((self.n_sequences_per_env, *part.shape[1:]), dtype=part.dtype, device=self.device)
+                for part in stpn_state
+            )
+        sequence = self.pos // self.sequence_length
+        for storage, part in zip(states, stpn_state, strict=True):
+            storage[sequence].copy_(part[0])
+        return states
+
+    def add(self, *args, lstm_states: RNNStates, **kwargs) -> None:
+        """Add one step (SB3's arguments); ``lstm_states`` is the STPN state the policy had before it."""
+        if self.pos % self.sequence_length == 0:
+            self.actor_states = self._stored(self.actor_states, lstm_states.pi)
+            if self.store_critic_state:
+                self.critic_states = self._stored(self.critic_states, lstm_states.vf)
+        self._base_buffer.add(self, *args, **kwargs)
+
+    def memory_bytes(self) -> int:
+        """Bytes taken by the stored STPN states."""
+        stored = [self.actor_states, self.critic_states]
+        return sum(part.numel() * part.element_size() for states in stored if states is not None for part in states)
+
+    def get(self, batch_size: int | None = None) -> Generator[RecurrentRolloutBufferSamples, None, None]:
+        """
+        Yield minibatches of whole sequences in random order.
+
+        ``batch_size`` counts steps, as in RecurrentPPO: each minibatch holds
+        ``max(1, batch_size // sequence_length)`` sequences.
+        """
+        assert self.full, "Rollout buffer must be full before sampling from it"
+        n_sequences = self.n_sequences_per_env * self.n_envs
+        per_batch = n_sequences if batch_size is None else max(1, batch_size // self.sequence_length)
+        order = np.random.permutation(n_sequences)
+        for start in range(0, n_sequences, per_batch):
+            yield self._get_sequences(order[start : start + per_batch])
+
+    def _get_sequences(self, sequence_ids: np.ndarray) -> RecurrentRolloutBufferSamples:
+        """Gather the sequences ``sequence_ids`` (numbered sequence-major within each env) as padded (n_seq * T) batches."""
+        env_ids, sequence_in_env = np.divmod(sequence_ids, self.n_sequences_per_env)
+        steps = sequence_in_env[:, None] * self.sequence_length + np.arange(self.sequence_length)[None, :]
+        valid = steps < self.buffer_size
+        # Padding repeats the last step; the mask removes it from the losses
+        steps = np.minimum(steps, self.buffer_size - 1)
+        envs = np.broadcast_to(env_ids[:, None], steps.shape)
+
+        def gather(array: np.ndarray) -> th.Tensor:
+            # (n_steps, n_envs, *shape) -> (n_seq * T, *shape)
+            picked = array[steps, envs]
+            return self.to_torch(picked.reshape((-1, *picked.shape[2:])))  # type: ignore[attr-defined]
+
+        def states_of(states: tuple[th.Tensor, th.Tensor]) -> tuple[th.Tensor, th.Tensor]:
+            index = th.as_tensor(sequence_in_env, device=self.device), th.as_tensor(env_ids, device=self.device)
+            return states[0][index].unsqueeze(0), states[1][index].unsqueeze(0)
+
+        actor_states = states_of(self.actor_states)
+        critic_states = states_of(self.critic_states) if self.store_critic_state else actor_states
+        return self._samples_type(  # type: ignore[attr-defined]
+            observations=self._gather_observations(gather),
+            actions=gather(self.actions),  # type: ignore[attr-defined]
+            old_values=gather(self.values),  # type: ignore[attr-defined]
+            old_log_prob=gather(self.log_probs),  # type: ignore[attr-defined]
+            advantages=gather(self.advantages),  # type: ignore[attr-defined]
+            returns=gather(self.returns),  # type: ignore[attr-defined]
+            lstm_states=RNNStates(actor_states, critic_states),
+            episode_starts=gather(self.episode_starts),  # type: ignore[attr-defined]
+            mask=self.to_torch(valid.reshape(-1).astype(np.float32)),  # type: ignore[attr-defined]
+        )
+
+
+class StpnRolloutBuffer(SequenceStateStorage, RecurrentRolloutBuffer):
+    """Rollout buffer for array observations that stores STPN states per training sequence."""
+
+    _base_buffer = RolloutBuffer
+    _samples_type = RecurrentRolloutBufferSamples
+
+    def _gather_observations(self, gather: Callable[[np.ndarray], th.Tensor]) -> th.Tensor:
+        return gather(self.observations)
+
+
+class StpnDictRolloutBuffer(SequenceStateStorage, RecurrentDictRolloutBuffer):
+    """Rollout buffer for Dict observations that stores STPN states per training sequence."""
+
+    _base_buffer = DictRolloutBuffer
+    _samples_type = RecurrentDictRolloutBufferSamples
+
+    def _gather_observations(self, gather: Callable[[np.ndarray], th.Tensor]) -> dict[str, th.Tensor]:
+        return {key: gather(obs) for key, obs in self.observations.items()}

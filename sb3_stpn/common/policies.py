@@ -1,0 +1,186 @@
+"""Actor-critic policies whose memory is an STPN layer instead of an LSTM."""
+
+from typing import Any
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, CombinedExtractor, FlattenExtractor, NatureCNN
+from stable_baselines3.common.type_aliases import Schedule
+from torch import nn
+
+from sb3_stpn.common.stpn import STPN
+
+
+class StpnActorCriticPolicy(RecurrentActorCriticPolicy):
+    """
+    Recurrent actor-critic policy with STPN memory, a drop-in for sb3-contrib's LSTM policy.
+
+    The features extractor feeds an STPN layer whose output feeds the usual ``net_arch`` heads.
+    Its state is ``(h, F)`` with a leading layer axis of size 1, ``h`` (1, n_envs, H) and
+    ``F`` (1, n_envs, H, K), laid out like an LSTM's ``(hidden, cell)`` so that sb3-contrib's
+    ``RecurrentPPO`` rollout code (state carrying, resets, timeout bootstrap) drives it unchanged.
+    The sequence methods (``forward``, ``evaluate_actions``, ...) are inherited: they hand whole
+    sequences to :meth:`_process_sequence`, which runs the STPN once per sequence batch.
+
+    Takes every argument of ``ActorCriticPolicy`` (see SB3's docs) plus:
+
+    :param stpn_hidden_size: Number of STPN neurons ``H``.
+    :param shared_stpn: One STPN for actor and critic (the critic's gradient does not reach it).
+    :param enable_critic_stpn: A separate STPN for the critic (the default, as for the LSTM).
+        With neither, the critic sees the features through a linear layer.
+    :param stpn_kwargs: Passed to :class:`~sb3_stpn.STPN` (``recurrent``, ``normalize``, ``clamp``,
+        ``scalar_plasticity``, ``plastic_bias``, ``rule``, ``lambda_init``, ``gamma_init``).
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        net_arch: list[int] | dict[str, list[int]] | None = None,
+        activation_fn: type[nn.Module] = nn.Tanh,
+        ortho_init: bool = True,
+        use_sde: bool = False,
+        log_std_init: float = 0.0,
+        full_std: bool = True,
+        use_expln: bool = False,
+        squash_output: bool = False,
+        features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
+        features_extractor_kwargs: dict[str, Any] | None = None,
+        share_features_extractor: bool = True,
+        normalize_images: bool = True,
+        optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+        stpn_hidden_size: int = 64,
+        shared_stpn: bool = False,
+        enable_critic_stpn: bool = True,
+        stpn_kwargs: dict[str, Any] | None = None,
+    ):
+        if shared_stpn and enable_critic_stpn:
+            raise ValueError("Choose one of shared_stpn and enable_critic_stpn (or neither, for a feed-forward critic)")
+        if shared_stpn and not share_features_extractor:
+            raise ValueError("shared_stpn needs share_features_extractor=True")
+        # Read by RecurrentActorCriticPolicy._build_mlp_extractor: the heads sit on the STPN output
+        self.lstm_output_dim = stpn_hidden_size
+        # The LSTM-building constructor of RecurrentActorCriticPolicy is skipped on purpose:
+        # everything it adds besides the LSTMs is rebuilt below for the STPN.
+        ActorCriticPolicy.__init__(
+            self,
+            observation_space,
+            action_space,
+            lr_schedule,
+            net_arch,
+            activation_fn,
+            ortho_init,
+            use_sde,
+            log_std_init,
+            full_std,
+            use_expln,
+            squash_output,
+            features_extractor_class,
+            features_extractor_kwargs,
+            share_features_extractor,
+            normalize_images,
+            optimizer_class,
+            optimizer_kwargs,
+        )
+        self.stpn_hidden_size = stpn_hidden_size
+        self.shared_stpn = shared_stpn
+        self.enable_critic_stpn = enable_critic_stpn
+        self.stpn_kwargs = dict(stpn_kwargs or {})
+        self.stpn_actor = STPN(self.features_dim, stpn_hidden_size, **self.stpn_kwargs)
+        self.stpn_critic = STPN(self.features_dim, stpn_hidden_size, **self.stpn_kwargs) if enable_critic_stpn else None
+        # Without a memory of its own, the critic maps features to the STPN output size
+        self.critic = None if (shared_stpn or enable_critic_stpn) else nn.Linear(self.features_dim, stpn_hidden_size)
+        # The optimizer made by ActorCriticPolicy predates the STPN layers
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    # RecurrentActorCriticPolicy's sequence methods address the memory by these names
+    @property
+    def lstm_actor(self) -> STPN:
+        return self.stpn_actor
+
+    @property
+    def lstm_critic(self) -> STPN | None:
+        return self.stpn_critic
+
+    @property
+    def shared_lstm(self) -> bool:
+        return self.shared_stpn
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(
+            stpn_hidden_size=self.stpn_hidden_size,
+            shared_stpn=self.shared_stpn,
+            enable_critic_stpn=self.enable_critic_stpn,
+            stpn_kwargs=self.stpn_kwargs,
+        )
+        return data
+
+    def initial_state(self, n_envs: int) -> RNNStates:
+        """Zero actor and critic states for ``n_envs`` environments, as RecurrentPPO carries them."""
+        actor_state = self._with_layer_axis(self.stpn_actor.initial_state(n_envs))
+        critic_state = self._with_layer_axis(self.stpn_critic.initial_state(n_envs)) if self.stpn_critic else actor_state
+        return RNNStates(actor_state, critic_state)
+
+    @staticmethod
+    def _with_layer_axis(state: tuple[th.Tensor, th.Tensor]) -> tuple[th.Tensor, th.Tensor]:
+        return state[0].unsqueeze(0), state[1].unsqueeze(0)
+
+    @staticmethod
+    def _process_sequence(  # type: ignore[override]
+        features: th.Tensor,
+        stpn_state: tuple[th.Tensor, th.Tensor],
+        episode_starts: th.Tensor,
+        stpn: STPN,
+    ) -> tuple[th.Tensor, tuple[th.Tensor, th.Tensor]]:
+        """
+        Run the STPN over a batch of sequences in one call.
+
+        :param features: (n_seq * T, features_dim), sequence-major as the rollout buffer pads them.
+        :param stpn_state: ``(h, F)`` of shapes (1, n_seq, H) and (1, n_seq, H, K).
+        :param episode_starts: (n_seq * T,): the STPN resets before the marked steps.
+        :return: STPN outputs (n_seq * T, H) and the final state.
+        """
+        n_seq = stpn_state[0].shape[1]
+        features_sequence = features.reshape((n_seq, -1, stpn.input_size)).swapaxes(0, 1)
+        episode_starts = episode_starts.reshape((n_seq, -1)).swapaxes(0, 1)
+        output, (hidden, fast) = stpn(features_sequence, (stpn_state[0][0], stpn_state[1][0]), episode_starts)
+        return th.flatten(output.transpose(0, 1), start_dim=0, end_dim=1), (hidden.unsqueeze(0), fast.unsqueeze(0))
+
+    def predict(
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """
+        RecurrentPPO's ``predict`` contract: pass back the returned actor state ``(h, F)`` at the next call.
+
+        ``state=None`` starts every environment from the zero state.
+        """
+        if state is None:
+            observation_tensor, _ = self.obs_to_tensor(observation)
+            first = next(iter(observation_tensor.values())) if isinstance(observation_tensor, dict) else observation_tensor
+            state = tuple(tensor.cpu().numpy() for tensor in self.initial_state(first.shape[0]).pi)
+        return super().predict(observation, state, episode_start, deterministic)
+
+
+class StpnActorCriticCnnPolicy(StpnActorCriticPolicy):
+    """STPN policy for image observations: SB3's NatureCNN features extractor by default."""
+
+    def __init__(self, *args, features_extractor_class: type[BaseFeaturesExtractor] = NatureCNN, **kwargs):
+        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+
+
+class StpnMultiInputActorCriticPolicy(StpnActorCriticPolicy):
+    """STPN policy for Dict observations: SB3's CombinedExtractor by default."""
+
+    def __init__(self, *args, features_extractor_class: type[BaseFeaturesExtractor] = CombinedExtractor, **kwargs):
+        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)

@@ -1,0 +1,165 @@
+"""The Short-Term Plasticity Neuron layer (Rodriguez, Guo & Moraitis, ICML 2022).
+
+The model and its parameter names follow the project's contract (``shared/STPN.md``):
+every synapse holds a slow weight ``W`` and a fast, decaying component ``F`` that a
+Hebbian (or Oja) term updates at every step; how fast each synapse forgets
+(``weight_lambda``) and how strongly it learns (``weight_gamma``) are trained by
+backpropagation through time.
+"""
+
+import math
+from typing import Literal
+
+import torch as th
+from torch import nn
+
+from sb3_stpn.common.stpn_kernel import StpnConfig, stpn_sequence
+
+PlasticityRule = Literal["hebbian", "oja"]
+StpnState = tuple[th.Tensor, th.Tensor]
+
+
+class STPN(nn.Module):
+    """
+    A layer of Short-Term Plasticity Neurons, run over whole sequences.
+
+    :param input_size: Number of inputs ``I``.
+    :param hidden_size: Number of neurons ``H``.
+    :param recurrent: STPNr (default) feeds the previous output back as presynaptic input,
+        ``z_t = [x_t, h_{t-1}]``; ``False`` gives the feed-forward STPNf, ``z_t = x_t``.
+    :param normalize: Divide each neuron's efficacies by their L2 norm (the paper's default).
+    :param clamp: If set, clamp ``F`` to ``[-clamp, clamp]`` after every update.
+    :param scalar_plasticity: One scalar ``weight_lambda`` and ``weight_gamma`` for the whole
+        layer instead of one per synapse (the paper's scalar-STP ablation).
+    :param plastic_bias: Give the bias a fast component with its own ``bias_lambda`` and
+        ``bias_gamma``. It is carried as one extra last column of ``F``, so the state keeps
+        two tensors; it is not part of the normalisation.
+    :param rule: ``"hebbian"``: dF = h z^T; ``"oja"``: dF = h (z - F^T h)^T.
+    :param lambda_init: Bounds of the uniform initialisation of ``weight_lambda``.
+    :param gamma_init: ``weight_gamma`` is drawn from U(-a, a) with a = gamma_init / sqrt(H).
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        recurrent: bool = True,
+        normalize: bool = True,
+        clamp: float | None = None,
+        scalar_plasticity: bool = False,
+        plastic_bias: bool = False,
+        rule: PlasticityRule = "hebbian",
+        lambda_init: tuple[float, float] = (0.0, 1.0),
+        gamma_init: float = 1e-3,
+    ):
+        super().__init__()
+        if input_size < 1 or hidden_size < 1:
+            raise ValueError(f"STPN sizes must be positive, got input_size={input_size}, hidden_size={hidden_size}")
+        if rule not in ("hebbian", "oja"):
+            raise ValueError(f"Unknown plasticity rule {rule!r}: use 'hebbian' or 'oja'")
+        if clamp is not None and clamp <= 0:
+            raise ValueError(f"clamp must be positive or None, got {clamp}")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.recurrent = recurrent
+        self.normalize = normalize
+        self.clamp = clamp
+        self.scalar_plasticity = scalar_plasticity
+        self.plastic_bias = plastic_bias
+        self.rule = rule
+        self.lambda_init = tuple(lambda_init)
+        self.gamma_init = gamma_init
+        # Recorded per sample and step by forward() when record_energy is set (see energy below)
+        self.record_energy = False
+        self.last_energy: th.Tensor | None = None
+
+        presynaptic = self.presynaptic_size
+        plasticity_shape = () if scalar_plasticity else (hidden_size, presynaptic)
+        self.weight = nn.Parameter(th.empty(hidden_size, presynaptic))
+        self.bias = nn.Parameter(th.empty(hidden_size))
+        self.weight_lambda = nn.Parameter(th.empty(plasticity_shape))
+        self.weight_gamma = nn.Parameter(th.empty(plasticity_shape))
+        if plastic_bias:
+            bias_plasticity_shape = () if scalar_plasticity else (hidden_size,)
+            self.bias_lambda = nn.Parameter(th.empty(bias_plasticity_shape))
+            self.bias_gamma = nn.Parameter(th.empty(bias_plasticity_shape))
+        self.reset_parameters()
+
+    @property
+    def presynaptic_size(self) -> int:
+        """``K``: inputs, plus the neurons' own previous outputs for STPNr."""
+        return self.input_size + (self.hidden_size if self.recurrent else 0)
+
+    @property
+    def state_shape(self) -> tuple[tuple[int], tuple[int, int]]:
+        """Per-environment shapes of ``h`` and ``F`` (``F`` has one more column with a plastic bias)."""
+        return (self.hidden_size,), (self.hidden_size, self.presynaptic_size + int(self.plastic_bias))
+
+    @property
+    def config(self) -> StpnConfig:
+        return StpnConfig(recurrent=self.recurrent, normalize=self.normalize, clamp=self.clamp, rule=self.rule)
+
+    def reset_parameters(self) -> None:
+        """The paper's initialisation (see the table in ``shared/STPN.md``)."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+        plasticity = [(self.weight_lambda, self.weight_gamma)]
+        if self.plastic_bias:
+            plasticity.append((self.bias_lambda, self.bias_gamma))
+        for decay, rate in plasticity:
+            nn.init.uniform_(decay, *self.lambda_init)
+            nn.init.uniform_(rate, -self.gamma_init * bound, self.gamma_init * bound)
+
+    def initial_state(self, batch_size: int, device: th.device | str | None = None, dtype: th.dtype | None = None) -> StpnState:
+        """Zero ``(h, F)``, the state at an episode start."""
+        device = self.weight.device if device is None else device
+        dtype = self.weight.dtype if dtype is None else dtype
+        h_shape, f_shape = self.state_shape
+        return th.zeros((batch_size, *h_shape), device=device, dtype=dtype), th.zeros((batch_size, *f_shape), device=device, dtype=dtype)
+
+    def forward(
+        self,
+        x: th.Tensor,
+        state: StpnState | None = None,
+        episode_starts: th.Tensor | None = None,
+    ) -> tuple[th.Tensor, StpnState]:
+        """
+        Run the layer over a sequence.
+
+        :param x: Inputs, shape (T, B, I).
+        :param state: ``(h, F)`` with ``h`` (B, H) and ``F`` (B, H, K), or None for zeros.
+        :param episode_starts: (T, B) of 0/1: reset ``h`` and ``F`` to zero *before* that step.
+        :return: Outputs (T, B, H) and the final state ``(h, F)``. For STPNf, ``h`` is the last output.
+        """
+        if x.dim() != 3 or x.shape[-1] != self.input_size:
+            raise ValueError(f"STPN expects input of shape (T, B, {self.input_size}), got {tuple(x.shape)}")
+        if state is None:
+            state = self.initial_state(x.shape[1], x.device, x.dtype)
+        bias_plasticity = (self.bias_lambda, self.bias_gamma) if self.plastic_bias else None
+        outputs, h, fast, energy = stpn_sequence(
+            x,
+            state[0],
+            state[1],
+            episode_starts,
+            self.weight,
+            self.bias,
+            self.weight_lambda,
+            self.weight_gamma,
+            bias_plasticity,
+            self.config,
+            self.record_energy,
+        )
+        self.last_energy = energy
+        return outputs, (h, fast)
+
+    def extra_repr(self) -> str:
+        variant = "STPNr" if self.recurrent else "STPNf"
+        options = [f"{self.input_size}, {self.hidden_size}", variant, f"normalize={self.normalize}", f"rule={self.rule}"]
+        if self.clamp is not None:
+            options.append(f"clamp={self.clamp}")
+        if self.scalar_plasticity:
+            options.append("scalar_plasticity=True")
+        if self.plastic_bias:
+            options.append("plastic_bias=True")
+        return ", ".join(options)

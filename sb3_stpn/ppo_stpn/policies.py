@@ -1,0 +1,5 @@
+from sb3_stpn.common.policies import StpnActorCriticCnnPolicy, StpnActorCriticPolicy, StpnMultiInputActorCriticPolicy
+
+MlpStpnPolicy = StpnActorCriticPolicy
+CnnStpnPolicy = StpnActorCriticCnnPolicy
+MultiInputStpnPolicy = StpnMultiInputActorCriticPolicy

@@ -1,0 +1,153 @@
+"""PPO with STPN memory: sb3-contrib's RecurrentPPO driving an STPN policy."""
+
+from typing import Any, ClassVar, TypeVar
+
+import torch as th
+from gymnasium import spaces
+from sb3_contrib import RecurrentPPO
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.utils import FloatSchedule
+
+from sb3_stpn.common.buffers import StpnDictRolloutBuffer, StpnRolloutBuffer
+from sb3_stpn.common.policies import StpnActorCriticPolicy
+from sb3_stpn.ppo_stpn.policies import CnnStpnPolicy, MlpStpnPolicy, MultiInputStpnPolicy
+
+SelfStpnPPO = TypeVar("SelfStpnPPO", bound="StpnPPO")
+
+
+class StpnPPO(RecurrentPPO):
+    """
+    Proximal Policy Optimization with a Short-Term Plasticity Neuron (STPN) memory.
+
+    Rollout collection, the timeout bootstrap and the PPO update are RecurrentPPO's; the STPN
+    state ``(h, F)`` of actor and critic takes the place of the LSTM's ``(hidden, cell)``.
+    What differs is how training sequences are made: each environment's rollout is cut into
+    sequences of ``sequence_length`` steps and only the state entering each sequence is stored
+    (see :mod:`sb3_stpn.common.buffers`), since ``F`` is ``H x K`` floats per environment.
+    Every sequence is replayed whole from that state; the STPN resets itself at episode starts.
+
+    Takes every argument of :class:`sb3_contrib.RecurrentPPO`, plus:
+
+    :param sequence_length: Length of the training sequences (truncated BPTT window);
+        None (default) uses the whole rollout, ``n_steps``. ``batch_size`` still counts steps:
+        a minibatch holds ``max(1, batch_size // sequence_length)`` sequences.
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpStpnPolicy": MlpStpnPolicy,
+        "CnnStpnPolicy": CnnStpnPolicy,
+        "MultiInputStpnPolicy": MultiInputStpnPolicy,
+    }
+    policy: StpnActorCriticPolicy
+
+    def __init__(
+        self,
+        policy: str | type[StpnActorCriticPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 3e-4,
+        n_steps: int = 128,
+        batch_size: int | None = 128,
+        n_epochs: int = 10,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        clip_range: float | Schedule = 0.2,
+        clip_range_vf: float | Schedule | None = None,
+        normalize_advantage: bool = True,
+        ent_coef: float = 0.0,
+        vf_coef: float = 0.5,
+        max_grad_norm: float = 0.5,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
+        target_kl: float | None = None,
+        sequence_length: int | None = None,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+    ):
+        self.sequence_length = sequence_length
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            batch_size=batch_size,
+            n_epochs=n_epochs,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            clip_range=clip_range,
+            clip_range_vf=clip_range_vf,
+            normalize_advantage=normalize_advantage,
+            ent_coef=ent_coef,
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,
+            use_sde=use_sde,
+            sde_sample_freq=sde_sample_freq,
+            target_kl=target_kl,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=_init_setup_model,
+        )
+
+    def _setup_model(self) -> None:
+        self._setup_lr_schedule()
+        self.set_random_seed(self.seed)
+        if not (isinstance(self.policy_class, type) and issubclass(self.policy_class, StpnActorCriticPolicy)):
+            raise ValueError(
+                f"StpnPPO needs an STPN policy ({', '.join(self.policy_aliases)}), got {self.policy_class}; "
+                "a model saved by another algorithm must be loaded with that algorithm's class"
+            )
+        self.policy = self.policy_class(
+            self.observation_space,
+            self.action_space,
+            self.lr_schedule,
+            use_sde=self.use_sde,
+            **self.policy_kwargs,
+        ).to(self.device)
+        # RecurrentPPO's rollout code carries the state under this name
+        self._last_lstm_states = self.policy.initial_state(self.n_envs)
+
+        buffer_class = StpnDictRolloutBuffer if isinstance(self.observation_space, spaces.Dict) else StpnRolloutBuffer
+        self.rollout_buffer = buffer_class(
+            self.n_steps,
+            self.observation_space,
+            self.action_space,
+            device=self.device,
+            gamma=self.gamma,
+            gae_lambda=self.gae_lambda,
+            n_envs=self.n_envs,
+            sequence_length=self.sequence_length,
+            store_critic_state=self.policy.stpn_critic is not None,
+        )
+
+        self.clip_range = FloatSchedule(self.clip_range)
+        if self.clip_range_vf is not None:
+            if isinstance(self.clip_range_vf, (float, int)) and self.clip_range_vf <= 0:
+                raise ValueError("`clip_range_vf` must be positive, pass `None` to deactivate vf clipping")
+            self.clip_range_vf = FloatSchedule(self.clip_range_vf)
+
+    def learn(
+        self: SelfStpnPPO,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "StpnPPO",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfStpnPPO:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
