@@ -69,7 +69,9 @@ class SequenceStateStorage:
     def reset(self) -> None:
         self._base_buffer.reset(self)
 
-    def _stored(self, states: tuple[th.Tensor, th.Tensor] | None, stpn_state: tuple[th.Tensor, ...]) -> tuple[th.Tensor, th.Tensor]:
+    def _stored(
+        self, states: tuple[th.Tensor, th.Tensor] | None, stpn_state: tuple[th.Tensor, ...]
+    ) -> tuple[th.Tensor, th.Tensor]:
         """Write ``stpn_state`` (layer axis first) into the slot of the sequence starting now."""
         if states is None:
             states = tuple(

@@ -111,12 +111,16 @@ class STPN(nn.Module):
             nn.init.uniform_(decay, *self.lambda_init)
             nn.init.uniform_(rate, -self.gamma_init * bound, self.gamma_init * bound)
 
-    def initial_state(self, batch_size: int, device: th.device | str | None = None, dtype: th.dtype | None = None) -> StpnState:
+    def initial_state(
+        self, batch_size: int, device: th.device | str | None = None, dtype: th.dtype | None = None
+    ) -> StpnState:
         """Zero ``(h, F)``, the state at an episode start."""
         device = self.weight.device if device is None else device
         dtype = self.weight.dtype if dtype is None else dtype
         h_shape, f_shape = self.state_shape
-        return th.zeros((batch_size, *h_shape), device=device, dtype=dtype), th.zeros((batch_size, *f_shape), device=device, dtype=dtype)
+        return th.zeros((batch_size, *h_shape), device=device, dtype=dtype), th.zeros(
+            (batch_size, *f_shape), device=device, dtype=dtype
+        )
 
     def forward(
         self,
