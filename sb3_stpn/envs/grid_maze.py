@@ -115,10 +115,10 @@ class GridMazeEnv(gym.Env[np.ndarray, np.int64]):
         self.open_cells: list[Position] = [(int(r), int(c)) for r, c in np.argwhere(~self.walls)]
         self._reward_candidates = [cell for cell in self.open_cells if cell != self.centre]
 
+        # Every entry lies in [0, 1] except the previous reward. The constant slots keep [0, 1] bounds too, because
+        # gymnasium's checker warns about Box dimensions whose low equals high.
         low = np.zeros(OBS_SIZE, dtype=np.float32)
         high = np.ones(OBS_SIZE, dtype=np.float32)
-        high[OBS_UNUSED] = 0.0
-        low[OBS_BIAS] = 1.0
         low[OBS_PREV_REWARD] = -self.wall_penalty
         high[OBS_PREV_REWARD] = self.reward_value
         self.observation_space = spaces.Box(low=low, high=high, dtype=np.float32)
