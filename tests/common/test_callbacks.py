@@ -1,0 +1,56 @@
+"""StpnDiagnosticsCallback writes its tags to TensorBoard during short learns of StpnPPO and RecurrentPPO."""
+
+from pathlib import Path
+
+import pytest
+from sb3_contrib import RecurrentPPO
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from sb3_stpn import StpnPPO
+from sb3_stpn.common.callbacks import StpnDiagnosticsCallback
+
+SHORT = dict(n_steps=32, batch_size=32, n_epochs=1, seed=0)
+PLASTICITY_SCALARS = ("stpn/mean_abs_F", "stpn/depressed_fraction")
+HISTOGRAMS = ("stpn/weight_lambda", "stpn/weight_gamma")
+
+
+def read_events(log_dir: Path) -> EventAccumulator:
+    (event_file,) = log_dir.rglob("events.out.tfevents.*")
+    events = EventAccumulator(str(event_file), size_guidance={"scalars": 0, "histograms": 0})
+    events.Reload()
+    return events
+
+
+@pytest.mark.parametrize("plastic_bias", [False, True])
+def test_stpn_ppo_logs_energy_plasticity_and_histograms(tmp_path: Path, plastic_bias: bool) -> None:
+    model = StpnPPO(
+        "MlpStpnPolicy",
+        "CartPole-v1",
+        policy_kwargs=dict(stpn_hidden_size=8, stpn_kwargs=dict(plastic_bias=plastic_bias)),
+        tensorboard_log=str(tmp_path),
+        **SHORT,
+    )
+    model.learn(64, callback=StpnDiagnosticsCallback())
+    events = read_events(tmp_path)
+    scalars = set(events.Tags()["scalars"])
+    assert {"stpn/energy_per_step", *PLASTICITY_SCALARS} <= scalars
+    assert set(HISTOGRAMS) <= set(events.Tags()["histograms"])
+    # One point per rollout
+    energy = [event.value for event in events.Scalars("stpn/energy_per_step")]
+    assert len(energy) == 2 and all(value > 0 for value in energy)
+    assert all(0 <= event.value <= 1 for event in events.Scalars("stpn/depressed_fraction"))
+    assert all(event.value > 0 for event in events.Scalars("stpn/mean_abs_F"))
+    # Recording is switched off for the PPO updates
+    assert not model.policy.stpn_actor.record_energy
+
+
+def test_recurrent_ppo_logs_energy_only(tmp_path: Path) -> None:
+    model = RecurrentPPO(
+        "MlpLstmPolicy", "CartPole-v1", policy_kwargs=dict(lstm_hidden_size=8), tensorboard_log=str(tmp_path), **SHORT
+    )
+    model.learn(64, callback=StpnDiagnosticsCallback())
+    events = read_events(tmp_path)
+    energy = [event.value for event in events.Scalars("stpn/energy_per_step")]
+    assert len(energy) == 2 and all(value > 0 for value in energy)
+    assert not set(PLASTICITY_SCALARS) & set(events.Tags()["scalars"])
+    assert not model.policy.lstm_actor._forward_hooks
