@@ -132,7 +132,8 @@ class SequenceStateStorage:
         critic_states = states_of(self.critic_states) if self.store_critic_state else actor_states
         return self._samples_type(  # type: ignore[attr-defined]
             observations=self._gather_observations(gather),
-            actions=gather(self.actions),  # type: ignore[attr-defined]
+            # Float actions, as SB3's own buffers give them (sb3-contrib's keep the action dtype and break MultiBinary)
+            actions=gather(self.actions).float(),  # type: ignore[attr-defined]
             old_values=gather(self.values),  # type: ignore[attr-defined]
             old_log_prob=gather(self.log_probs),  # type: ignore[attr-defined]
             advantages=gather(self.advantages),  # type: ignore[attr-defined]

@@ -147,6 +147,11 @@ class StpnActorCriticPolicy(RecurrentActorCriticPolicy):
         :param episode_starts: (n_seq * T,): the STPN resets before the marked steps.
         :return: STPN outputs (n_seq * T, H) and the final state.
         """
+        if not th.isfinite(features).all():
+            raise ValueError(
+                "The STPN got NaN or inf inputs, which would corrupt its synaptic state F for the rest of the episode: "
+                "check the observations (SB3's VecCheckNan finds the step that makes them)"
+            )
         n_seq = stpn_state[0].shape[1]
         features_sequence = features.reshape((n_seq, -1, stpn.input_size)).swapaxes(0, 1)
         episode_starts = episode_starts.reshape((n_seq, -1)).swapaxes(0, 1)

@@ -6,7 +6,7 @@ import torch as th
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule, TensorDict
 from stable_baselines3.common.utils import FloatSchedule
 
 from sb3_stpn.common.buffers import StpnDictRolloutBuffer, StpnRolloutBuffer
@@ -133,6 +133,24 @@ class StpnPPO(RecurrentPPO):
             if isinstance(self.clip_range_vf, (float, int)) and self.clip_range_vf <= 0:
                 raise ValueError("`clip_range_vf` must be positive, pass `None` to deactivate vf clipping")
             self.clip_range_vf = FloatSchedule(self.clip_range_vf)
+
+    def set_parameters(
+        self,
+        load_path_or_dict: str | TensorDict,
+        exact_match: bool = True,
+        device: th.device | str = "auto",
+    ) -> None:
+        """SB3's ``set_parameters``, with a one-line error when the saved tensors do not fit this policy."""
+        try:
+            super().set_parameters(load_path_or_dict, exact_match=exact_match, device=device)
+        except RuntimeError as error:
+            mismatch = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), None)
+            if mismatch is None:
+                raise
+            raise ValueError(
+                f"The saved parameters do not fit this STPN policy ({mismatch}): "
+                "load it with the policy_kwargs it was trained with"
+            ) from error
 
     def learn(
         self: SelfStpnPPO,

@@ -1,0 +1,132 @@
+"""The STPN layer's interface: parameters, initialisation, variants, state and reset semantics."""
+
+import math
+
+import pytest
+import torch as th
+
+from sb3_stpn import STPN
+
+INPUT, HIDDEN, BATCH, STEPS = 3, 5, 4, 6
+
+
+@pytest.mark.parametrize("recurrent", [True, False])
+def test_parameters_follow_the_spec(recurrent: bool) -> None:
+    th.manual_seed(0)
+    layer = STPN(INPUT, 200, recurrent=recurrent)
+    presynaptic = INPUT + (200 if recurrent else 0)
+    shapes = {name: tuple(p.shape) for name, p in layer.named_parameters()}
+    assert shapes == {
+        "weight": (200, presynaptic),
+        "bias": (200,),
+        "weight_lambda": (200, presynaptic),
+        "weight_gamma": (200, presynaptic),
+    }
+    bound = 1 / math.sqrt(200)
+    for name, low, high in [
+        ("weight", -bound, bound),
+        ("bias", -bound, bound),
+        ("weight_lambda", 0.0, 1.0),
+        ("weight_gamma", -1e-3 * bound, 1e-3 * bound),
+    ]:
+        values = getattr(layer, name).detach()
+        assert low <= values.min() and values.max() <= high, name
+        # Spread over most of the interval: the init is uniform, not a constant
+        assert values.max() - values.min() > 0.9 * (high - low), name
+
+
+def test_variants_change_parameter_shapes() -> None:
+    scalar = STPN(INPUT, HIDDEN, scalar_plasticity=True)
+    assert scalar.weight_lambda.shape == () and scalar.weight_gamma.shape == ()
+    plastic_bias = STPN(INPUT, HIDDEN, plastic_bias=True)
+    assert plastic_bias.bias_lambda.shape == (HIDDEN,) and plastic_bias.bias_gamma.shape == (HIDDEN,)
+    assert plastic_bias.state_shape == ((HIDDEN,), (HIDDEN, INPUT + HIDDEN + 1))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"rule": "bcm"}, {"clamp": 0.0}, {"clamp": -1.0}],
+)
+def test_invalid_options_are_rejected(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        STPN(INPUT, HIDDEN, **kwargs)
+
+
+def test_wrong_input_shape_is_rejected() -> None:
+    with pytest.raises(ValueError, match="expects input of shape"):
+        STPN(INPUT, HIDDEN)(th.zeros(STEPS, BATCH, INPUT + 1))
+
+
+@pytest.mark.parametrize("recurrent", [True, False])
+def test_output_and_state_shapes(recurrent: bool) -> None:
+    layer = STPN(INPUT, HIDDEN, recurrent=recurrent)
+    output, (h, fast) = layer(th.randn(STEPS, BATCH, INPUT))
+    assert output.shape == (STEPS, BATCH, HIDDEN)
+    assert h.shape == (BATCH, HIDDEN)
+    assert fast.shape == (BATCH, HIDDEN, INPUT + (HIDDEN if recurrent else 0))
+    # The carried h is the last output (for STPNf, it is all the "state" h there is)
+    assert th.equal(h, output[-1])
+
+
+def _strongly_plastic(**kwargs) -> STPN:
+    """A layer whose F changes visibly within a few steps, so that state effects show in the outputs."""
+    th.manual_seed(1)
+    layer = STPN(INPUT, HIDDEN, **kwargs)
+    with th.no_grad():
+        layer.weight_gamma.uniform_(0.5, 1.0)
+    return layer
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"recurrent": False}, {"plastic_bias": True, "rule": "oja"}])
+def test_state_after_an_episode_start_equals_a_fresh_state(kwargs: dict) -> None:
+    layer = _strongly_plastic(**kwargs)
+    x = th.randn(2 * STEPS, BATCH, INPUT)
+    starts = th.zeros(2 * STEPS, BATCH)
+    reset_rows = [0, 2]
+    starts[STEPS, reset_rows] = 1.0
+    output, (h, fast) = layer(x, episode_starts=starts)
+    fresh_output, (fresh_h, fresh_fast) = layer(x[STEPS:, reset_rows])
+    th.testing.assert_close(output[STEPS:, reset_rows], fresh_output)
+    th.testing.assert_close(h[reset_rows], fresh_h)
+    th.testing.assert_close(fast[reset_rows], fresh_fast)
+    # The rows that did not reset carry their history: their outputs differ from a fresh start
+    kept_rows = [1, 3]
+    _, (kept_h, _) = layer(x[STEPS:, kept_rows])
+    assert not th.allclose(h[kept_rows], kept_h)
+
+
+def test_carrying_the_state_across_calls_equals_one_long_call() -> None:
+    layer = _strongly_plastic()
+    x = th.randn(2 * STEPS, BATCH, INPUT)
+    starts = (th.rand(2 * STEPS, BATCH) < 0.2).float()
+    whole, whole_state = layer(x, episode_starts=starts)
+    first, state = layer(x[:STEPS], episode_starts=starts[:STEPS])
+    second, split_state = layer(x[STEPS:], state, starts[STEPS:])
+    th.testing.assert_close(th.cat([first, second]), whole)
+    th.testing.assert_close(split_state, whole_state)
+
+
+def test_recording_energy_does_not_change_the_forward() -> None:
+    layer = _strongly_plastic()
+    x = th.randn(STEPS, BATCH, INPUT)
+    plain, _ = layer(x)
+    assert layer.last_energy is None
+    layer.record_energy = True
+    recorded, _ = layer(x)
+    assert th.equal(plain, recorded)
+    assert layer.last_energy.shape == (STEPS, BATCH)
+    assert (layer.last_energy > 0).all()
+
+
+@pytest.mark.parametrize("dtype", [th.float32, th.float64])
+def test_gradients_reach_every_parameter_the_input_and_the_initial_state(dtype: th.dtype) -> None:
+    layer = STPN(INPUT, HIDDEN, plastic_bias=True).to(dtype)
+    x = th.randn(STEPS, BATCH, INPUT, dtype=dtype, requires_grad=True)
+    h0, fast0 = layer.initial_state(BATCH)
+    h0 = (0.1 * th.randn_like(h0)).requires_grad_()
+    fast0 = (0.1 * th.randn_like(fast0)).requires_grad_()
+    output, _ = layer(x, (h0, fast0))
+    output.square().sum().backward()
+    for name, tensor in [("x", x), ("h0", h0), ("F0", fast0), *layer.named_parameters()]:
+        assert tensor.grad is not None and tensor.grad.abs().sum() > 0, name
+        assert tensor.grad.dtype == dtype
