@@ -1,0 +1,197 @@
+"""rl_zoo3's ExperimentManager with what STPN runs need on top.
+
+- ``policy: auto`` in a config entry picks the algorithm's Cnn/MultiInput/Mlp policy from the
+  environment's observation space, so the ``default`` entry fits any environment.
+- Hyperparameters, policy kwargs and ``stpn_kwargs`` are checked by name before anything is
+  built, so a typo gives one line naming the key instead of a traceback from deep inside SB3.
+- Every environment is wrapped to stop on NaN/inf observations or actions instead of silently
+  training on them.
+- A run that fails while setting up removes its own fresh, model-less run folder, so that
+  ``enjoy`` keeps finding the latest trained agent.
+"""
+
+import difflib
+import inspect
+import os
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from gymnasium import spaces
+from rl_zoo3.exp_manager import ExperimentManager
+from rl_zoo3.utils import ALGOS
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.preprocessing import is_image_space
+from stable_baselines3.common.vec_env import VecCheckNan, VecEnv
+
+from sb3_stpn.common.stpn import STPN
+
+AUTO_POLICY = "auto"
+# The project's configs: <repo>/zoo_configs/<algo>.yml next to the package
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "zoo_configs"
+
+
+class ZooError(Exception):
+    """A problem with the command line, a config or a saved file; the message is one line naming the fix."""
+
+
+class NonFiniteError(ZooError, ValueError):
+    """NaN or inf in what the environment returned or the model sent (a ValueError, so Optuna prunes the trial)."""
+
+
+class VecCheckFinite(VecCheckNan):
+    """SB3's VecCheckNan, always raising, with a one-line :class:`NonFiniteError`."""
+
+    _ORIGINS = {"reset": "an environment reset", "step_wait": "an environment step", "step_async": "the model's actions"}
+
+    def __init__(self, venv: VecEnv):
+        super().__init__(venv, raise_exception=True)
+
+    def _check_val(self, event: str, **kwargs: Any) -> None:
+        try:
+            super()._check_val(event, **kwargs)
+        except ValueError as error:
+            found = str(error).split(".\r\n")[0]
+            raise NonFiniteError(
+                f"{found} from {self._ORIGINS[event]}; fix the environment or add an env_wrapper that cleans its "
+                "observations (or lower learning_rate if the model diverged); training stopped"
+            ) from error
+
+
+def default_config(algo: str) -> Path:
+    """The hyperparameter file of ``algo``: the project's ``zoo_configs/<algo>.yml``, else rl_zoo3's own."""
+    ours = CONFIG_DIR / f"{algo}.yml"
+    zoo = Path(inspect.getfile(ExperimentManager)).parent / "hyperparams" / f"{algo}.yml"
+    for path in (ours, zoo):
+        if path.is_file():
+            return path
+    raise ZooError(f"no hyperparameter file for --algo {algo}: write {ours} or pass -conf FILE")
+
+
+def load_config_entry(config: Path, env_id: str, is_atari: bool) -> dict[str, Any]:
+    """Read ``config`` and return the entry rl_zoo3 will use for ``env_id`` (its own, ``atari`` or ``default``)."""
+    try:
+        entries = yaml.safe_load(config.read_text())
+    except OSError as error:
+        raise ZooError(f"cannot read the config {config} ({error.strerror}); pass an existing file with -conf") from error
+    except yaml.YAMLError as error:
+        where = f" at line {error.problem_mark.line + 1}" if getattr(error, "problem_mark", None) else ""
+        problem = getattr(error, "problem", None) or "invalid YAML"
+        raise ZooError(f"malformed YAML in {config}{where}: {problem}; fix the file") from error
+    if not isinstance(entries, dict):
+        raise ZooError(f"{config} must map environment ids to hyperparameter dicts; fix the file")
+    names = [env_id, "atari"] if is_atari else [env_id]
+    for name in [*names, "default"]:
+        if name in entries:
+            if not isinstance(entries[name], dict):
+                raise ZooError(f"entry {name!r} of {config} must be a dict of hyperparameters; fix the file")
+            return entries[name]
+    raise ZooError(f"no entry for {env_id} and no 'default' entry in {config}; add one")
+
+
+def auto_policy(algo_class: type[BaseAlgorithm], observation_space: spaces.Space) -> str:
+    """The algorithm's policy alias for this observation space: Cnn for images, MultiInput for dicts, else Mlp."""
+    if isinstance(observation_space, spaces.Dict):
+        prefix = "MultiInput"
+    elif is_image_space(observation_space):
+        prefix = "Cnn"
+    else:
+        prefix = "Mlp"
+    return next(name for name in algo_class.policy_aliases if name.startswith(prefix))
+
+
+def accepted_kwargs(cls: type) -> set[str]:
+    """Keyword names ``cls(...)`` accepts, following ``**kwargs`` up the class hierarchy."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = inspect.signature(klass.__init__).parameters.values()
+        names.update(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            break
+    return names - {"self"}
+
+
+def _check_names(given: dict[str, Any], accepted: set[str], what: str, fix: str) -> None:
+    for name in given:
+        if name not in accepted:
+            close = difflib.get_close_matches(name, accepted, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ZooError(f"unknown {what} {name!r}{hint}; {fix}")
+
+
+class StpnExperimentManager(ExperimentManager):
+    """rl_zoo3's ExperimentManager, plus ``policy: auto``, name checks, NaN checks and cleanup on failure."""
+
+    @property
+    def _fix(self) -> str:
+        return f"fix the {self.env_name.gym_id} entry of {self.config} or the --hyperparams override"
+
+    def setup_experiment(self) -> tuple[BaseAlgorithm, dict[str, Any]] | None:
+        try:
+            return super().setup_experiment()
+        except ZooError:
+            self._remove_empty_run_folder()
+            raise
+
+    def _remove_empty_run_folder(self) -> None:
+        """Remove this run's freshly made folder unless a model was saved in it."""
+        run_folder = Path(self.save_path)
+        if run_folder.is_dir() and not any(run_folder.rglob("*.zip")):
+            shutil.rmtree(run_folder)
+
+    def _preprocess_hyperparams(self, hyperparams: dict[str, Any]) -> tuple[dict[str, Any], Any, Any, Any]:
+        hyperparams, *rest = super()._preprocess_hyperparams(hyperparams)
+        self._check_hyperparameters(hyperparams)
+        return (hyperparams, *rest)
+
+    def _check_hyperparameters(self, hyperparams: dict[str, Any]) -> None:
+        """Check model arguments, policy kwargs and ``stpn_kwargs`` by name before anything is built."""
+        algo_class = ALGOS[self.algo]
+        _check_names(hyperparams, accepted_kwargs(algo_class), f"hyperparameter for {algo_class.__name__}", self._fix)
+        policy = hyperparams.get("policy", AUTO_POLICY)
+        if isinstance(policy, str):
+            if policy == AUTO_POLICY:
+                policy = auto_policy(algo_class, spaces.Box(0, 1))  # same kwargs as the Cnn/MultiInput variants
+            elif policy not in algo_class.policy_aliases:
+                aliases = ", ".join([*algo_class.policy_aliases, AUTO_POLICY])
+                raise ZooError(f"unknown policy {policy!r} for {algo_class.__name__} (use one of {aliases}); {self._fix}")
+            policy = algo_class.policy_aliases[policy]
+        policy_kwargs = hyperparams.get("policy_kwargs") or {}
+        if not isinstance(policy_kwargs, dict):
+            raise ZooError(f"policy_kwargs must be a dict, got {policy_kwargs!r}; {self._fix}")
+        _check_names(policy_kwargs, accepted_kwargs(policy), f"policy kwarg for {policy.__name__}", self._fix)
+        _check_names(policy_kwargs.get("stpn_kwargs") or {}, accepted_kwargs(STPN), "stpn_kwargs key", self._fix)
+
+    def _preprocess_action_noise(
+        self, hyperparams: dict[str, Any], saved_hyperparams: dict[str, Any], env: VecEnv
+    ) -> dict[str, Any]:
+        # The first hook that sees the environment before the model is built: resolve ``policy: auto`` here
+        hyperparams = super()._preprocess_action_noise(hyperparams, saved_hyperparams, env)
+        if hyperparams.get("policy", AUTO_POLICY) == AUTO_POLICY:
+            hyperparams["policy"] = auto_policy(ALGOS[self.algo], env.observation_space)
+            print(f"Policy for {env.observation_space}: {hyperparams['policy']}")
+        return hyperparams
+
+    def create_envs(self, n_envs: int, eval_env: bool = False, no_log: bool = False) -> VecEnv:
+        return VecCheckFinite(super().create_envs(n_envs, eval_env, no_log))
+
+    def _load_pretrained_agent(self, hyperparams: dict[str, Any], env: VecEnv) -> BaseAlgorithm:
+        try:
+            return super()._load_pretrained_agent(hyperparams, env)
+        except (ValueError, KeyError, RuntimeError, OSError, zipfile.BadZipFile) as error:
+            raise ZooError(
+                f"cannot continue from {self.trained_agent} ({error}); pass -i the .zip of a "
+                f"{self.algo} agent trained on {self.env_name.gym_id} by train.py"
+            ) from error
+
+
+def check_trained_agent(path: str) -> None:
+    """Reject a ``-i`` path that is not an SB3 model zip before any run folder is made."""
+    if not os.path.isfile(path):
+        raise ZooError(f"trained agent {path} not found; pass -i the .zip train.py saved (logs/<algo>/<env>_<id>/<env>.zip)")
+    if not zipfile.is_zipfile(path) or "data" not in zipfile.ZipFile(path).namelist():
+        raise ZooError(f"{path} is not a model saved by SB3 (corrupt or another format); pass -i the .zip saved by train.py")
