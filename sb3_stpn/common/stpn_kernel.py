@@ -1,16 +1,50 @@
-"""The STPN recurrence over a sequence, as plain differentiable PyTorch ops.
+"""The STPN recurrence over a sequence: a fused autograd Function and the per-step reference loop.
 
-``stpn_sequence`` is the single entry point the layer uses; it runs one step at a time and
-lets autograd record the graph. It is the straightforward implementation of
-``shared/STPN.md`` and the path every faster implementation is checked against.
+``stpn_sequence`` is the single entry point the layer uses. It runs one of three paths, chosen by the
+environment variable ``SB3_STPN_KERNEL``:
+
+- ``reference``: ``stpn_sequence_reference``, one ``stpn_step`` of plain differentiable ops per time
+  step, recorded by autograd. The straightforward implementation of ``shared/STPN.md``; the fallback
+  and the oracle every other path is tested against.
+- ``torch``: ``_FusedStpn`` with torch ops: the forward runs the loop without recording a graph, the
+  backward is hand-derived BPTT (``_torch_step_backward``), one batched step at a time. Any device.
+- ``cpp``: ``_FusedStpn`` with the C++ kernel ``csrc/stpn.cpp`` (compiled at first use with
+  ``torch.utils.cpp_extension.load``): per sample (OpenMP over the batch) the whole time loop, each
+  neuron's row of F updated in one fused pass, forward and backward. CPU, float32/float64.
+- ``auto`` (default): ``cpp`` for CPU tensors when it builds, else ``torch``. A failed build is
+  logged once per process and the ``torch`` path taken.
+
+Memory of the fused paths (checkpointing instead of keeping T copies of F). With S = H * (K + plastic
+bias) elements per sample, the forward keeps the outputs (T, B, H), which backward needs anyway, and
+F at the start of every segment of C steps: B * ceil(T / C) * S. Backward recomputes one segment at a
+time from its checkpoint and walks it in reverse: C * S per thread for ``cpp`` (a sample's segment),
+B * C * S for ``torch`` (the batch's segment). C is the largest segment whose recompute buffer fits
+``SEGMENT_BUDGET_BYTES``, but at least ceil(sqrt(T)), the length that minimises checkpoints plus
+segment: e.g. B=256, T=32, H=64, K=68 in float32 keeps only F_0 for ``cpp`` (C = T, 0.55 MB per
+thread). The recompute costs one extra forward pass and is exact: it repeats the forward's arithmetic.
 """
 
+import functools
+import logging
+import math
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
 
 import torch as th
 
+logger = logging.getLogger(__name__)
+
 # Added to the row norms so that an all-zero row does not divide by zero (shared/STPN.md)
 NORM_EPS = 1e-16
+# Selects the path of stpn_sequence: auto (default), reference, torch or cpp
+KERNEL_ENV = "SB3_STPN_KERNEL"
+KERNELS = ("auto", "reference", "torch", "cpp")
+# Bound on the buffer holding a recomputed checkpoint segment (per thread for cpp, per call for torch)
+SEGMENT_BUDGET_BYTES = 32 * 2**20
+CPP_SOURCE = Path(__file__).parent / "csrc" / "stpn.cpp"
 
 
 @dataclass(frozen=True)
@@ -78,7 +112,7 @@ def stpn_step(
     return h_new, fast_new, energy
 
 
-def stpn_sequence(
+def stpn_sequence_reference(
     x: th.Tensor,
     h0: th.Tensor,
     fast0: th.Tensor,
@@ -92,7 +126,7 @@ def stpn_sequence(
     record_energy: bool = False,
 ) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor | None]:
     """
-    Run the STPN over ``x`` (T, B, I) from state ``(h0, fast0)``.
+    Run the STPN over ``x`` (T, B, I) from state ``(h0, fast0)``, one autograd-recorded step at a time.
 
     ``episode_starts`` (T, B) zeroes the state of a row before the step it marks.
 
@@ -114,3 +148,350 @@ def stpn_sequence(
         energies.append(energy)
     energy = th.stack(energies) if record_energy else None
     return th.stack(outputs), h, fast, energy
+
+
+class _Backend(NamedTuple):
+    """How a fused path runs the sequence (``forward``) and its BPTT (``backward``)."""
+
+    forward: Callable[..., tuple[th.Tensor, th.Tensor, th.Tensor | None, th.Tensor]]
+    backward: Callable[..., tuple[th.Tensor | None, ...]]
+    # Bytes of the recomputed segment buffer per step of F of one sample (cpp) or of the batch (torch)
+    per_batch_segment: bool
+
+
+def checkpoint_interval(steps: int, segment_step_bytes: int) -> int:
+    """The segment length C: as long as the budget allows, at least ceil(sqrt(T)), at most T."""
+    return max(math.isqrt(steps - 1) + 1, min(steps, SEGMENT_BUDGET_BYTES // max(segment_step_bytes, 1)))
+
+
+def _torch_forward(
+    x: th.Tensor,
+    h0: th.Tensor,
+    fast0: th.Tensor,
+    starts: th.Tensor | None,
+    params: tuple[th.Tensor | None, ...],
+    config: StpnConfig,
+    record_energy: bool,
+    every: int,
+) -> tuple[th.Tensor, th.Tensor, th.Tensor | None, th.Tensor]:
+    """The reference loop, segment by segment, keeping F at each segment start (none if ``every`` is 0)."""
+    weight, bias, weight_lambda, weight_gamma, bias_lambda, bias_gamma = params
+    bias_plasticity = None if bias_lambda is None else (bias_lambda, bias_gamma)
+    steps = x.shape[0]
+    every = every or steps
+    h, fast = h0, fast0
+    checkpoints, outputs, energies = [], [], []
+    for t0 in range(0, steps, every):
+        checkpoints.append(fast)
+        segment = slice(t0, t0 + every)
+        out, h, fast, energy = stpn_sequence_reference(
+            x[segment],
+            h,
+            fast,
+            None if starts is None else starts[segment],
+            weight,
+            bias,
+            weight_lambda,
+            weight_gamma,
+            bias_plasticity,
+            config,
+            record_energy,
+        )
+        outputs.append(out)
+        energies.append(energy)
+    energy = th.cat(energies) if record_energy else None
+    return th.cat(outputs), fast, energy, th.stack(checkpoints)
+
+
+def _torch_step_backward(
+    z: th.Tensor,
+    fast: th.Tensor,
+    h: th.Tensor,
+    d_fast: th.Tensor,
+    dh: th.Tensor,
+    params: tuple[th.Tensor | None, ...],
+    grads: list[th.Tensor],
+    config: StpnConfig,
+) -> tuple[th.Tensor, th.Tensor]:
+    """
+    Hand-derived backward of ``stpn_step`` for a batch: ``fast`` is F entering the step (after a reset).
+
+    :param d_fast: gradient of F after the step; ``dh``: the whole gradient of the step's output ``h``.
+    :param grads: the parameter gradients, accumulated in place.
+    :return: the gradients of ``z`` and of F entering the step.
+    """
+    weight, _, weight_lambda, weight_gamma, bias_lambda, bias_gamma = params
+    presynaptic = z.shape[-1]
+    synaptic = fast[..., :presynaptic]
+    d_new = d_fast[..., :presynaptic]
+    efficacy = weight + synaptic
+    h_col = h.unsqueeze(-1)
+    trace = z - th.bmm(h.unsqueeze(1), synaptic).squeeze(1) if config.rule == "oja" else z
+    trace_row = trace.unsqueeze(1)
+    if config.normalize:
+        norm = th.linalg.vector_norm(efficacy, dim=-1)
+        inv_norm = 1.0 / (norm + NORM_EPS)
+        decayed = synaptic * inv_norm.unsqueeze(-1)
+    else:
+        decayed = synaptic
+    if config.clamp is not None:
+        d_new = d_new * ((weight_lambda * decayed + weight_gamma * h_col * trace_row).abs() <= config.clamp)
+    grads[2] += (d_new * decayed).sum(0)
+    grads[3] += (d_new * h_col * trace_row).sum(0)
+    d_gamma_new = d_new * weight_gamma
+    d_trace = (d_gamma_new * h_col).sum(1)
+    dh = dh + (d_gamma_new * trace_row).sum(-1)
+    d_synaptic = d_new * weight_lambda
+    if config.normalize:
+        d_synaptic = d_synaptic * inv_norm.unsqueeze(-1)
+    if config.rule == "oja":
+        d_synaptic = d_synaptic - h_col * d_trace.unsqueeze(1)
+        dh = dh - th.bmm(synaptic, d_trace.unsqueeze(-1)).squeeze(-1)
+    if bias_lambda is not None:
+        fast_bias = fast[..., presynaptic]
+        d_bias_new = d_fast[..., presynaptic]
+        if config.clamp is not None:
+            d_bias_new = d_bias_new * ((bias_lambda * fast_bias + bias_gamma * h).abs() <= config.clamp)
+        grads[4] += (d_bias_new * fast_bias).sum(0)
+        grads[5] += (d_bias_new * h).sum(0)
+        dh = dh + d_bias_new * bias_gamma
+    d_drive = dh * (1.0 - h.square())
+    grads[1] += d_drive.sum(0)
+    d_raw = d_drive
+    d_efficacy = 0.0
+    if config.normalize:
+        drive = th.bmm(efficacy, z.unsqueeze(-1)).squeeze(-1)
+        d_raw = d_drive * inv_norm
+        d_norm = -((d_new * weight_lambda * synaptic).sum(-1) + d_drive * drive) * inv_norm.square()
+        # The gradient of ||G|| is G / ||G||, zero for a zero row as in torch
+        d_efficacy = th.where(norm > 0, d_norm / norm, 0.0).unsqueeze(-1) * efficacy
+    d_efficacy = d_efficacy + d_raw.unsqueeze(-1) * z.unsqueeze(1)
+    grads[0] += d_efficacy.sum(0)
+    d_synaptic = d_synaptic + d_efficacy
+    dz = d_trace + th.bmm(d_raw.unsqueeze(1), efficacy).squeeze(1)
+    if bias_lambda is not None:
+        d_fast_bias = d_bias_new * bias_lambda + d_drive
+        d_synaptic = th.cat([d_synaptic, d_fast_bias.unsqueeze(-1)], dim=-1)
+    return dz, d_synaptic
+
+
+def _torch_backward(
+    x: th.Tensor,
+    h0: th.Tensor,
+    starts: th.Tensor | None,
+    checkpoints: th.Tensor,
+    outputs: th.Tensor,
+    params: tuple[th.Tensor | None, ...],
+    config: StpnConfig,
+    every: int,
+    d_outputs: th.Tensor,
+    d_fast: th.Tensor,
+) -> tuple[th.Tensor | None, ...]:
+    """BPTT with torch ops: per segment, recompute the states entering its steps, then walk it in reverse."""
+    weight, bias, weight_lambda, weight_gamma, bias_lambda, bias_gamma = params
+    bias_plasticity = None if bias_lambda is None else (bias_lambda, bias_gamma)
+    steps, _, inputs = x.shape
+    grads = [th.zeros_like(p) for p in params if p is not None]
+    dx = th.empty_like(x)
+    dh_carry = th.zeros_like(h0)
+    keep = None if starts is None else (1.0 - starts).unsqueeze(-1)
+
+    def step_input(t: int) -> tuple[th.Tensor, th.Tensor]:
+        h_prev = outputs[t - 1] if t > 0 else h0
+        if keep is not None:
+            h_prev = h_prev * keep[t]
+        return (th.cat([x[t], h_prev], dim=-1) if config.recurrent else x[t]), h_prev
+
+    for segment in reversed(range(checkpoints.shape[0])):
+        t0, t1 = segment * every, min(steps, (segment + 1) * every)
+        fast = checkpoints[segment]
+        states = []
+        for t in range(t0, t1):
+            if keep is not None:
+                fast = fast * keep[t].unsqueeze(-1)
+            states.append(fast)
+            if t + 1 < t1:
+                _, fast, _ = stpn_step(
+                    x[t], step_input(t)[1], fast, weight, bias, weight_lambda, weight_gamma, bias_plasticity, config
+                )
+        for t in reversed(range(t0, t1)):
+            z, _ = step_input(t)
+            dz, d_fast = _torch_step_backward(
+                z, states[t - t0], outputs[t], d_fast, d_outputs[t] + dh_carry, params, grads, config
+            )
+            dx[t] = dz[:, :inputs]
+            dh_carry = dz[:, inputs:] if config.recurrent else th.zeros_like(dh_carry)
+            if keep is not None:
+                d_fast = d_fast * keep[t].unsqueeze(-1)
+                dh_carry = dh_carry * keep[t]
+    if bias_lambda is None:
+        grads += [None, None]
+    return (dx, dh_carry, d_fast, *grads)
+
+
+@functools.cache
+def _cpp_ops() -> object | None:
+    """Build (or load from the cache) the C++ kernel; None, logged once, when it cannot be built."""
+    try:
+        return _build_cpp_extension()
+    except Exception as error:  # a missing compiler or a failed build must not stop the layer
+        logger.warning("sb3_stpn: the C++ STPN kernel is unavailable (%s); using the torch-op path", error)
+        return None
+
+
+def _build_cpp_extension() -> object:
+    from torch.utils import cpp_extension
+
+    cpp_extension.load(
+        name="sb3_stpn_kernel",
+        sources=[str(CPP_SOURCE)],
+        extra_cflags=["-O3", "-march=native", "-fopenmp-simd"],
+        is_python_module=False,
+        verbose=False,
+    )
+    return th.ops.sb3_stpn
+
+
+def _cpp_flags(config: StpnConfig) -> tuple[bool, bool, bool, float]:
+    return config.recurrent, config.normalize, config.rule == "oja", -1.0 if config.clamp is None else float(config.clamp)
+
+
+def _cpp_forward(
+    x: th.Tensor,
+    h0: th.Tensor,
+    fast0: th.Tensor,
+    starts: th.Tensor | None,
+    params: tuple[th.Tensor | None, ...],
+    config: StpnConfig,
+    record_energy: bool,
+    every: int,
+) -> tuple[th.Tensor, th.Tensor, th.Tensor | None, th.Tensor]:
+    outputs, fast, energy, checkpoints = _cpp_ops().forward(
+        x, h0, fast0, starts, *params, *_cpp_flags(config), record_energy, every
+    )
+    return outputs, fast, energy if record_energy else None, checkpoints
+
+
+def _cpp_backward(
+    x: th.Tensor,
+    h0: th.Tensor,
+    starts: th.Tensor | None,
+    checkpoints: th.Tensor,
+    outputs: th.Tensor,
+    params: tuple[th.Tensor | None, ...],
+    config: StpnConfig,
+    every: int,
+    d_outputs: th.Tensor,
+    d_fast: th.Tensor,
+) -> tuple[th.Tensor | None, ...]:
+    grads = _cpp_ops().backward(x, h0, starts, checkpoints, outputs, *params, *_cpp_flags(config), every, d_outputs, d_fast)
+    if params[4] is None:
+        grads[-2:] = [None, None]
+    return tuple(grads)
+
+
+BACKENDS = {
+    "torch": _Backend(_torch_forward, _torch_backward, per_batch_segment=True),
+    "cpp": _Backend(_cpp_forward, _cpp_backward, per_batch_segment=False),
+}
+
+
+class _FusedStpn(th.autograd.Function):
+    """The whole sequence as one autograd node: the backend's forward loop, then its hand-derived BPTT."""
+
+    @staticmethod
+    def forward(
+        ctx: th.autograd.function.FunctionCtx,
+        backend: _Backend,
+        config: StpnConfig,
+        record_energy: bool,
+        x: th.Tensor,
+        h0: th.Tensor,
+        fast0: th.Tensor,
+        starts: th.Tensor | None,
+        *params: th.Tensor | None,
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
+        steps, batch = x.shape[:2]
+        step_bytes = fast0[0].numel() * fast0.element_size() * (batch if backend.per_batch_segment else 1)
+        every = checkpoint_interval(steps, step_bytes)
+        outputs, fast, energy, checkpoints = backend.forward(x, h0, fast0, starts, params, config, record_energy, every)
+        ctx.save_for_backward(x, h0, starts, checkpoints, outputs, *params)
+        ctx.backend, ctx.config, ctx.every = backend, config, every
+        if energy is not None:
+            ctx.mark_non_differentiable(energy)
+        return outputs, fast, energy
+
+    @staticmethod
+    @th.autograd.function.once_differentiable
+    def backward(
+        ctx: th.autograd.function.FunctionCtx, d_outputs: th.Tensor, d_fast: th.Tensor, _: th.Tensor | None
+    ) -> tuple[th.Tensor | None, ...]:
+        x, h0, starts, checkpoints, outputs, *params = ctx.saved_tensors
+        grads = ctx.backend.backward(
+            x, h0, starts, checkpoints, outputs, tuple(params), ctx.config, ctx.every, d_outputs, d_fast
+        )
+        return (None, None, None, *grads[:3], None, *grads[3:])
+
+
+def kernel_choice(x: th.Tensor) -> str:
+    """The path ``stpn_sequence`` takes for ``x``: ``SB3_STPN_KERNEL``, or for ``auto`` the fastest available."""
+    choice = os.environ.get(KERNEL_ENV, "auto").lower()
+    if choice not in KERNELS:
+        raise ValueError(f"{KERNEL_ENV}={choice!r}: use one of {', '.join(KERNELS)}")
+    cpp_fits = x.device.type == "cpu" and x.dtype in (th.float32, th.float64)
+    if choice == "cpp":
+        if not cpp_fits:
+            raise ValueError(f"{KERNEL_ENV}=cpp needs float32/float64 CPU tensors, got {x.dtype} on {x.device}")
+        if _cpp_ops() is None:
+            raise RuntimeError(f"{KERNEL_ENV}=cpp but the C++ kernel could not be built (see the log)")
+    if choice == "auto":
+        return "cpp" if cpp_fits and _cpp_ops() is not None else "torch"
+    return choice
+
+
+def stpn_sequence(
+    x: th.Tensor,
+    h0: th.Tensor,
+    fast0: th.Tensor,
+    episode_starts: th.Tensor | None,
+    weight: th.Tensor,
+    bias: th.Tensor,
+    weight_lambda: th.Tensor,
+    weight_gamma: th.Tensor,
+    bias_plasticity: tuple[th.Tensor, th.Tensor] | None,
+    config: StpnConfig,
+    record_energy: bool = False,
+) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor | None]:
+    """
+    Run the STPN over ``x`` (T, B, I) from state ``(h0, fast0)`` on the path chosen by :func:`kernel_choice`.
+
+    ``episode_starts`` (T, B) zeroes the state of a row before the step it marks. Same results and
+    gradients as :func:`stpn_sequence_reference`.
+
+    :return: outputs (T, B, H), final ``h``, final ``F`` and, if asked, energy (T, B).
+    """
+    choice = kernel_choice(x)
+    if choice == "reference":
+        return stpn_sequence_reference(
+            x, h0, fast0, episode_starts, weight, bias, weight_lambda, weight_gamma, bias_plasticity, config, record_energy
+        )
+    hidden, presynaptic = weight.shape
+    bias_lambda, bias_gamma = (None, None) if bias_plasticity is None else bias_plasticity
+    # Scalar plasticity is broadcast here, so that autograd sums its gradient
+    params = (
+        weight,
+        bias,
+        weight_lambda.expand(hidden, presynaptic),
+        weight_gamma.expand(hidden, presynaptic),
+        None if bias_lambda is None else bias_lambda.expand(hidden),
+        None if bias_gamma is None else bias_gamma.expand(hidden),
+    )
+    starts = None if episode_starts is None else episode_starts.to(x.dtype)
+    backend = BACKENDS[choice]
+    tensors = (x, h0, fast0, *params)
+    if th.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        outputs, fast, energy = _FusedStpn.apply(backend, config, record_energy, x, h0, fast0, starts, *params)
+    else:
+        # Inference (rollouts): no checkpoints to keep
+        outputs, fast, energy, _ = backend.forward(x, h0, fast0, starts, params, config, record_energy, 0)
+    return outputs, outputs[-1], fast, energy

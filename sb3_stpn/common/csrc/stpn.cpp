@@ -1,0 +1,368 @@
+// Fused CPU kernel of the STPN recurrence (shared/STPN.md): the whole time loop forward and its
+// hand-derived backward (BPTT), compiled at first use by sb3_stpn/common/stpn_kernel.py.
+//
+// Every sample is independent, so the work is split over the batch (ATen's OpenMP parallel_for) and a
+// sample runs all its steps with its F (H x Kp, Kp = K + 1 with a plastic bias) hot in cache. Each
+// neuron's row of F is processed in fused passes: G = W + F, its norm, the drive and the F update
+// never materialise G. Backward recomputes the states of one checkpoint segment (C steps) into a
+// per-thread buffer and walks it in reverse, recomputing G, n and the drive per row from F.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <torch/types.h>
+
+#include <algorithm>
+#include <cmath>
+#include <mutex>
+#include <vector>
+
+namespace {
+
+constexpr double kNormEps = 1e-16;
+
+struct Options {
+  bool recurrent, normalize, oja, plastic, has_clamp;
+  double clamp;
+};
+
+template <typename T>
+struct Params {
+  const T *W, *b, *L, *G, *bl, *bg;  // weight (H,K), bias (H), lambda/gamma (H,K), bias lambda/gamma (H)
+  int64_t H, I, K, Kp;
+};
+
+template <typename T>
+inline T clamp_value(T v, const Options& o) {
+  return o.has_clamp ? std::min<T>(std::max<T>(v, -o.clamp), o.clamp) : v;
+}
+
+// True where torch.clamp lets the gradient through (inside the closed interval).
+template <typename T>
+inline bool inside(T v, const Options& o) {
+  return !o.has_clamp || (v >= -o.clamp && v <= o.clamp);
+}
+
+// Sum of squares and drive G.z of one row of G = W + F (and, if asked, sum z^2 |G|).
+template <typename T>
+inline void row_pass(const T* w, const T* f, const T* z, const T* z2, int64_t K, T& ss, T& a, T* energy) {
+  T s = 0, d = 0, en = 0;
+#pragma omp simd reduction(+ : s, d)
+  for (int64_t k = 0; k < K; ++k) {
+    const T g = w[k] + f[k];
+    s += g * g;
+    d += g * z[k];
+  }
+  if (energy) {
+#pragma omp simd reduction(+ : en)
+    for (int64_t k = 0; k < K; ++k) en += z2[k] * std::abs(w[k] + f[k]);
+    *energy = en;
+  }
+  ss = s;
+  a = d;
+}
+
+template <typename T>
+inline T inverse_norm(T ss, const Options& o) {
+  return o.normalize ? T(1) / (std::sqrt(ss) + T(kNormEps)) : T(1);
+}
+
+// e = z for Hebb; e = z - F^T h for Oja (F before the update).
+template <typename T>
+void presynaptic_trace(const T* F, const T* z, const T* h, const Params<T>& p, const Options& o, T* e) {
+  std::copy(z, z + p.K, e);
+  if (!o.oja) return;
+  for (int64_t i = 0; i < p.H; ++i) {
+    const T* f = F + i * p.Kp;
+    const T hi = h[i];
+#pragma omp simd
+    for (int64_t k = 0; k < p.K; ++k) e[k] -= f[k] * hi;
+  }
+}
+
+template <typename T>
+inline void update_row(T* f, int64_t i, T invn, T hi, const T* e, const Params<T>& p, const Options& o) {
+  const T* l = p.L + i * p.K;
+  const T* g = p.G + i * p.K;
+#pragma omp simd
+  for (int64_t k = 0; k < p.K; ++k) f[k] = clamp_value(l[k] * f[k] * invn + g[k] * hi * e[k], o);
+  if (o.plastic) f[p.K] = clamp_value(p.bl[i] * f[p.K] + p.bg[i] * hi, o);
+}
+
+// One step of one sample, in place on F (H, Kp): writes h (H) and returns the energy.
+template <typename T>
+T step_forward(T* F, const T* z, T* h, T* invn, T* e, T* z2, bool record_energy, const Params<T>& p, const Options& o) {
+  if (record_energy)
+    for (int64_t k = 0; k < p.K; ++k) z2[k] = z[k] * z[k];
+  T energy = 0;
+  for (int64_t i = 0; i < p.H; ++i) {
+    T* f = F + i * p.Kp;
+    T ss, a, en = 0;
+    row_pass(p.W + i * p.K, f, z, z2, p.K, ss, a, record_energy ? &en : nullptr);
+    invn[i] = inverse_norm(ss, o);
+    energy += en * invn[i];
+    h[i] = std::tanh(a * invn[i] + p.b[i] + (o.plastic ? f[p.K] : T(0)));
+    // Hebb's update of a row needs only that row's h: update it while the row is in L1
+    if (!o.oja) update_row(f, i, invn[i], h[i], z, p, o);
+  }
+  if (o.oja) {
+    presynaptic_trace(F, z, h, p, o, e);
+    for (int64_t i = 0; i < p.H; ++i) update_row(F + i * p.Kp, i, invn[i], h[i], e, p, o);
+  }
+  return energy;
+}
+
+// Backward of one step of one sample. F: the state entering the step (after a reset), z and h: its
+// input and output; dF: in, the gradient of F after the step, out, that of F entering it; dh: the
+// whole gradient of h; dz: out. Parameter gradients are added to the per-thread sums in g.
+template <typename T>
+struct Scratch {
+  std::vector<T> z, z2, e, de, dz, invn, ss, a, h, dh, dhc;
+  Scratch(int64_t H, int64_t K) : z(K), z2(K), e(K), de(K), dz(K), invn(H), ss(H), a(H), h(H), dh(H), dhc(H) {}
+};
+
+template <typename T>
+struct Grads {
+  std::vector<T> W, L, G, b, bl, bg;
+  explicit Grads(const Params<T>& p) : W(p.H * p.K), L(p.H * p.K), G(p.H * p.K), b(p.H), bl(p.H), bg(p.H) {}
+};
+
+template <typename T>
+void step_backward(const T* F, const T* h, T* dF, Scratch<T>& s, Grads<T>& g, const Params<T>& p, const Options& o) {
+  const int64_t K = p.K;
+  const T* z = s.z.data();
+  const T* e = s.e.data();
+  T* dz = s.dz.data();
+  T* de = s.de.data();
+  presynaptic_trace(F, z, h, p, o, s.e.data());
+  std::fill(s.dz.begin(), s.dz.end(), T(0));
+  for (int64_t i = 0; i < p.H; ++i) {
+    row_pass(p.W + i * K, F + i * p.Kp, z, z, K, s.ss[i], s.a[i], static_cast<T*>(nullptr));
+    s.invn[i] = inverse_norm(s.ss[i], o);
+  }
+  if (o.oja) {
+    // Oja's trace couples the rows: mask dF first and gather de_k = sum_i dF_ik gamma_ik h_i
+    std::fill(s.de.begin(), s.de.end(), T(0));
+    for (int64_t i = 0; i < p.H; ++i) {
+      const T *f = F + i * p.Kp, *l = p.L + i * K, *gm = p.G + i * K;
+      T* d = dF + i * p.Kp;
+      const T invn = s.invn[i], hi = h[i];
+#pragma omp simd
+      for (int64_t k = 0; k < K; ++k) {
+        d[k] = inside(l[k] * f[k] * invn + gm[k] * hi * e[k], o) ? d[k] : T(0);
+        de[k] += d[k] * gm[k] * hi;
+      }
+    }
+  }
+  for (int64_t i = 0; i < p.H; ++i) {
+    const T *f = F + i * p.Kp, *w = p.W + i * K, *l = p.L + i * K, *gm = p.G + i * K;
+    T* d = dF + i * p.Kp;
+    T *gW = g.W.data() + i * K, *gL = g.L.data() + i * K, *gG = g.G.data() + i * K;
+    const T invn = s.invn[i], hi = h[i];
+    // Through F_t = lambda F / n + gamma h e: the sums give dn (s1) and dh (s2, s3)
+    T s1 = 0, s2 = 0, s3 = 0;
+    const bool mask = o.has_clamp && !o.oja;
+#pragma omp simd reduction(+ : s1, s2, s3)
+    for (int64_t k = 0; k < K; ++k) {
+      const T dk = (!mask || inside(l[k] * f[k] * invn + gm[k] * hi * e[k], o)) ? d[k] : T(0);
+      gL[k] += dk * f[k] * invn;
+      gG[k] += dk * hi * e[k];
+      s1 += dk * l[k] * f[k];
+      s2 += dk * gm[k] * e[k];
+      if (o.oja) {
+        s3 += de[k] * f[k];
+        d[k] = dk * l[k] * invn - hi * de[k];
+      } else {
+        dz[k] += dk * gm[k] * hi;
+        d[k] = dk * l[k] * invn;
+      }
+    }
+    T dh = s.dh[i] + s2 - s3;
+    T dfb = 0;
+    if (o.plastic) {
+      const T fb = f[K];
+      const T dfbn = inside(p.bl[i] * fb + p.bg[i] * hi, o) ? d[K] : T(0);
+      g.bl[i] += dfbn * fb;
+      g.bg[i] += dfbn * hi;
+      dh += dfbn * p.bg[i];
+      dfb = dfbn * p.bl[i];
+    }
+    // Through h = tanh(G z / n + b + F_bias) and n = ||G|| + eps
+    const T du = dh * (T(1) - hi * hi);
+    g.b[i] += du;
+    if (o.plastic) d[K] = dfb + du;
+    T da = du, coef = 0;
+    if (o.normalize) {
+      da = du * invn;
+      const T norm = std::sqrt(s.ss[i]);
+      const T dn = -(s1 + du * s.a[i]) * invn * invn;
+      coef = norm > 0 ? dn / norm : T(0);
+    }
+#pragma omp simd
+    for (int64_t k = 0; k < K; ++k) {
+      const T gk = w[k] + f[k];
+      const T dg = da * z[k] + coef * gk;
+      gW[k] += dg;
+      d[k] += dg;
+      dz[k] += da * gk;
+    }
+  }
+  if (o.oja)
+    for (int64_t k = 0; k < K; ++k) dz[k] += de[k];
+}
+
+template <typename T>
+Params<T> make_params(const at::Tensor& W, const at::Tensor& b, const at::Tensor& L, const at::Tensor& G,
+                      const at::Tensor& bl, const at::Tensor& bg, int64_t I, int64_t Kp) {
+  const bool plastic = bl.defined();
+  return Params<T>{W.data_ptr<T>(), b.data_ptr<T>(), L.data_ptr<T>(), G.data_ptr<T>(),
+                   plastic ? bl.data_ptr<T>() : nullptr, plastic ? bg.data_ptr<T>() : nullptr,
+                   W.size(0), I, W.size(1), Kp};
+}
+
+// z_t of sample b: x_t, then (STPNr) h_{t-1}, zero after a reset.
+template <typename T>
+void gather_input(T* z, const T* x, const T* h0, const T* out, bool reset, int64_t t, int64_t b, int64_t B,
+                  const Params<T>& p, const Options& o) {
+  std::copy_n(x + (t * B + b) * p.I, p.I, z);
+  if (!o.recurrent) return;
+  const T* hprev = t > 0 ? out + ((t - 1) * B + b) * p.H : h0 + b * p.H;
+  if (reset)
+    std::fill_n(z + p.I, p.H, T(0));
+  else
+    std::copy_n(hprev, p.H, z + p.I);
+}
+
+Options make_options(bool recurrent, bool normalize, bool oja, bool plastic, double clamp) {
+  return Options{recurrent, normalize, oja, plastic, clamp > 0, clamp};
+}
+
+at::Tensor optional_contiguous(const std::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? t->contiguous() : at::Tensor();
+}
+
+}  // namespace
+
+// Runs the sequence. Returns outputs (T,B,H), F_T (B,H,Kp), energy (T,B) or empty and, when
+// every > 0, the checkpoints (ceil(T/every), B, H, Kp): F entering steps 0, every, 2 every, ...
+std::vector<at::Tensor> stpn_forward(const at::Tensor& x_, const at::Tensor& h0_, const at::Tensor& fast0,
+                                     const std::optional<at::Tensor>& starts_, const at::Tensor& W_,
+                                     const at::Tensor& b_, const at::Tensor& L_, const at::Tensor& G_,
+                                     const std::optional<at::Tensor>& bl_, const std::optional<at::Tensor>& bg_,
+                                     bool recurrent, bool normalize, bool oja, double clamp, bool record_energy,
+                                     int64_t every) {
+  const at::Tensor x = x_.contiguous(), h0 = h0_.contiguous(), W = W_.contiguous(), b = b_.contiguous(),
+                   L = L_.contiguous(), G = G_.contiguous(), bl = optional_contiguous(bl_),
+                   bg = optional_contiguous(bg_), starts = optional_contiguous(starts_);
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = W.size(0), Kp = fast0.size(2);
+  at::Tensor out = at::empty({T, B, H}, x.options());
+  at::Tensor fast = fast0.contiguous().clone();
+  at::Tensor energy = at::empty({record_energy ? T : 0, B}, x.options());
+  const int64_t n_ckpt = every > 0 ? (T + every - 1) / every : 0;
+  at::Tensor ckpt = at::empty({n_ckpt, B, H, Kp}, x.options());
+  const Options o = make_options(recurrent, normalize, oja, bl.defined(), clamp);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "stpn_forward", [&] {
+    using T_ = scalar_t;
+    const Params<T_> p = make_params<T_>(W, b, L, G, bl, bg, I, Kp);
+    const T_ *xp = x.data_ptr<T_>(), *h0p = h0.data_ptr<T_>(), *sp = starts.defined() ? starts.data_ptr<T_>() : nullptr;
+    T_ *outp = out.data_ptr<T_>(), *fp = fast.data_ptr<T_>(), *ep = energy.data_ptr<T_>(), *cp = ckpt.data_ptr<T_>();
+    const int64_t state = H * Kp;
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      Scratch<T_> s(H, p.K);
+      for (int64_t bi = begin; bi < end; ++bi) {
+        T_* F = fp + bi * state;
+        for (int64_t t = 0; t < T; ++t) {
+          if (n_ckpt && t % every == 0) std::copy_n(F, state, cp + ((t / every) * B + bi) * state);
+          const bool reset = sp && sp[t * B + bi] != 0;
+          if (reset) std::fill_n(F, state, T_(0));
+          gather_input(s.z.data(), xp, h0p, outp, reset, t, bi, B, p, o);
+          const T_ en = step_forward(F, s.z.data(), outp + (t * B + bi) * H, s.invn.data(), s.e.data(), s.z2.data(),
+                                     record_energy, p, o);
+          if (record_energy) ep[t * B + bi] = en;
+        }
+      }
+    });
+  });
+  return {out, fast, energy, ckpt};
+}
+
+// BPTT through the sequence from the forward's checkpoints. d_out (T,B,H) holds the gradient of
+// every output (that of h_T included), d_fast (B,H,Kp) that of F_T. Returns the gradients of
+// x, h0, F0, weight, bias, lambda, gamma, bias lambda, bias gamma (the last two empty without a
+// plastic bias).
+std::vector<at::Tensor> stpn_backward(const at::Tensor& x_, const at::Tensor& h0_,
+                                      const std::optional<at::Tensor>& starts_, const at::Tensor& ckpt_,
+                                      const at::Tensor& out_, const at::Tensor& W_, const at::Tensor& b_,
+                                      const at::Tensor& L_, const at::Tensor& G_, const std::optional<at::Tensor>& bl_,
+                                      const std::optional<at::Tensor>& bg_, bool recurrent, bool normalize, bool oja,
+                                      double clamp, int64_t every, const at::Tensor& d_out_, const at::Tensor& d_fast) {
+  const at::Tensor x = x_.contiguous(), h0 = h0_.contiguous(), ckpt = ckpt_.contiguous(), out = out_.contiguous(),
+                   W = W_.contiguous(), b = b_.contiguous(), L = L_.contiguous(), G = G_.contiguous(),
+                   bl = optional_contiguous(bl_), bg = optional_contiguous(bg_), starts = optional_contiguous(starts_),
+                   d_out = d_out_.contiguous();
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = W.size(0), K = W.size(1), Kp = ckpt.size(3);
+  TORCH_CHECK(every > 0 && ckpt.size(0) == (T + every - 1) / every, "stpn_backward: checkpoints do not match every");
+  at::Tensor dx = at::empty_like(x), dh0 = at::empty_like(h0), dF = d_fast.contiguous().clone();
+  at::Tensor dW = at::zeros_like(W), db = at::zeros_like(b), dL = at::zeros_like(L), dG = at::zeros_like(G);
+  at::Tensor dbl = bl.defined() ? at::zeros_like(bl) : at::empty({0}, x.options());
+  at::Tensor dbg = bl.defined() ? at::zeros_like(bg) : at::empty({0}, x.options());
+  const Options o = make_options(recurrent, normalize, oja, bl.defined(), clamp);
+  std::mutex reduce;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "stpn_backward", [&] {
+    using T_ = scalar_t;
+    const Params<T_> p = make_params<T_>(W, b, L, G, bl, bg, I, Kp);
+    const T_ *xp = x.data_ptr<T_>(), *h0p = h0.data_ptr<T_>(), *sp = starts.defined() ? starts.data_ptr<T_>() : nullptr;
+    const T_ *outp = out.data_ptr<T_>(), *cp = ckpt.data_ptr<T_>(), *dop = d_out.data_ptr<T_>();
+    T_ *dxp = dx.data_ptr<T_>(), *dh0p = dh0.data_ptr<T_>(), *dfp = dF.data_ptr<T_>();
+    const int64_t state = H * Kp;
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      Scratch<T_> s(H, K);
+      Grads<T_> g(p);
+      std::vector<T_> states(std::min(every, T) * state);
+      for (int64_t bi = begin; bi < end; ++bi) {
+        T_* dFb = dfp + bi * state;
+        std::fill(s.dhc.begin(), s.dhc.end(), T_(0));
+        for (int64_t seg = (T + every - 1) / every - 1; seg >= 0; --seg) {
+          const int64_t t0 = seg * every, t1 = std::min(T, t0 + every);
+          // Recompute the states entering the steps of this segment from its checkpoint
+          std::copy_n(cp + (seg * B + bi) * state, state, states.data());
+          for (int64_t t = t0; t < t1; ++t) {
+            T_* S = states.data() + (t - t0) * state;
+            const bool reset = sp && sp[t * B + bi] != 0;
+            if (reset) std::fill_n(S, state, T_(0));
+            if (t + 1 == t1) break;
+            std::copy_n(S, state, S + state);
+            gather_input(s.z.data(), xp, h0p, outp, reset, t, bi, B, p, o);
+            step_forward(S + state, s.z.data(), s.h.data(), s.invn.data(), s.e.data(), s.z2.data(), false, p, o);
+          }
+          for (int64_t t = t1 - 1; t >= t0; --t) {
+            const bool reset = sp && sp[t * B + bi] != 0;
+            gather_input(s.z.data(), xp, h0p, outp, reset, t, bi, B, p, o);
+            const T_* dot = dop + (t * B + bi) * H;
+            for (int64_t i = 0; i < H; ++i) s.dh[i] = dot[i] + s.dhc[i];
+            step_backward(states.data() + (t - t0) * state, outp + (t * B + bi) * H, dFb, s, g, p, o);
+            std::copy_n(s.dz.data(), I, dxp + (t * B + bi) * I);
+            if (recurrent && !reset)
+              std::copy_n(s.dz.data() + I, H, s.dhc.data());
+            else
+              std::fill(s.dhc.begin(), s.dhc.end(), T_(0));
+            if (reset) std::fill_n(dFb, state, T_(0));
+          }
+        }
+        std::copy(s.dhc.begin(), s.dhc.end(), dh0p + bi * H);
+      }
+      std::lock_guard<std::mutex> lock(reduce);
+      const std::pair<at::Tensor*, std::vector<T_>*> sums[] = {{&dW, &g.W}, {&dL, &g.L}, {&dG, &g.G},
+                                                             {&db, &g.b}, {&dbl, &g.bl}, {&dbg, &g.bg}};
+      for (const auto& [total, part] : sums) {
+        T_* tp = total->data_ptr<T_>();
+        const int64_t n = total->numel();
+        for (int64_t j = 0; j < n; ++j) tp[j] += (*part)[j];
+      }
+    });
+  });
+  return {dx, dh0, dF, dW, db, dL, dG, dbl, dbg};
+}
+
+TORCH_LIBRARY(sb3_stpn, m) {
+  m.def("forward", &stpn_forward);
+  m.def("backward", &stpn_backward);
+}
