@@ -1,0 +1,144 @@
+"""
+Time the STPN layer on each kernel path against ``torch.nn.LSTM``; print a markdown table, write JSON.
+
+Training cases time forward + backward of a whole (T, B) batch; rollout cases (T=1) time one forward
+step without grad. LSTMs are timed at the STPN's hidden size and at an equal parameter count.
+
+Bytes the fused kernel moves per sample and step, with S = H * K elements of F and K = I + H:
+forward + backward ``7 S + 15 H K`` (F read and written by the forward and by the backward's recompute,
+F read and dF read and written by the backward; W, lambda, gamma read three times and their three
+gradients read and written), forward only ``2 S + 3 H K``. The implied bandwidth (bytes / time) sits
+next to the machine's copy bandwidth, measured on a large tensor in the same run.
+
+Usage: ``python -m benchmarks.layer [--threads 1] [--quick] [--out benchmarks/results/layer.json]``
+"""
+
+import argparse
+import json
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch as th
+
+from sb3_stpn.common import stpn_kernel
+from sb3_stpn.common.stpn import STPN
+
+TRAIN_CASES = [(256, 32, 4, 64), (8, 128, 512, 128), (64, 32, 32, 64)]
+ROLLOUT_CASES = [(8, 1, 512, 128), (8, 1, 4, 64)]
+QUICK_TRAIN_CASES = [(16, 8, 4, 16)]
+QUICK_ROLLOUT_CASES = [(4, 1, 4, 16)]
+
+
+def timings(fn: Callable[[], None], repeats: int) -> list[float]:
+    """Seconds per call after one warm-up call."""
+    fn()
+    result = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        result.append(time.perf_counter() - start)
+    return result
+
+
+def copy_bandwidth(repeats: int, megabytes: int) -> float:
+    """Bytes per second of a large tensor copy (read + write)."""
+    source = th.ones(megabytes * 2**20 // 4)
+    target = th.empty_like(source)
+    best = min(timings(lambda: target.copy_(source), repeats))
+    return 2 * source.numel() * 4 / best
+
+
+def lstm_hidden_for_params(count: int, inputs: int) -> int:
+    """The LSTM hidden size whose 4H(I + H) + 8H parameters come closest to ``count``."""
+    return max(1, round((-(4 * inputs + 8) + math.sqrt((4 * inputs + 8) ** 2 + 16 * count)) / 8))
+
+
+def step_function(module: th.nn.Module, x: th.Tensor, train: bool) -> Callable[[], None]:
+    def run() -> None:
+        if train:
+            output, _ = module(x)
+            output.sum().backward()
+        else:
+            with th.no_grad():
+                module(x)
+
+    return run
+
+
+def bench_case(batch: int, steps: int, inputs: int, hidden: int, train: bool, repeats: int, paths: list[str]) -> list[dict]:
+    stpn = STPN(inputs, hidden)
+    params = sum(p.numel() for p in stpn.parameters())
+    x = th.randn(steps, batch, inputs, requires_grad=train)
+    presynaptic = inputs + hidden
+    state = hidden * presynaptic
+    per_step = 7 * state + 15 * hidden * presynaptic if train else 2 * state + 3 * hidden * presynaptic
+    kernel_bytes = 4 * batch * steps * per_step
+    rows = []
+    lstm_sizes = {"LSTM same H": hidden, "LSTM same params": lstm_hidden_for_params(params, inputs)}
+    for name, lstm_hidden in lstm_sizes.items():
+        lstm = th.nn.LSTM(inputs, lstm_hidden)
+        rows.append({"model": f"{name} (H={lstm_hidden})", "seconds": timings(step_function(lstm, x, train), repeats)})
+    for path in paths:
+        os.environ[stpn_kernel.KERNEL_ENV] = path
+        # The per-step reference loop is slow: fewer repeats
+        count = max(2, repeats // 4) if path == "reference" else repeats
+        seconds = timings(step_function(stpn, x, train), count)
+        rows.append({"model": f"STPN {path}", "seconds": seconds, "bytes": kernel_bytes if path == "cpp" else None})
+    lstm_same, lstm_params = (statistics.median(r["seconds"]) for r in rows[:2])
+    for row in rows:
+        median = statistics.median(row["seconds"])
+        row.update(
+            case=f"B={batch} T={steps} I={inputs} H={hidden}" + ("" if train else " rollout, no grad"),
+            train=train,
+            median_ms=1e3 * median,
+            min_ms=1e3 * min(row["seconds"]),
+            vs_lstm_same_h=median / lstm_same,
+            vs_lstm_same_params=median / lstm_params,
+            gbps=row.get("bytes") and row["bytes"] / median / 1e9,
+        )
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| case | model | median ms | min ms | x LSTM same H | x LSTM same params | kernel GB/s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        gbps = f"{r['gbps']:.1f}" if r["gbps"] else ""
+        lines.append(
+            f"| {r['case']} | {r['model']} | {r['median_ms']:.2f} | {r['min_ms']:.2f} | "
+            f"{r['vs_lstm_same_h']:.2f} | {r['vs_lstm_same_params']:.2f} | {gbps} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, few repeats")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/layer.json"))
+    args = parser.parse_args()
+    th.set_num_threads(args.threads)
+    th.manual_seed(0)
+    repeats = args.repeats or (3 if args.quick else 9)
+    paths = ["reference", "torch"] + (["cpp"] if stpn_kernel._cpp_ops() is not None else [])
+    cases = [(c, True) for c in (QUICK_TRAIN_CASES if args.quick else TRAIN_CASES)]
+    cases += [(c, False) for c in (QUICK_ROLLOUT_CASES if args.quick else ROLLOUT_CASES)]
+    bandwidth = copy_bandwidth(repeats, 64 if args.quick else 512)
+    rows = [row for (case, train) in cases for row in bench_case(*case, train, repeats, paths)]
+    print(f"threads: {th.get_num_threads()}, torch {th.__version__}, copy bandwidth {bandwidth / 1e9:.1f} GB/s\n")
+    print(markdown(rows))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"threads": th.get_num_threads(), "torch": th.__version__, "copy_bandwidth_gbps": bandwidth / 1e9, "rows": rows}
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
