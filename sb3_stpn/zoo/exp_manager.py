@@ -6,7 +6,7 @@
   built, so a typo gives one line naming the key instead of a traceback from deep inside SB3.
 - Every environment is wrapped to stop on NaN/inf observations or actions instead of silently
   training on them.
-- A run that fails while setting up removes its own fresh, model-less run folder, so that
+- A run that fails (bad input, NaN) removes its own fresh, model-less run folder, so that
   ``enjoy`` keeps finding the latest trained agent.
 """
 
@@ -137,6 +137,13 @@ class StpnExperimentManager(ExperimentManager):
             self._remove_empty_run_folder()
             raise
 
+    def learn(self, model: BaseAlgorithm) -> None:
+        try:
+            super().learn(model)
+        except ZooError:
+            self._remove_empty_run_folder()
+            raise
+
     def _remove_empty_run_folder(self) -> None:
         """Remove this run's freshly made folder unless a model was saved in it."""
         run_folder = Path(self.save_path)
@@ -182,9 +189,9 @@ class StpnExperimentManager(ExperimentManager):
     def _load_pretrained_agent(self, hyperparams: dict[str, Any], env: VecEnv) -> BaseAlgorithm:
         try:
             return super()._load_pretrained_agent(hyperparams, env)
-        except (ValueError, KeyError, RuntimeError, OSError, zipfile.BadZipFile) as error:
+        except Exception as error:  # a corrupt zip, or one of another algorithm, fails in many ways inside SB3
             raise ZooError(
-                f"cannot continue from {self.trained_agent} ({error}); pass -i the .zip of a "
+                f"cannot continue from {self.trained_agent} ({type(error).__name__}: {error}); pass -i the .zip of a "
                 f"{self.algo} agent trained on {self.env_name.gym_id} by train.py"
             ) from error
 

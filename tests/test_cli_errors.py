@@ -1,0 +1,125 @@
+"""Bad input to stpn-train / stpn-enjoy: one ``error:`` line naming the fix, a non-zero exit, nothing lost."""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sb3_stpn.cli import enjoy_main, train_main
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = "CartPoleNoVel-v1"
+# Enough to reach the model, never enough to train for long if a check fails to fire
+TINY = ["-n", "16", "--eval-freq", "-1", "--hyperparams", "n_envs:1", "n_steps:8", "batch_size:8", "n_epochs:1"]
+NAN_ENV_MODULE = """
+import gymnasium as gym
+import numpy as np
+
+
+class NanEnv(gym.Env):
+    observation_space = gym.spaces.Box(-1, 1, (2,))
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, seed=None, options=None):
+        return np.zeros(2, dtype=np.float32), {}
+
+    def step(self, action):
+        return np.full(2, np.nan, dtype=np.float32), 0.0, False, False, {}
+
+
+gym.register("NanEnv-v0", entry_point=NanEnv, max_episode_steps=50)
+"""
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A log folder holding one (fake) saved model, to check that no bad input touches it."""
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "logs" / "ppo_stpn" / f"{ENV}_1"
+    run.mkdir(parents=True)
+    (run / f"{ENV}.zip").write_bytes(b"a model that must survive")
+    (tmp_path / "bad.yml").write_text(f"{ENV}:\n  n_steps: [8\n")
+    (tmp_path / "list.yml").write_text("- just a list\n")
+    (tmp_path / "corrupt.zip").write_bytes(b"not a zip")
+    (tmp_path / "nan_env.py").write_text(NAN_ENV_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every saved model (by content) and every run folder (``<env>_<id>``) under ``folder``."""
+    models = {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest() for path in folder.rglob("*.zip")}
+    runs = {str(path.relative_to(folder)): "run" for path in folder.rglob("*_[0-9]*") if path.is_dir()}
+    return models | runs
+
+
+TRAIN_CASES = {
+    "unknown env": (["--env", "CartPoleNoVel-v9"], "unknown environment CartPoleNoVel-v9 (did you mean CartPoleNoVel-v1?)"),
+    "algo without config": (["--algo", "ppo_stpn", "--env", ENV, "-conf", "missing.yml"], "cannot read the config"),
+    "malformed yaml": (["--env", ENV, "-conf", "bad.yml"], "malformed YAML in bad.yml at line 3"),
+    "yaml not a mapping": (["--env", ENV, "-conf", "list.yml"], "must map environment ids"),
+    "unknown hyperparameter": (["--env", ENV, *TINY, "n_stepz:8"], "unknown hyperparameter for StpnPPO 'n_stepz'"),
+    "unknown policy kwarg": (["--env", ENV, *TINY, "policy_kwargs:dict(stpn_hiden_size=8)"], "'stpn_hiden_size'"),
+    "unknown stpn kwarg": (["--env", ENV, *TINY, "policy_kwargs:dict(stpn_kwargs=dict(clmp=1.0))"], "stpn_kwargs key 'clmp'"),
+    "unknown policy": (["--env", ENV, *TINY, "policy:'MlpPolicy'"], "unknown policy 'MlpPolicy'"),
+    "missing -i": (["--env", ENV, *TINY, "-i", "missing.zip"], "trained agent missing.zip not found"),
+    "corrupt -i": (["--env", ENV, *TINY, "-i", "corrupt.zip"], "corrupt.zip is not a model saved by SB3"),
+    "nan observation": (["--env", "NanEnv-v0", "--gym-packages", "nan_env", *TINY], "found nan in observations"),
+}
+
+
+def check_one_line_error(code: object, expected: str) -> None:
+    assert isinstance(code, str), f"expected an error message, got exit code {code!r}"
+    assert code.startswith("error: ") and "\n" not in code and expected in code, code
+
+
+@pytest.mark.parametrize("case", TRAIN_CASES)
+def test_train_rejects_bad_input(case: str, workdir: Path) -> None:
+    argv, expected = TRAIN_CASES[case]
+    before = snapshot(workdir / "logs")
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(argv)
+    check_one_line_error(exit_info.value.code, expected)
+    assert snapshot(workdir / "logs") == before
+
+
+def test_continue_from_another_algorithms_model(workdir: Path, tmp_path: Path) -> None:
+    """A real ppo_stpn model given to ppo_lstm: refused in one line, the model and the log folders untouched."""
+    train_main(["--env", ENV, *TINY, "-f", str(tmp_path / "other")])
+    model = tmp_path / "other" / "ppo_stpn" / f"{ENV}_1" / f"{ENV}.zip"
+    before = snapshot(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--algo", "ppo_lstm", "--env", ENV, *TINY, "-i", str(model)])
+    check_one_line_error(exit_info.value.code, "cannot continue from")
+    assert snapshot(tmp_path) == before
+
+
+def test_enjoy_without_trained_agent(workdir: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        enjoy_main(["--env", "Pendulum-v1", "--no-render"])
+    check_one_line_error(exit_info.value.code, "no trained ppo_stpn agent for Pendulum-v1 in logs")
+
+
+def test_enjoy_corrupt_model(workdir: Path) -> None:
+    before = snapshot(workdir / "logs")
+    with pytest.raises(SystemExit) as exit_info:
+        enjoy_main(["--env", ENV, "--no-render"])
+    check_one_line_error(exit_info.value.code, f"cannot load logs/ppo_stpn/{ENV}_1/{ENV}.zip")
+    assert snapshot(workdir / "logs") == before
+
+
+@pytest.mark.parametrize(
+    ("script", "argv"), [("train.py", ["--env", "CartPoleNoVel-v9"]), ("enjoy.py", ["--env", ENV, "--no-render"])]
+)
+def test_scripts_print_one_line_and_no_traceback(script: str, argv: list[str], workdir: Path) -> None:
+    """The real processes: exit status 1 and a single stderr line, no traceback."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / script), *argv], capture_output=True, text=True, timeout=120, env=os.environ
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
