@@ -6,6 +6,7 @@ import pytest
 import torch as th
 
 from sb3_stpn import STPN
+from tests.common.test_stpn_kernel import spec_sequence
 
 INPUT, HIDDEN, BATCH, STEPS = 3, 5, 4, 6
 
@@ -130,3 +131,36 @@ def test_gradients_reach_every_parameter_the_input_and_the_initial_state(dtype: 
     for name, tensor in [("x", x), ("h0", h0), ("F0", fast0), *layer.named_parameters()]:
         assert tensor.grad is not None and tensor.grad.abs().sum() > 0, name
         assert tensor.grad.dtype == dtype
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"recurrent": False, "normalize": False},
+        {"clamp": 0.05, "rule": "oja", "plastic_bias": True, "scalar_plasticity": True},
+    ],
+)
+def test_layer_matches_the_float64_spec(kwargs: dict) -> None:
+    """The module hands its parameters and options to the kernel as the spec reads them."""
+    layer = _strongly_plastic(**kwargs).double()
+    x = th.randn(STEPS, BATCH, INPUT, dtype=th.float64)
+    starts = (th.rand(STEPS, BATCH) < 0.2).double()
+    h0, fast0 = (0.3 * th.randn_like(part) for part in layer.initial_state(BATCH))
+    layer.record_energy = True
+    output, (h, fast) = layer(x, (h0, fast0), starts)
+    bias_plasticity = (layer.bias_lambda, layer.bias_gamma) if layer.plastic_bias else (None, None)
+    expected = spec_sequence(
+        x,
+        h0,
+        fast0,
+        layer.weight,
+        layer.bias,
+        layer.weight_lambda,
+        layer.weight_gamma,
+        *bias_plasticity,
+        starts=starts,
+        config=layer.config,
+    )
+    for got, want in zip((output, h, fast, layer.last_energy), expected, strict=True):
+        th.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
