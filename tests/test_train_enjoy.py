@@ -1,0 +1,67 @@
+"""End to end, as a user runs them: train.py then enjoy.py, as subprocesses, for ppo_stpn and ppo_lstm."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = "CartPoleNoVel-v1"
+# The CartPoleNoVel-v1 entry, shrunk to a couple of thousand steps in a few seconds
+# Tiny models: one torch thread each, as the in-process tests (tests/conftest.py)
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+SHRINK = ["--hyperparams", "n_envs:2", "n_steps:64", "batch_size:128", "n_epochs:1"]
+
+
+def run_script(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(REPO / script), *args]
+    result = subprocess.run(command, cwd=cwd, env=ONE_THREAD, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.parametrize(("algo", "memory"), [("ppo_stpn", "STPN"), ("ppo_lstm", "LSTM")])
+def test_train_then_enjoy(algo: str, memory: str, tmp_path: Path) -> None:
+    run_script("train.py", "--algo", algo, "--env", ENV, "-n", "2048", "--seed", "0", *SHRINK, "--eval-freq", "1024",
+               "--eval-episodes", "2", "--save-freq", "1024", cwd=tmp_path)  # fmt: skip
+    run = tmp_path / "logs" / algo / f"{ENV}_1"
+    for saved in (f"{ENV}.zip", "best_model.zip", "rl_model_1024_steps.zip", f"{ENV}/vecnormalize.pkl", f"{ENV}/config.yml"):
+        assert (run / saved).is_file(), saved
+
+    out = run_script("enjoy.py", "--algo", algo, "--env", ENV, "--no-render", "-n", "300", cwd=tmp_path).stdout
+    returns = [float(value) for value in re.findall(r"Episode Reward: ([\d.]+)", out)]
+    lengths = [int(value) for value in re.findall(r"Episode Length (\d+)", out)]
+    energies = [float(value) for value in re.findall(rf"Episode mean {memory} energy per step: ([\d.e+-]+)", out)]
+    assert returns and returns == lengths  # CartPole pays 1 per step
+    assert len(energies) >= len(returns) - 1 and all(energy > 0 for energy in energies)
+    assert re.search(rf"Mean {memory} energy per step over 300 steps: [\d.]", out)
+
+    best = run_script("enjoy.py", "--algo", algo, "--env", ENV, "--no-render", "-n", "50", "--load-best", cwd=tmp_path)
+    assert "best_model.zip" in best.stdout
+
+
+def test_record_video(tmp_path: Path) -> None:
+    run_script("train.py", "--env", ENV, "-n", "128", *SHRINK, "--eval-freq", "-1", cwd=tmp_path)
+    out = run_script("enjoy.py", "--env", ENV, "--record", "-n", "40", "-o", "videos", cwd=tmp_path).stdout
+    assert list((tmp_path / "videos").glob("*.mp4")), out
+    assert "energy per step over 40 steps" in out
+
+
+def test_ctrl_c_saves_the_model(tmp_path: Path) -> None:
+    """rl_zoo3 saves on KeyboardInterrupt; a SIGINT once training runs must leave the model on disk."""
+    process = subprocess.Popen(
+        [sys.executable, "-u", str(REPO / "train.py"), "--env", ENV, "-n", "1000000", *SHRINK, "--eval-freq", "-1"],
+        cwd=tmp_path, env=ONE_THREAD, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    for line in process.stdout:
+        if "total_timesteps" in line:  # the first rollout is logged: training is under way
+            break
+    process.send_signal(signal.SIGINT)
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, out[-3000:]
+    assert (tmp_path / "logs" / "ppo_stpn" / f"{ENV}_1" / f"{ENV}.zip").is_file()
