@@ -1,0 +1,83 @@
+"""The learning benchmark's helpers give the right numbers and the benchmark runs end to end on a tiny budget."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.learning import (
+    LSTM_HIDDEN,
+    MLP,
+    STPN,
+    area_under_curve,
+    main,
+    mean_std,
+    parse_steps,
+    seed_band,
+    variant_entry,
+)
+
+
+def test_area_under_curve_is_the_mean_return_over_training() -> None:
+    # A ramp from 0 to 10 over 100 steps averages 5; a step that is 4 then 8 over equal halves averages 5 too (trapezoids)
+    assert area_under_curve([0, 100], [0, 10]) == pytest.approx(5.0)
+    assert area_under_curve([0, 50, 100], [4, 4, 8]) == pytest.approx((50 * 4 + 50 * 6) / 100)
+    # Unevenly spaced evaluations are weighted by the steps between them; the origin need not be 0
+    assert area_under_curve([10, 20, 50], [1, 3, 3]) == pytest.approx((10 * 2 + 30 * 3) / 40)
+    with pytest.raises(ValueError):
+        area_under_curve([0], [1])
+
+
+def test_mean_std_over_seeds() -> None:
+    assert mean_std([1, 2, 3]) == pytest.approx((2.0, 1.0))  # sample std
+    assert mean_std([7]) == (7.0, 0.0)
+
+
+def test_seed_band_aligns_curves() -> None:
+    grid, mean, std = seed_band([([0, 10, 20], [0, 2, 4]), ([0, 20], [2, 6])])
+    assert list(grid) == [0, 10, 20]
+    assert np.allclose(mean, [1, 3, 5]) and np.allclose(std, np.sqrt(2))
+
+
+def test_steps_option() -> None:
+    defaults = {"A": 1, "B": 2}
+    assert parse_steps(None, ["A", "B"], defaults) == {"A": 1, "B": 2}
+    assert parse_steps(["500"], ["A", "B"], defaults) == {"A": 500, "B": 500}
+    assert parse_steps(["B=9"], ["A", "B"], defaults) == {"A": 1, "B": 9}
+    with pytest.raises(SystemExit):
+        parse_steps(["C=9"], ["A", "B"], defaults)
+
+
+def test_variants_change_only_what_they_say() -> None:
+    stpn = variant_entry(STPN, "InvertedPendulum-v5", 1000)
+    mlp = variant_entry(MLP, "InvertedPendulum-v5", 1000)
+    hidden = variant_entry(LSTM_HIDDEN, "InvertedPendulum-v5", 1000)
+    assert stpn["n_timesteps"] == mlp["n_timesteps"] == 1000
+    assert mlp["policy"] == "MlpPolicy" and mlp["policy_kwargs"] == {} and "sequence_length" not in mlp
+    assert {k: v for k, v in stpn.items() if k not in ("policy", "policy_kwargs", "sequence_length")} == {
+        k: v for k, v in mlp.items() if k not in ("policy", "policy_kwargs")
+    }
+    assert hidden["policy_kwargs"]["lstm_hidden_size"] == stpn["policy_kwargs"]["stpn_hidden_size"] == 64
+
+
+def test_benchmark_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["--quick", "--tasks", "CartPoleNoVel-v1", "GridMaze-v0", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "learning.json").read_text())
+    assert report["table"] in printed and (tmp_path / "learning.md").read_text().strip() == report["table"]
+    for task in ("CartPoleNoVel-v1", "GridMaze-v0"):
+        assert (tmp_path / f"{task}.png").read_bytes()[:4] == b"\x89PNG"
+    assert {(run["task"], run["model"]) for run in report["runs"]} == {
+        (task, model) for task in ("CartPoleNoVel-v1", "GridMaze-v0") for model in ("stpn", "lstm_params", "lstm_hidden")
+    }
+    for run in report["runs"]:
+        # Evaluated at step 0 and at the end of the one rollout, with the memory's energy recorded
+        assert run["curve"][0]["timesteps"] == 0 and run["curve"][-1]["timesteps"] == run["steps"] > 0
+        assert all(point["energy_per_step"] > 0 for point in run["curve"])
+    sizes = {(run["task"], run["model"]): (run["hidden_size"], run["parameters"]) for run in report["runs"]}
+    # The zoo configs' sizes and parameter counts (their comments), and the equal-hidden LSTM
+    assert sizes[("GridMaze-v0", "stpn")] == (55, 24150) and sizes[("GridMaze-v0", "lstm_params")] == (47, 25056)
+    assert sizes[("GridMaze-v0", "lstm_hidden")][0] == 55
+    assert "| GridMaze-v0 | oracle policy" in printed and "| GridMaze-v0 | random policy" in printed
+    assert set(report["references"]["GridMaze-v0"]) == {"random", "oracle"}
