@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.common.test_callbacks import read_events
+
 REPO = Path(__file__).resolve().parents[1]
 ENV = "CartPoleNoVel-v1"
 # The CartPoleNoVel-v1 entry, shrunk to a couple of thousand steps in a few seconds
@@ -27,8 +29,12 @@ def run_script(script: str, *args: str, cwd: Path) -> subprocess.CompletedProces
 @pytest.mark.parametrize(("algo", "memory"), [("ppo_stpn", "STPN"), ("ppo_lstm", "LSTM")])
 def test_train_then_enjoy(algo: str, memory: str, tmp_path: Path) -> None:
     run_script("train.py", "--algo", algo, "--env", ENV, "-n", "2048", "--seed", "0", *SHRINK, "--eval-freq", "1024",
-               "--eval-episodes", "2", "--save-freq", "1024", cwd=tmp_path)  # fmt: skip
+               "--eval-episodes", "2", "--save-freq", "1024", "-tb", "tb", cwd=tmp_path)  # fmt: skip
     run = tmp_path / "logs" / algo / f"{ENV}_1"
+    # The diagnostics callback is on by default, for both memories under one tag
+    assert (
+        "stpn/energy_per_step" in read_events(next((tmp_path / "tb").rglob("events.out.tfevents*")).parent).Tags()["scalars"]
+    )
     for saved in (f"{ENV}.zip", "best_model.zip", "rl_model_1024_steps.zip", f"{ENV}/vecnormalize.pkl", f"{ENV}/config.yml"):
         assert (run / saved).is_file(), saved
 

@@ -6,6 +6,8 @@
   built, so a typo gives one line naming the key instead of a traceback from deep inside SB3.
 - Every environment is wrapped to stop on NaN/inf observations or actions instead of silently
   training on them.
+- Recurrent PPO runs (``ppo_stpn``, ``ppo_lstm``) log energy and plasticity diagnostics
+  (:class:`~sb3_stpn.common.callbacks.StpnDiagnosticsCallback`).
 - A run that fails (bad input, NaN) removes its own fresh, model-less run folder, so that
   ``enjoy`` keeps finding the latest trained agent.
 """
@@ -22,10 +24,12 @@ import yaml
 from gymnasium import spaces
 from rl_zoo3.exp_manager import ExperimentManager
 from rl_zoo3.utils import ALGOS
+from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.vec_env import VecCheckNan, VecEnv
 
+from sb3_stpn.common.callbacks import StpnDiagnosticsCallback
 from sb3_stpn.common.stpn import STPN
 
 AUTO_POLICY = "auto"
@@ -182,6 +186,13 @@ class StpnExperimentManager(ExperimentManager):
             hyperparams["policy"] = auto_policy(ALGOS[self.algo], env.observation_space)
             print(f"Policy for {env.observation_space}: {hyperparams['policy']}")
         return hyperparams
+
+    def create_callbacks(self) -> None:
+        super().create_callbacks()
+        if issubclass(ALGOS[self.algo], RecurrentPPO):
+            # Energy (STPN and LSTM alike) and plasticity diagnostics on by default. First in the list:
+            # it reads the actor's last forward at each step, which must be the rollout's, not an evaluation's
+            self.callbacks.insert(0, StpnDiagnosticsCallback())
 
     def create_envs(self, n_envs: int, eval_env: bool = False, no_log: bool = False) -> VecEnv:
         return VecCheckFinite(super().create_envs(n_envs, eval_env, no_log))
