@@ -30,15 +30,18 @@ struct Params {
   int64_t H, I, K, Kp;
 };
 
+// The bound is cast to T first: compared as double, float vectors were widened to double in the loops.
 template <typename T>
 inline T clamp_value(T v, const Options& o) {
-  return std::min<T>(std::max<T>(v, -o.clamp), o.clamp);
+  const T c = static_cast<T>(o.clamp);
+  return std::min<T>(std::max<T>(v, -c), c);
 }
 
 // True where torch.clamp lets the gradient through (inside the closed interval).
 template <typename T>
 inline bool inside(T v, const Options& o) {
-  return v >= -o.clamp && v <= o.clamp;
+  const T c = static_cast<T>(o.clamp);
+  return v >= -c && v <= c;
 }
 
 // Sum of squares and drive G.z of one row of G = W + F (and, if asked, sum z^2 |G|).
@@ -79,15 +82,39 @@ void presynaptic_trace(const T* F, const T* z, const T* h, const Params<T>& p, c
   }
 }
 
-template <typename T>
-inline void update_row(T* __restrict__ f, int64_t i, T invn, T hi, const T* __restrict__ e, const Params<T>& p,
-                       const Options& o) {
-  const T* l = p.L + i * p.K;
-  const T* g = p.G + i * p.K;
-#pragma omp simd
-  for (int64_t k = 0; k < p.K; ++k) f[k] = clamp_value(l[k] * f[k] * invn + g[k] * hi * e[k], o);
-  if (o.plastic) f[p.K] = clamp_value(p.bl[i] * f[p.K] + p.bg[i] * hi, o);
+// Row i of F_t from that of F_{t-1}: src to dst, which may be the same row (in place) or not (the
+// caller's F_0 is only read, and the backward's recompute writes each state into its own slot). With
+// Next, the same pass also returns the next step's sums of this row of G = W + F_t (row_pass with
+// z_next), so that the forward reads W and F once per step instead of twice.
+template <typename T, bool Next>
+inline void update_row(const T* src, T* dst, int64_t i, T invn, T hi, const T* __restrict__ e,
+                       const T* __restrict__ z_next, const Params<T>& p, const Options& o, T& ss, T& a) {
+  const T *__restrict__ l = p.L + i * p.K, *__restrict__ g = p.G + i * p.K, *__restrict__ w = p.W + i * p.K;
+  T s = 0, d = 0;
+#pragma omp simd reduction(+ : s, d)
+  for (int64_t k = 0; k < p.K; ++k) {
+    const T v = clamp_value(l[k] * src[k] * invn + g[k] * hi * e[k], o);
+    dst[k] = v;
+    if constexpr (Next) {
+      const T gk = w[k] + v;
+      s += gk * gk;
+      d += gk * z_next[k];
+    }
+  }
+  if (o.plastic) dst[p.K] = clamp_value(p.bl[i] * src[p.K] + p.bg[i] * hi, o);
+  if constexpr (Next) {
+    ss = s;
+    a = d;
+  }
 }
+
+// Per-thread buffers of one sample's step (z_next: the next step's input, for the fused update).
+template <typename T>
+struct Scratch {
+  std::vector<T> z, z_next, z2, e, de, dz, invn, ss, a, u, h, dh, dhc;
+  Scratch(int64_t H, int64_t K)
+      : z(K), z_next(K), z2(K), e(K), de(K), dz(K), invn(H), ss(H), a(H), u(H), h(H), dh(H), dhc(H) {}
+};
 
 // tanh over n values. float: Eigen's rational approximation (within 4e-7 of tanh), which vectorises
 // where std::tanh is a scalar libm call per neuron; double: std::tanh.
@@ -109,37 +136,53 @@ inline void tanh_all(const double* u, double* h, int64_t n) {
   for (int64_t i = 0; i < n; ++i) h[i] = std::tanh(u[i]);
 }
 
-// One step of one sample, in place on F (H, Kp): writes h (H) and returns the energy. The drives of
-// all neurons first (one pass over each row of G = W + F), then tanh, then the update of each row.
+// The sums of one step of one sample over each row of G = W + F (H, Kp): ss = ||G||^2, a = G z, per
+// neuron. Returns the energy (0 unless asked).
 template <typename T>
-T step_forward(T* F, const T* z, T* h, T* u, T* invn, T* e, T* z2, bool record_energy, const Params<T>& p,
-               const Options& o) {
+T drive_pass(const T* F, const T* z, T* z2, bool record_energy, T* ss, T* a, const Params<T>& p, const Options& o) {
   if (record_energy)
     for (int64_t k = 0; k < p.K; ++k) z2[k] = z[k] * z[k];
   T energy = 0;
   for (int64_t i = 0; i < p.H; ++i) {
-    const T* f = F + i * p.Kp;
-    T ss, a, en = 0;
-    row_pass(p.W + i * p.K, f, z, z2, p.K, ss, a, record_energy ? &en : nullptr);
-    invn[i] = inverse_norm(ss, o);
-    energy += en * invn[i];
-    u[i] = a * invn[i] + p.b[i] + (o.plastic ? f[p.K] : T(0));
+    T en = 0;
+    row_pass(p.W + i * p.K, F + i * p.Kp, z, z2, p.K, ss[i], a[i], record_energy ? &en : nullptr);
+    energy += en * inverse_norm(ss[i], o);
+  }
+  return energy;
+}
+
+// The output of one step of one sample from its sums (ss, a) and F_{t-1}: h (H), and 1/n in s.invn.
+template <typename T>
+void step_output(const T* F, const T* ss, const T* a, T* h, Scratch<T>& s, const Params<T>& p, const Options& o) {
+  T *invn = s.invn.data(), *u = s.u.data();
+  for (int64_t i = 0; i < p.H; ++i) {
+    invn[i] = inverse_norm(ss[i], o);
+    u[i] = a[i] * invn[i] + p.b[i] + (o.plastic ? F[i * p.Kp + p.K] : T(0));
   }
   tanh_all(u, h, p.H);
-  presynaptic_trace(F, z, h, p, o, e);
-  for (int64_t i = 0; i < p.H; ++i) update_row(F + i * p.Kp, i, invn[i], h[i], e, p, o);
-  return energy;
+}
+
+// The update of one step after step_output: F_t into dst from F_{t-1} in src (may be dst). With z_next
+// (the next step's input, when no reset comes before it) it also writes the next step's sums into
+// ss_next, a_next (may be this step's: step_output has used them).
+template <typename T>
+void step_update(const T* src, T* dst, const T* z, const T* z_next, const T* h, T* ss_next, T* a_next, Scratch<T>& s,
+                 const Params<T>& p, const Options& o) {
+  presynaptic_trace(src, z, h, p, o, s.e.data());
+  for (int64_t i = 0; i < p.H; ++i) {
+    const int64_t row = i * p.Kp;
+    const T invn = s.invn[i];
+    if (z_next)
+      update_row<T, true>(src + row, dst + row, i, invn, h[i], s.e.data(), z_next, p, o, ss_next[i], a_next[i]);
+    else
+      update_row<T, false>(src + row, dst + row, i, invn, h[i], s.e.data(), z, p, o, ss_next[i], a_next[i]);
+  }
 }
 
 // Backward of one step of one sample. F: the state entering the step (after a reset), z and h: its
 // input and output; dF: in, the gradient of F after the step, out, that of F entering it; dh: the
-// whole gradient of h; dz: out. Parameter gradients are added to the per-thread sums in g.
-template <typename T>
-struct Scratch {
-  std::vector<T> z, z2, e, de, dz, invn, ss, a, u, h, dh, dhc;
-  Scratch(int64_t H, int64_t K) : z(K), z2(K), e(K), de(K), dz(K), invn(H), ss(H), a(H), u(H), h(H), dh(H), dhc(H) {}
-};
-
+// whole gradient of h; dz: out; ss, a: the step's sums kept by the recompute. Parameter gradients
+// are added to the per-thread sums in g.
 template <typename T>
 struct Grads {
   std::vector<T> W, L, G, b, bl, bg;
@@ -147,7 +190,8 @@ struct Grads {
 };
 
 template <typename T, bool Oja>
-void step_backward(const T* F, const T* h, T* dF, Scratch<T>& s, Grads<T>& g, const Params<T>& p, const Options& o) {
+void step_backward(const T* F, const T* h, const T* ss, const T* a, T* dF, Scratch<T>& s, Grads<T>& g, const Params<T>& p,
+                   const Options& o) {
   const int64_t K = p.K;
   const T* __restrict__ z = s.z.data();
   const T* __restrict__ e = s.e.data();
@@ -155,10 +199,7 @@ void step_backward(const T* F, const T* h, T* dF, Scratch<T>& s, Grads<T>& g, co
   T* __restrict__ de = s.de.data();
   presynaptic_trace(F, z, h, p, o, s.e.data());
   std::fill(s.dz.begin(), s.dz.end(), T(0));
-  for (int64_t i = 0; i < p.H; ++i) {
-    row_pass(p.W + i * K, F + i * p.Kp, z, z, K, s.ss[i], s.a[i], static_cast<T*>(nullptr));
-    s.invn[i] = inverse_norm(s.ss[i], o);
-  }
+  for (int64_t i = 0; i < p.H; ++i) s.invn[i] = inverse_norm(ss[i], o);
   if (Oja) {
     // Oja's trace couples the rows: mask dF first and gather de_k = sum_i dF_ik gamma_ik h_i
     std::fill(s.de.begin(), s.de.end(), T(0));
@@ -213,8 +254,8 @@ void step_backward(const T* F, const T* h, T* dF, Scratch<T>& s, Grads<T>& g, co
     T da = du, coef = 0;
     if (o.normalize) {
       da = du * invn;
-      const T norm = std::sqrt(s.ss[i]);
-      const T dn = -(s1 + du * s.a[i]) * invn * invn;
+      const T norm = std::sqrt(ss[i]);
+      const T dn = -(s1 + du * a[i]) * invn * invn;
       coef = norm > 0 ? dn / norm : T(0);
     }
 #pragma omp simd
@@ -275,7 +316,9 @@ std::vector<at::Tensor> stpn_forward(const at::Tensor& x_, const at::Tensor& h0_
                    bg = optional_contiguous(bg_), starts = optional_contiguous(starts_);
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = W.size(0), Kp = fast0.size(2);
   at::Tensor out = at::empty({T, B, H}, x.options());
-  at::Tensor fast = fast0.contiguous().clone();
+  // F_0 is only read (the first update writes F), so it needs no clone
+  const at::Tensor f0 = fast0.contiguous();
+  at::Tensor fast = T > 0 ? at::empty_like(f0) : f0.clone();
   at::Tensor energy = at::empty({record_energy ? T : 0, B}, x.options());
   const int64_t n_ckpt = every > 0 ? (T + every - 1) / every : 0;
   at::Tensor ckpt = at::empty({n_ckpt, B, H, Kp}, x.options());
@@ -284,20 +327,34 @@ std::vector<at::Tensor> stpn_forward(const at::Tensor& x_, const at::Tensor& h0_
     using T_ = scalar_t;
     const Params<T_> p = make_params<T_>(W, b, L, G, bl, bg, I, Kp);
     const T_ *xp = x.data_ptr<T_>(), *h0p = h0.data_ptr<T_>(), *sp = starts.defined() ? starts.data_ptr<T_>() : nullptr;
+    const T_* f0p = f0.data_ptr<T_>();
     T_ *outp = out.data_ptr<T_>(), *fp = fast.data_ptr<T_>(), *ep = energy.data_ptr<T_>(), *cp = ckpt.data_ptr<T_>();
     const int64_t state = H * Kp;
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       Scratch<T_> s(H, p.K);
       for (int64_t bi = begin; bi < end; ++bi) {
+        const T_* src = f0p + bi * state;
         T_* F = fp + bi * state;
+        bool summed = false;  // whether the update of step t - 1 gave the sums of step t
         for (int64_t t = 0; t < T; ++t) {
-          if (n_ckpt && t % every == 0) std::copy_n(F, state, cp + ((t / every) * B + bi) * state);
+          if (n_ckpt && t % every == 0) std::copy_n(src, state, cp + ((t / every) * B + bi) * state);
           const bool reset = sp && sp[t * B + bi] != 0;
-          if (reset) std::fill_n(F, state, T_(0));
+          if (reset) {
+            std::fill_n(F, state, T_(0));
+            src = F;
+          }
           gather_input(s.z.data(), xp, h0p, outp, reset, t, bi, B, p, o);
-          const T_ en = step_forward(F, s.z.data(), outp + (t * B + bi) * H, s.u.data(), s.invn.data(), s.e.data(), s.z2.data(),
-                                     record_energy, p, o);
-          if (record_energy) ep[t * B + bi] = en;
+          if (!summed) {
+            const T_ en = drive_pass(src, s.z.data(), s.z2.data(), record_energy, s.ss.data(), s.a.data(), p, o);
+            if (record_energy) ep[t * B + bi] = en;
+          }
+          T_* h = outp + (t * B + bi) * H;
+          step_output(src, s.ss.data(), s.a.data(), h, s, p, o);
+          // The energy needs a pass of its own: the update fuses the next step's sums only without it
+          summed = !record_energy && t + 1 < T && !(sp && sp[(t + 1) * B + bi] != 0);
+          if (summed) gather_input(s.z_next.data(), xp, h0p, outp, false, t + 1, bi, B, p, o);
+          step_update(src, F, s.z.data(), summed ? s.z_next.data() : nullptr, h, s.ss.data(), s.a.data(), s, p, o);
+          src = F;
         }
       }
     });
@@ -337,22 +394,29 @@ std::vector<at::Tensor> stpn_backward(const at::Tensor& x_, const at::Tensor& h0
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       Scratch<T_> s(H, K);
       Grads<T_> g(p);
-      std::vector<T_> states(std::min(every, T) * state);
+      // The recomputed segment: F entering each step, and the step's sums (ss, a) per neuron
+      std::vector<T_> states(std::min(every, T) * state), sums_ss(std::min(every, T) * H), sums_a(std::min(every, T) * H);
       for (int64_t bi = begin; bi < end; ++bi) {
         T_* dFb = dfp + bi * state;
         std::fill(s.dhc.begin(), s.dhc.end(), T_(0));
         for (int64_t seg = (T + every - 1) / every - 1; seg >= 0; --seg) {
           const int64_t t0 = seg * every, t1 = std::min(T, t0 + every);
           // Recompute the states entering the steps of this segment from its checkpoint
+          // (the forward's arithmetic, fused sums included, so the same values)
           std::copy_n(cp + (seg * B + bi) * state, state, states.data());
+          bool summed = false;
           for (int64_t t = t0; t < t1; ++t) {
             T_* S = states.data() + (t - t0) * state;
+            T_ *ss = sums_ss.data() + (t - t0) * H, *a = sums_a.data() + (t - t0) * H;
             const bool reset = sp && sp[t * B + bi] != 0;
             if (reset) std::fill_n(S, state, T_(0));
-            if (t + 1 == t1) break;
-            std::copy_n(S, state, S + state);
             gather_input(s.z.data(), xp, h0p, outp, reset, t, bi, B, p, o);
-            step_forward(S + state, s.z.data(), s.h.data(), s.u.data(), s.invn.data(), s.e.data(), s.z2.data(), false, p, o);
+            if (!summed) drive_pass(S, s.z.data(), s.z2.data(), false, ss, a, p, o);
+            if (t + 1 == t1) break;
+            step_output(S, ss, a, s.h.data(), s, p, o);
+            summed = !(sp && sp[(t + 1) * B + bi] != 0);
+            if (summed) gather_input(s.z_next.data(), xp, h0p, outp, false, t + 1, bi, B, p, o);
+            step_update(S, S + state, s.z.data(), summed ? s.z_next.data() : nullptr, s.h.data(), ss + H, a + H, s, p, o);
           }
           for (int64_t t = t1 - 1; t >= t0; --t) {
             const bool reset = sp && sp[t * B + bi] != 0;
@@ -361,7 +425,8 @@ std::vector<at::Tensor> stpn_backward(const at::Tensor& x_, const at::Tensor& h0
             for (int64_t i = 0; i < H; ++i) s.dh[i] = dot[i] + s.dhc[i];
             const T_* S = states.data() + (t - t0) * state;
             const T_* h = outp + (t * B + bi) * H;
-            (oja ? step_backward<T_, true> : step_backward<T_, false>)(S, h, dFb, s, g, p, o);
+            const T_ *ss = sums_ss.data() + (t - t0) * H, *a = sums_a.data() + (t - t0) * H;
+            (oja ? step_backward<T_, true> : step_backward<T_, false>)(S, h, ss, a, dFb, s, g, p, o);
             std::copy_n(s.dz.data(), I, dxp + (t * B + bi) * I);
             if (recurrent && !reset)
               std::copy_n(s.dz.data() + I, H, s.dhc.data());
