@@ -449,6 +449,10 @@ def kernel_choice(x: th.Tensor) -> str:
     return choice
 
 
+def _broadcast(plasticity: th.Tensor, like: th.Tensor) -> th.Tensor:
+    return plasticity if plasticity.shape == like.shape else plasticity.expand_as(like)
+
+
 def stpn_sequence(
     x: th.Tensor,
     h0: th.Tensor,
@@ -475,16 +479,16 @@ def stpn_sequence(
         return stpn_sequence_reference(
             x, h0, fast0, episode_starts, weight, bias, weight_lambda, weight_gamma, bias_plasticity, config, record_energy
         )
-    hidden, presynaptic = weight.shape
     bias_lambda, bias_gamma = (None, None) if bias_plasticity is None else bias_plasticity
-    # Scalar plasticity is broadcast here, so that autograd sums its gradient
+    # Scalar plasticity is broadcast here, so that autograd sums its gradient. Rollouts call this once
+    # per env step with T=1, so per-call Python work counts: full-size tensors are passed as they are.
     params = (
         weight,
         bias,
-        weight_lambda.expand(hidden, presynaptic),
-        weight_gamma.expand(hidden, presynaptic),
-        None if bias_lambda is None else bias_lambda.expand(hidden),
-        None if bias_gamma is None else bias_gamma.expand(hidden),
+        _broadcast(weight_lambda, weight),
+        _broadcast(weight_gamma, weight),
+        None if bias_lambda is None else _broadcast(bias_lambda, bias),
+        None if bias_gamma is None else _broadcast(bias_gamma, bias),
     )
     starts = None if episode_starts is None else episode_starts.to(x.dtype)
     backend = BACKENDS[choice]
