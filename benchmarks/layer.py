@@ -31,6 +31,8 @@ TRAIN_CASES = [(256, 32, 4, 64), (8, 128, 512, 128), (64, 32, 32, 64)]
 ROLLOUT_CASES = [(8, 1, 512, 128), (8, 1, 4, 64)]
 QUICK_TRAIN_CASES = [(16, 8, 4, 16)]
 QUICK_ROLLOUT_CASES = [(4, 1, 4, 16)]
+# Rollout steps per timing: one step alone is too short to time
+ROLLOUT_STEPS = 20
 
 
 def timings(fn: Callable[[], None], repeats: int) -> list[float]:
@@ -58,13 +60,22 @@ def lstm_hidden_for_params(count: int, inputs: int) -> int:
 
 
 def step_function(module: th.nn.Module, x: th.Tensor, train: bool) -> Callable[[], None]:
+    # A rollout step carries the state of the previous step, as the policy does: without it the STPN
+    # would time allocating and zeroing its F (B, H, K) on every call, which rollouts never do
+    batch = x.shape[1]
+    if isinstance(module, STPN):
+        state = module.initial_state(batch)
+    else:
+        state = tuple(th.zeros(1, batch, module.hidden_size) for _ in range(2))
+
     def run() -> None:
         if train:
             output, _ = module(x)
             output.sum().backward()
         else:
             with th.no_grad():
-                module(x)
+                for _ in range(ROLLOUT_STEPS):
+                    module(x, state)
 
     return run
 
@@ -88,6 +99,9 @@ def bench_case(batch: int, steps: int, inputs: int, hidden: int, train: bool, re
         count = max(2, repeats // 4) if path == "reference" else repeats
         seconds = timings(step_function(stpn, x, train), count)
         rows.append({"model": f"STPN {path}", "seconds": seconds, "bytes": kernel_bytes if path == "cpp" else None})
+    if not train:
+        for row in rows:
+            row["seconds"] = [s / ROLLOUT_STEPS for s in row["seconds"]]
     lstm_same, lstm_params = (statistics.median(r["seconds"]) for r in rows[:2])
     for row in rows:
         median = statistics.median(row["seconds"])
