@@ -2,10 +2,23 @@
 // hand-derived backward (BPTT), compiled at first use by sb3_stpn/common/stpn_kernel.py.
 //
 // Every sample is independent, so the work is split over the batch (ATen's OpenMP parallel_for) and a
-// sample runs all its steps with its F (H x Kp, Kp = K + 1 with a plastic bias) hot in cache. Each
-// neuron's row of F is processed in fused passes: G = W + F, its norm, the drive and the F update
-// never materialise G. Backward recomputes the states of one checkpoint segment (C steps) into a
-// per-thread buffer and walks it in reverse, recomputing G, n and the drive per row from F.
+// sample runs all its steps with its F hot in cache. G = W + F, its norms, the drive and the F update
+// are fused passes that never materialise G.
+//
+// Two layouts of a sample's F. Inference (rollouts: T=1, no grad) works on the public rows (H, Kp),
+// Kp = K + 1 with a plastic bias: one pass per neuron, whose sums over K are horizontal. Training
+// (forward with checkpoints, and the backward) works on F transposed to (Kp, H), W, lambda and gamma
+// to (K, H): every inner loop then runs over the H neurons, so the per-neuron sums (norm, drive and
+// the backward's dot products) are plain vertical accumulators and the row of a presynaptic unit k is
+// whole vectors (H = 64), where a row of K = 68 was a few vectors, a tail, loop overhead and a
+// horizontal sum per neuron (that overhead was most of the time at B=256 T=32 H=64). Only the sums
+// over neurons (dz, Oja's trace) stay horizontal: K of them per pass instead of H per sum. The plastic
+// bias becomes row K of F, of length H like the others. F is transposed at the call's boundary (one
+// pass per sequence, small against T steps); the checkpoints stay transposed, since only the backward
+// reads them. A rollout step would pay that boundary pass for one step, hence the row layout there.
+//
+// Backward recomputes the states of one checkpoint segment (C steps) into a per-thread buffer and
+// walks it in reverse.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <torch/types.h>
@@ -111,9 +124,10 @@ inline void update_row(const T* src, T* dst, int64_t i, T invn, T hi, const T* _
 // Per-thread buffers of one sample's step (z_next: the next step's input, for the fused update).
 template <typename T>
 struct Scratch {
-  std::vector<T> z, z_next, z2, e, de, dz, invn, ss, a, u, h, dh, dhc;
+  std::vector<T> z, z_next, z2, e, de, dz, invn, ss, a, u, h, dh, dhc, en, s1, s2, s3, da, coef;
   Scratch(int64_t H, int64_t K)
-      : z(K), z_next(K), z2(K), e(K), de(K), dz(K), invn(H), ss(H), a(H), u(H), h(H), dh(H), dhc(H) {}
+      : z(K), z_next(K), z2(K), e(K), de(K), dz(K), invn(H), ss(H), a(H), u(H), h(H), dh(H), dhc(H), en(H), s1(H),
+        s2(H), s3(H), da(H), coef(H) {}
 };
 
 // tanh over n values. float: Eigen's rational approximation (within 4e-7 of tanh), which vectorises
@@ -152,12 +166,15 @@ T drive_pass(const T* F, const T* z, T* z2, bool record_energy, T* ss, T* a, con
 }
 
 // The output of one step of one sample from its sums (ss, a) and F_{t-1}: h (H), and 1/n in s.invn.
+// fb: the plastic bias of neuron 0 in F_{t-1}, that of neuron i at fb[i * stride] (row layout: F + K,
+// stride Kp; transposed: row K, stride 1).
 template <typename T>
-void step_output(const T* F, const T* ss, const T* a, T* h, Scratch<T>& s, const Params<T>& p, const Options& o) {
+void step_output(const T* fb, int64_t stride, const T* ss, const T* a, T* h, Scratch<T>& s, const Params<T>& p,
+                 const Options& o) {
   T *invn = s.invn.data(), *u = s.u.data();
   for (int64_t i = 0; i < p.H; ++i) {
     invn[i] = inverse_norm(ss[i], o);
-    u[i] = a[i] * invn[i] + p.b[i] + (o.plastic ? F[i * p.Kp + p.K] : T(0));
+    u[i] = a[i] * invn[i] + p.b[i] + (o.plastic ? fb[i * stride] : T(0));
   }
   tanh_all(u, h, p.H);
 }
@@ -179,96 +196,208 @@ void step_update(const T* src, T* dst, const T* z, const T* z_next, const T* h, 
   }
 }
 
-// Backward of one step of one sample. F: the state entering the step (after a reset), z and h: its
-// input and output; dF: in, the gradient of F after the step, out, that of F entering it; dh: the
-// whole gradient of h; dz: out; ss, a: the step's sums kept by the recompute. Parameter gradients
-// are added to the per-thread sums in g.
+// ---- Training: the transposed layout. F, dF: (Kp, H) per sample; W, lambda, gamma: (K, H). ----
+
+// F (H, Kp) of one sample to (Kp, H), and back.
+template <typename T>
+void to_columns(const T* __restrict__ rows, T* __restrict__ cols, int64_t H, int64_t Kp) {
+  for (int64_t i = 0; i < H; ++i)
+    for (int64_t k = 0; k < Kp; ++k) cols[k * H + i] = rows[i * Kp + k];
+}
+
+template <typename T>
+void to_rows(const T* __restrict__ cols, T* __restrict__ rows, int64_t H, int64_t Kp) {
+  for (int64_t k = 0; k < Kp; ++k)
+    for (int64_t i = 0; i < H; ++i) rows[i * Kp + k] = cols[k * H + i];
+}
+
+// drive_pass on the transposed F: ss, a (H) and the energy (0 unless asked).
+template <typename T>
+T drive_pass_t(const T* F, const T* z, bool record_energy, T* __restrict__ ss, T* __restrict__ a, T* __restrict__ en,
+               const Params<T>& p, const Options& o) {
+  const int64_t H = p.H;
+  std::fill_n(ss, H, T(0));
+  std::fill_n(a, H, T(0));
+  for (int64_t k = 0; k < p.K; ++k) {
+    const T *__restrict__ w = p.W + k * H, *__restrict__ f = F + k * H;
+    const T zk = z[k];
+#pragma omp simd
+    for (int64_t i = 0; i < H; ++i) {
+      const T g = w[i] + f[i];
+      ss[i] += g * g;
+      a[i] += g * zk;
+    }
+  }
+  if (!record_energy) return T(0);
+  std::fill_n(en, H, T(0));
+  for (int64_t k = 0; k < p.K; ++k) {
+    const T *__restrict__ w = p.W + k * H, *__restrict__ f = F + k * H;
+    const T z2 = z[k] * z[k];
+#pragma omp simd
+    for (int64_t i = 0; i < H; ++i) en[i] += z2 * std::abs(w[i] + f[i]);
+  }
+  T energy = 0;
+  for (int64_t i = 0; i < H; ++i) energy += en[i] * inverse_norm(ss[i], o);
+  return energy;
+}
+
+// presynaptic_trace on the transposed F: e_k = z_k - sum_i F_ki h_i for Oja.
+template <typename T>
+void presynaptic_trace_t(const T* F, const T* z, const T* __restrict__ h, const Params<T>& p, const Options& o, T* e) {
+  std::copy(z, z + p.K, e);
+  if (!o.oja) return;
+  for (int64_t k = 0; k < p.K; ++k) {
+    const T* __restrict__ f = F + k * p.H;
+    T sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < p.H; ++i) sum += f[i] * h[i];
+    e[k] -= sum;
+  }
+}
+
+// step_update on the transposed F: F_t into dst from F_{t-1} in src (may be dst). With z_next it also
+// accumulates the next step's sums into ss, a (this step's, already used by step_output).
+template <typename T>
+void step_update_t(const T* src, T* dst, const T* z, const T* z_next, const T* __restrict__ h, T* __restrict__ ss,
+                   T* __restrict__ a, Scratch<T>& s, const Params<T>& p, const Options& o) {
+  const int64_t H = p.H, K = p.K;
+  presynaptic_trace_t(src, z, h, p, o, s.e.data());
+  const T* __restrict__ invn = s.invn.data();
+  if (z_next) {
+    std::fill_n(ss, H, T(0));
+    std::fill_n(a, H, T(0));
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    const T *__restrict__ l = p.L + k * H, *__restrict__ g = p.G + k * H, *__restrict__ w = p.W + k * H;
+    // src and dst may be the same row: each element is read before it is written (omp simd: no versioning)
+    const T* f = src + k * H;
+    T* d = dst + k * H;
+    const T ek = s.e[k];
+    if (z_next) {
+      const T zk = z_next[k];
+#pragma omp simd
+      for (int64_t i = 0; i < H; ++i) {
+        const T v = clamp_value(l[i] * f[i] * invn[i] + g[i] * h[i] * ek, o);
+        d[i] = v;
+        const T gk = w[i] + v;
+        ss[i] += gk * gk;
+        a[i] += gk * zk;
+      }
+    } else {
+#pragma omp simd
+      for (int64_t i = 0; i < H; ++i) d[i] = clamp_value(l[i] * f[i] * invn[i] + g[i] * h[i] * ek, o);
+    }
+  }
+  if (o.plastic)
+    for (int64_t i = 0; i < H; ++i) dst[K * H + i] = clamp_value(p.bl[i] * src[K * H + i] + p.bg[i] * h[i], o);
+}
+
+// Per-thread parameter gradients, W, lambda, gamma transposed (K, H).
 template <typename T>
 struct Grads {
   std::vector<T> W, L, G, b, bl, bg;
   explicit Grads(const Params<T>& p) : W(p.H * p.K), L(p.H * p.K), G(p.H * p.K), b(p.H), bl(p.H), bg(p.H) {}
 };
 
+// Backward of one step of one sample, transposed. F: the state entering the step (after a reset), z
+// (in s.z) and h: its input and output; dF: in, the gradient of F after the step, out, that of F
+// entering it; s.dh: the whole gradient of h; s.dz: out; ss, a: the step's sums kept by the recompute.
+// Parameter gradients are added to the per-thread sums in g.
 template <typename T, bool Oja>
-void step_backward(const T* F, const T* h, const T* ss, const T* a, T* dF, Scratch<T>& s, Grads<T>& g, const Params<T>& p,
-                   const Options& o) {
-  const int64_t K = p.K;
+void step_backward(const T* F, const T* __restrict__ h, const T* ss, const T* a, T* dF, Scratch<T>& s, Grads<T>& g,
+                   const Params<T>& p, const Options& o) {
+  const int64_t H = p.H, K = p.K;
   const T* __restrict__ z = s.z.data();
   const T* __restrict__ e = s.e.data();
   T* __restrict__ dz = s.dz.data();
   T* __restrict__ de = s.de.data();
-  presynaptic_trace(F, z, h, p, o, s.e.data());
-  std::fill(s.dz.begin(), s.dz.end(), T(0));
-  for (int64_t i = 0; i < p.H; ++i) s.invn[i] = inverse_norm(ss[i], o);
+  T *__restrict__ invn = s.invn.data(), *__restrict__ s1 = s.s1.data(), *__restrict__ s2 = s.s2.data(),
+                *__restrict__ s3 = s.s3.data(), *__restrict__ da = s.da.data(), *__restrict__ coef = s.coef.data();
+  presynaptic_trace_t(F, z, h, p, o, s.e.data());
+  for (int64_t i = 0; i < H; ++i) invn[i] = inverse_norm(ss[i], o);
+  std::fill_n(s1, H, T(0));
+  std::fill_n(s2, H, T(0));
+  std::fill_n(s3, H, T(0));
   if (Oja) {
-    // Oja's trace couples the rows: mask dF first and gather de_k = sum_i dF_ik gamma_ik h_i
-    std::fill(s.de.begin(), s.de.end(), T(0));
-    for (int64_t i = 0; i < p.H; ++i) {
-      const T *f = F + i * p.Kp, *l = p.L + i * K, *gm = p.G + i * K;
-      T* d = dF + i * p.Kp;
-      const T invn = s.invn[i], hi = h[i];
-#pragma omp simd
-      for (int64_t k = 0; k < K; ++k) {
-        d[k] = inside(l[k] * f[k] * invn + gm[k] * hi * e[k], o) ? d[k] : T(0);
-        de[k] += d[k] * gm[k] * hi;
+    // Oja's trace couples the neurons: mask dF first and gather de_k = sum_i dF_ki gamma_ki h_i
+    for (int64_t k = 0; k < K; ++k) {
+      const T *__restrict__ f = F + k * H, *__restrict__ l = p.L + k * H, *__restrict__ gm = p.G + k * H;
+      T* __restrict__ d = dF + k * H;
+      const T ek = e[k];
+      T sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t i = 0; i < H; ++i) {
+        d[i] = inside(l[i] * f[i] * invn[i] + gm[i] * h[i] * ek, o) ? d[i] : T(0);
+        sum += d[i] * gm[i] * h[i];
       }
+      de[k] = sum;
     }
   }
-  for (int64_t i = 0; i < p.H; ++i) {
-    const T *__restrict__ f = F + i * p.Kp, *__restrict__ w = p.W + i * K, *__restrict__ l = p.L + i * K,
-                          *__restrict__ gm = p.G + i * K;
-    T* __restrict__ d = dF + i * p.Kp;
-    T *__restrict__ gW = g.W.data() + i * K, *__restrict__ gL = g.L.data() + i * K, *__restrict__ gG = g.G.data() + i * K;
-    const T invn = s.invn[i], hi = h[i];
-    // Through F_t = lambda F / n + gamma h e: the sums give dn (s1) and dh (s2, s3)
-    T s1 = 0, s2 = 0, s3 = 0;
-#pragma omp simd reduction(+ : s1, s2, s3)
-    for (int64_t k = 0; k < K; ++k) {
-      const T dk = inside(l[k] * f[k] * invn + gm[k] * hi * e[k], o) ? d[k] : T(0);
-      gL[k] += dk * f[k] * invn;
-      gG[k] += dk * hi * e[k];
-      s1 += dk * l[k] * f[k];
-      s2 += dk * gm[k] * e[k];
+  // Through F_t = lambda F / n + gamma h e: per neuron, the sums s1 (for dn) and s2, s3 (for dh)
+  for (int64_t k = 0; k < K; ++k) {
+    const T *__restrict__ f = F + k * H, *__restrict__ l = p.L + k * H, *__restrict__ gm = p.G + k * H;
+    T* __restrict__ d = dF + k * H;
+    T *__restrict__ gL = g.L.data() + k * H, *__restrict__ gG = g.G.data() + k * H;
+    const T ek = e[k], dek = Oja ? de[k] : T(0);
+    T dzk = 0;
+#pragma omp simd reduction(+ : dzk)
+    for (int64_t i = 0; i < H; ++i) {
+      const T dk = inside(l[i] * f[i] * invn[i] + gm[i] * h[i] * ek, o) ? d[i] : T(0);
+      gL[i] += dk * f[i] * invn[i];
+      gG[i] += dk * h[i] * ek;
+      s1[i] += dk * l[i] * f[i];
+      s2[i] += dk * gm[i] * ek;
       if constexpr (Oja) {
-        s3 += de[k] * f[k];
-        d[k] = dk * l[k] * invn - hi * de[k];
+        s3[i] += dek * f[i];
+        d[i] = dk * l[i] * invn[i] - h[i] * dek;
       } else {
-        dz[k] += dk * gm[k] * hi;
-        d[k] = dk * l[k] * invn;
+        dzk += dk * gm[i] * h[i];
+        d[i] = dk * l[i] * invn[i];
       }
     }
-    T dh = s.dh[i] + s2 - s3;
+    dz[k] = Oja ? dek : dzk;
+  }
+  // Through h = tanh(G z / n + b + F_bias) and n = ||G|| + eps: per neuron, da = d(drive)/n and the
+  // coefficient of G in dG
+  for (int64_t i = 0; i < H; ++i) {
+    const T hi = h[i];
+    T dh = s.dh[i] + s2[i] - s3[i];
     T dfb = 0;
     if (o.plastic) {
-      const T fb = f[K];
-      const T dfbn = inside(p.bl[i] * fb + p.bg[i] * hi, o) ? d[K] : T(0);
+      const T fb = F[K * H + i];
+      const T dfbn = inside(p.bl[i] * fb + p.bg[i] * hi, o) ? dF[K * H + i] : T(0);
       g.bl[i] += dfbn * fb;
       g.bg[i] += dfbn * hi;
       dh += dfbn * p.bg[i];
       dfb = dfbn * p.bl[i];
     }
-    // Through h = tanh(G z / n + b + F_bias) and n = ||G|| + eps
     const T du = dh * (T(1) - hi * hi);
     g.b[i] += du;
-    if (o.plastic) d[K] = dfb + du;
-    T da = du, coef = 0;
+    if (o.plastic) dF[K * H + i] = dfb + du;
+    da[i] = du;
+    coef[i] = 0;
     if (o.normalize) {
-      da = du * invn;
+      da[i] = du * invn[i];
       const T norm = std::sqrt(ss[i]);
-      const T dn = -(s1 + du * a[i]) * invn * invn;
-      coef = norm > 0 ? dn / norm : T(0);
-    }
-#pragma omp simd
-    for (int64_t k = 0; k < K; ++k) {
-      const T gk = w[k] + f[k];
-      const T dg = da * z[k] + coef * gk;
-      gW[k] += dg;
-      d[k] += dg;
-      dz[k] += da * gk;
+      const T dn = -(s1[i] + du * a[i]) * invn[i] * invn[i];
+      coef[i] = norm > 0 ? dn / norm : T(0);
     }
   }
-  if (Oja)
-    for (int64_t k = 0; k < K; ++k) dz[k] += de[k];
+  for (int64_t k = 0; k < K; ++k) {
+    const T *__restrict__ f = F + k * H, *__restrict__ w = p.W + k * H;
+    T *__restrict__ d = dF + k * H, *__restrict__ gW = g.W.data() + k * H;
+    const T zk = z[k];
+    T dzk = 0;
+#pragma omp simd reduction(+ : dzk)
+    for (int64_t i = 0; i < H; ++i) {
+      const T gk = w[i] + f[i];
+      const T dg = da[i] * zk + coef[i] * gk;
+      gW[i] += dg;
+      d[i] += dg;
+      dzk += da[i] * gk;
+    }
+    dz[k] += dzk;
+  }
 }
 
 template <typename T>
@@ -303,8 +432,87 @@ at::Tensor optional_contiguous(const std::optional<at::Tensor>& t) {
 
 }  // namespace
 
+// The row-layout forward of samples [begin, end) without checkpoints (inference).
+template <typename T>
+void forward_rows(int64_t begin, int64_t end, int64_t T_, int64_t B, const T* xp, const T* h0p, const T* sp,
+                  const T* f0p, T* outp, T* fp, T* ep, bool record_energy, const Params<T>& p, const Options& o) {
+  const int64_t H = p.H, state = H * p.Kp;
+  Scratch<T> s(H, p.K);
+  for (int64_t bi = begin; bi < end; ++bi) {
+    // F_0 is only read (the first update writes F), so it needs no copy
+    const T* src = f0p + bi * state;
+    T* F = fp + bi * state;
+    bool summed = false;  // whether the update of step t - 1 gave the sums of step t
+    for (int64_t t = 0; t < T_; ++t) {
+      const bool reset = sp && sp[t * B + bi] != 0;
+      if (reset) {
+        std::fill_n(F, state, T(0));
+        src = F;
+      }
+      gather_input(s.z.data(), xp, h0p, outp, reset, t, bi, B, p, o);
+      if (!summed) {
+        const T en = drive_pass(src, s.z.data(), s.z2.data(), record_energy, s.ss.data(), s.a.data(), p, o);
+        if (record_energy) ep[t * B + bi] = en;
+      }
+      T* h = outp + (t * B + bi) * H;
+      step_output(src + p.K, p.Kp, s.ss.data(), s.a.data(), h, s, p, o);
+      // The energy needs a pass of its own: the update fuses the next step's sums only without it
+      summed = !record_energy && t + 1 < T_ && !(sp && sp[(t + 1) * B + bi] != 0);
+      if (summed) gather_input(s.z_next.data(), xp, h0p, outp, false, t + 1, bi, B, p, o);
+      step_update(src, F, s.z.data(), summed ? s.z_next.data() : nullptr, h, s.ss.data(), s.a.data(), s, p, o);
+      src = F;
+    }
+  }
+}
+
+// The transposed forward of samples [begin, end), keeping (transposed) checkpoints every `every` steps.
+// With S (Kp, H) the states of one segment and ss, a (C, H) their sums, it is also the backward's
+// recompute (record: each step's state and sums into its own slot, from the checkpoint in S).
+template <typename T>
+void forward_columns(int64_t begin, int64_t end, int64_t T_, int64_t B, const T* xp, const T* h0p, const T* sp,
+                     const T* f0p, T* outp, T* fp, T* ep, T* cp, int64_t every, bool record_energy, const Params<T>& p,
+                     const Options& o) {
+  const int64_t H = p.H, state = H * p.Kp;
+  Scratch<T> s(H, p.K);
+  std::vector<T> F(state);
+  for (int64_t bi = begin; bi < end; ++bi) {
+    to_columns(f0p + bi * state, F.data(), H, p.Kp);
+    bool summed = false;  // whether the update of step t - 1 gave the sums of step t
+    for (int64_t t = 0; t < T_; ++t) {
+      if (t % every == 0) std::copy_n(F.data(), state, cp + ((t / every) * B + bi) * state);
+      const bool reset = sp && sp[t * B + bi] != 0;
+      if (reset) std::fill(F.begin(), F.end(), T(0));
+      gather_input(s.z.data(), xp, h0p, outp, reset, t, bi, B, p, o);
+      if (!summed) {
+        const T en = drive_pass_t(F.data(), s.z.data(), record_energy, s.ss.data(), s.a.data(),
+                                  s.en.data(), p, o);
+        if (record_energy) ep[t * B + bi] = en;
+      }
+      T* h = outp + (t * B + bi) * H;
+      step_output(F.data() + p.K * H, 1, s.ss.data(), s.a.data(), h, s, p, o);
+      summed = !record_energy && t + 1 < T_ && !(sp && sp[(t + 1) * B + bi] != 0);
+      if (summed) gather_input(s.z_next.data(), xp, h0p, outp, false, t + 1, bi, B, p, o);
+      step_update_t(F.data(), F.data(), s.z.data(), summed ? s.z_next.data() : nullptr, h, s.ss.data(), s.a.data(), s,
+                    p, o);
+    }
+    to_rows(F.data(), fp + bi * state, H, p.Kp);
+  }
+}
+
+// W, lambda, gamma (H, K) transposed to (K, H) for the training kernel.
+template <typename T>
+Params<T> columns(Params<T> p, const at::Tensor& W, const at::Tensor& L, const at::Tensor& G) {
+  p.W = W.data_ptr<T>();
+  p.L = L.data_ptr<T>();
+  p.G = G.data_ptr<T>();
+  return p;
+}
+
+at::Tensor transposed(const at::Tensor& t) { return t.t().contiguous(); }
+
 // Runs the sequence. Returns outputs (T,B,H), F_T (B,H,Kp), energy (T,B) or empty and, when
-// every > 0, the checkpoints (ceil(T/every), B, H, Kp): F entering steps 0, every, 2 every, ...
+// every > 0, the checkpoints (ceil(T/every), B, Kp, H): F entering steps 0, every, 2 every, ...,
+// transposed (only stpn_backward reads them).
 std::vector<at::Tensor> stpn_forward(const at::Tensor& x_, const at::Tensor& h0_, const at::Tensor& fast0,
                                      const std::optional<at::Tensor>& starts_, const at::Tensor& W_,
                                      const at::Tensor& b_, const at::Tensor& L_, const at::Tensor& G_,
@@ -316,12 +524,13 @@ std::vector<at::Tensor> stpn_forward(const at::Tensor& x_, const at::Tensor& h0_
                    bg = optional_contiguous(bg_), starts = optional_contiguous(starts_);
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = W.size(0), Kp = fast0.size(2);
   at::Tensor out = at::empty({T, B, H}, x.options());
-  // F_0 is only read (the first update writes F), so it needs no clone
   const at::Tensor f0 = fast0.contiguous();
   at::Tensor fast = T > 0 ? at::empty_like(f0) : f0.clone();
   at::Tensor energy = at::empty({record_energy ? T : 0, B}, x.options());
   const int64_t n_ckpt = every > 0 ? (T + every - 1) / every : 0;
-  at::Tensor ckpt = at::empty({n_ckpt, B, H, Kp}, x.options());
+  at::Tensor ckpt = at::empty({n_ckpt, B, Kp, H}, x.options());
+  const at::Tensor WT = every > 0 ? transposed(W) : W, LT = every > 0 ? transposed(L) : L,
+                   GT = every > 0 ? transposed(G) : G;
   const Options o = make_options(recurrent, normalize, oja, bl.defined(), clamp);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "stpn_forward", [&] {
     using T_ = scalar_t;
@@ -329,34 +538,12 @@ std::vector<at::Tensor> stpn_forward(const at::Tensor& x_, const at::Tensor& h0_
     const T_ *xp = x.data_ptr<T_>(), *h0p = h0.data_ptr<T_>(), *sp = starts.defined() ? starts.data_ptr<T_>() : nullptr;
     const T_* f0p = f0.data_ptr<T_>();
     T_ *outp = out.data_ptr<T_>(), *fp = fast.data_ptr<T_>(), *ep = energy.data_ptr<T_>(), *cp = ckpt.data_ptr<T_>();
-    const int64_t state = H * Kp;
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-      Scratch<T_> s(H, p.K);
-      for (int64_t bi = begin; bi < end; ++bi) {
-        const T_* src = f0p + bi * state;
-        T_* F = fp + bi * state;
-        bool summed = false;  // whether the update of step t - 1 gave the sums of step t
-        for (int64_t t = 0; t < T; ++t) {
-          if (n_ckpt && t % every == 0) std::copy_n(src, state, cp + ((t / every) * B + bi) * state);
-          const bool reset = sp && sp[t * B + bi] != 0;
-          if (reset) {
-            std::fill_n(F, state, T_(0));
-            src = F;
-          }
-          gather_input(s.z.data(), xp, h0p, outp, reset, t, bi, B, p, o);
-          if (!summed) {
-            const T_ en = drive_pass(src, s.z.data(), s.z2.data(), record_energy, s.ss.data(), s.a.data(), p, o);
-            if (record_energy) ep[t * B + bi] = en;
-          }
-          T_* h = outp + (t * B + bi) * H;
-          step_output(src, s.ss.data(), s.a.data(), h, s, p, o);
-          // The energy needs a pass of its own: the update fuses the next step's sums only without it
-          summed = !record_energy && t + 1 < T && !(sp && sp[(t + 1) * B + bi] != 0);
-          if (summed) gather_input(s.z_next.data(), xp, h0p, outp, false, t + 1, bi, B, p, o);
-          step_update(src, F, s.z.data(), summed ? s.z_next.data() : nullptr, h, s.ss.data(), s.a.data(), s, p, o);
-          src = F;
-        }
-      }
+      if (every > 0)
+        forward_columns(begin, end, T, B, xp, h0p, sp, f0p, outp, fp, ep, cp, every, record_energy,
+                        columns(p, WT, LT, GT), o);
+      else
+        forward_rows(begin, end, T, B, xp, h0p, sp, f0p, outp, fp, ep, record_energy, p, o);
     });
   });
   return {out, fast, energy, ckpt};
@@ -371,33 +558,37 @@ std::vector<at::Tensor> stpn_backward(const at::Tensor& x_, const at::Tensor& h0
                                       const at::Tensor& out_, const at::Tensor& W_, const at::Tensor& b_,
                                       const at::Tensor& L_, const at::Tensor& G_, const std::optional<at::Tensor>& bl_,
                                       const std::optional<at::Tensor>& bg_, bool recurrent, bool normalize, bool oja,
-                                      double clamp, int64_t every, const at::Tensor& d_out_, const at::Tensor& d_fast) {
+                                      double clamp, int64_t every, const at::Tensor& d_out_, const at::Tensor& d_fast_) {
   const at::Tensor x = x_.contiguous(), h0 = h0_.contiguous(), ckpt = ckpt_.contiguous(), out = out_.contiguous(),
                    W = W_.contiguous(), b = b_.contiguous(), L = L_.contiguous(), G = G_.contiguous(),
                    bl = optional_contiguous(bl_), bg = optional_contiguous(bg_), starts = optional_contiguous(starts_),
-                   d_out = d_out_.contiguous();
-  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = W.size(0), K = W.size(1), Kp = ckpt.size(3);
+                   d_out = d_out_.contiguous(), d_fast = d_fast_.contiguous();
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = W.size(0), K = W.size(1), Kp = ckpt.size(2);
   TORCH_CHECK(every > 0 && ckpt.size(0) == (T + every - 1) / every, "stpn_backward: checkpoints do not match every");
-  at::Tensor dx = at::empty_like(x), dh0 = at::empty_like(h0), dF = d_fast.contiguous().clone();
+  at::Tensor dx = at::empty_like(x), dh0 = at::empty_like(h0), dF = at::empty_like(d_fast);
   at::Tensor dW = at::zeros_like(W), db = at::zeros_like(b), dL = at::zeros_like(L), dG = at::zeros_like(G);
   at::Tensor dbl = bl.defined() ? at::zeros_like(bl) : at::empty({0}, x.options());
   at::Tensor dbg = bl.defined() ? at::zeros_like(bg) : at::empty({0}, x.options());
+  const at::Tensor WT = transposed(W), LT = transposed(L), GT = transposed(G);
   const Options o = make_options(recurrent, normalize, oja, bl.defined(), clamp);
   std::mutex reduce;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "stpn_backward", [&] {
     using T_ = scalar_t;
-    const Params<T_> p = make_params<T_>(W, b, L, G, bl, bg, I, Kp);
+    const Params<T_> p = columns(make_params<T_>(W, b, L, G, bl, bg, I, Kp), WT, LT, GT);
     const T_ *xp = x.data_ptr<T_>(), *h0p = h0.data_ptr<T_>(), *sp = starts.defined() ? starts.data_ptr<T_>() : nullptr;
     const T_ *outp = out.data_ptr<T_>(), *cp = ckpt.data_ptr<T_>(), *dop = d_out.data_ptr<T_>();
+    const T_* dfin = d_fast.data_ptr<T_>();
     T_ *dxp = dx.data_ptr<T_>(), *dh0p = dh0.data_ptr<T_>(), *dfp = dF.data_ptr<T_>();
     const int64_t state = H * Kp;
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       Scratch<T_> s(H, K);
       Grads<T_> g(p);
-      // The recomputed segment: F entering each step, and the step's sums (ss, a) per neuron
-      std::vector<T_> states(std::min(every, T) * state), sums_ss(std::min(every, T) * H), sums_a(std::min(every, T) * H);
+      // The sample's dF (transposed) and the recomputed segment: F entering each step and its sums
+      // (ss, a) per neuron
+      std::vector<T_> dFb(state), states(std::min(every, T) * state), sums_ss(std::min(every, T) * H),
+          sums_a(std::min(every, T) * H);
       for (int64_t bi = begin; bi < end; ++bi) {
-        T_* dFb = dfp + bi * state;
+        to_columns(dfin + bi * state, dFb.data(), H, Kp);
         std::fill(s.dhc.begin(), s.dhc.end(), T_(0));
         for (int64_t seg = (T + every - 1) / every - 1; seg >= 0; --seg) {
           const int64_t t0 = seg * every, t1 = std::min(T, t0 + every);
@@ -411,12 +602,13 @@ std::vector<at::Tensor> stpn_backward(const at::Tensor& x_, const at::Tensor& h0
             const bool reset = sp && sp[t * B + bi] != 0;
             if (reset) std::fill_n(S, state, T_(0));
             gather_input(s.z.data(), xp, h0p, outp, reset, t, bi, B, p, o);
-            if (!summed) drive_pass(S, s.z.data(), s.z2.data(), false, ss, a, p, o);
+            if (!summed) drive_pass_t(S, s.z.data(), false, ss, a, s.en.data(), p, o);
             if (t + 1 == t1) break;
-            step_output(S, ss, a, s.h.data(), s, p, o);
+            step_output(S + K * H, 1, ss, a, s.h.data(), s, p, o);
             summed = !(sp && sp[(t + 1) * B + bi] != 0);
             if (summed) gather_input(s.z_next.data(), xp, h0p, outp, false, t + 1, bi, B, p, o);
-            step_update(S, S + state, s.z.data(), summed ? s.z_next.data() : nullptr, s.h.data(), ss + H, a + H, s, p, o);
+            step_update_t(S, S + state, s.z.data(), summed ? s.z_next.data() : nullptr, s.h.data(), ss + H, a + H, s, p,
+                          o);
           }
           for (int64_t t = t1 - 1; t >= t0; --t) {
             const bool reset = sp && sp[t * B + bi] != 0;
@@ -426,20 +618,27 @@ std::vector<at::Tensor> stpn_backward(const at::Tensor& x_, const at::Tensor& h0
             const T_* S = states.data() + (t - t0) * state;
             const T_* h = outp + (t * B + bi) * H;
             const T_ *ss = sums_ss.data() + (t - t0) * H, *a = sums_a.data() + (t - t0) * H;
-            (oja ? step_backward<T_, true> : step_backward<T_, false>)(S, h, ss, a, dFb, s, g, p, o);
+            (oja ? step_backward<T_, true> : step_backward<T_, false>)(S, h, ss, a, dFb.data(), s, g, p, o);
             std::copy_n(s.dz.data(), I, dxp + (t * B + bi) * I);
             if (recurrent && !reset)
               std::copy_n(s.dz.data() + I, H, s.dhc.data());
             else
               std::fill(s.dhc.begin(), s.dhc.end(), T_(0));
-            if (reset) std::fill_n(dFb, state, T_(0));
+            if (reset) std::fill(dFb.begin(), dFb.end(), T_(0));
           }
         }
+        to_rows(dFb.data(), dfp + bi * state, H, Kp);
         std::copy(s.dhc.begin(), s.dhc.end(), dh0p + bi * H);
       }
       std::lock_guard<std::mutex> lock(reduce);
-      const std::pair<at::Tensor*, std::vector<T_>*> sums[] = {{&dW, &g.W}, {&dL, &g.L}, {&dG, &g.G},
-                                                             {&db, &g.b}, {&dbl, &g.bl}, {&dbg, &g.bg}};
+      // W, lambda, gamma gradients back from (K, H)
+      const std::pair<at::Tensor*, std::vector<T_>*> columns_sums[] = {{&dW, &g.W}, {&dL, &g.L}, {&dG, &g.G}};
+      for (const auto& [total, part] : columns_sums) {
+        T_* tp = total->data_ptr<T_>();
+        for (int64_t i = 0; i < H; ++i)
+          for (int64_t k = 0; k < K; ++k) tp[i * K + k] += (*part)[k * H + i];
+      }
+      const std::pair<at::Tensor*, std::vector<T_>*> sums[] = {{&db, &g.b}, {&dbl, &g.bl}, {&dbg, &g.bg}};
       for (const auto& [total, part] : sums) {
         T_* tp = total->data_ptr<T_>();
         const int64_t n = total->numel();
