@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import io
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -374,16 +375,20 @@ def main(argv: list[str] | None = None) -> None:
         for variant in variants_for(task)
     ]
     start = time.perf_counter()
-    if args.jobs > 1:
-        import multiprocessing
-
-        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            runs = list(pool.map(run_one, *zip(*jobs, strict=True)))
-    else:
-        runs = [run_one(*job) for job in jobs]
-    for run in runs:
-        final = run["curve"][-1]
-        print(f"{run['task']} {run['model']} seed {run['seed']}: return {final['return']:.1f}, {run['wall_seconds']:.0f} s")
+    runs = []
+    with (
+        ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"))
+        if args.jobs > 1
+        else contextlib.nullcontext() as pool
+    ):
+        # Printed as each run (in order) finishes, so that a long benchmark shows its progress
+        for run in (pool.map if pool else map)(run_one, *zip(*jobs, strict=True)):
+            final = run["curve"][-1]
+            print(
+                f"{run['task']} {run['model']} seed {run['seed']}: return {final['return']:.1f}, {run['wall_seconds']:.0f} s",
+                flush=True,
+            )
+            runs.append(run)
     references = {task: reference_returns(task, n_episodes * seeds) for task in tasks}
     references = {task: refs for task, refs in references.items() if refs}
     rows = summarise(runs)
