@@ -20,12 +20,14 @@
 // Backward recomputes the states of one checkpoint segment (C steps) into a per-thread buffer and
 // walks it in reverse.
 #include <ATen/Parallel.h>
+#include <immintrin.h>
 #include <torch/library.h>
 #include <torch/types.h>
 
 #include <algorithm>
 #include <cmath>
 #include <mutex>
+#include <new>
 #include <vector>
 
 namespace {
@@ -37,6 +39,23 @@ struct Options {
   double clamp;  // +inf without a clamp: clamping and its mask are then no-ops, with no branch in the loops
 };
 
+// Per-thread buffers start on a cache line, as tensors do. GCC peels a loop's first iterations until a
+// pointer is aligned, and the peeled ones may round differently from the vector body (FMA contraction):
+// with malloc's 16-byte alignment the peel, so the last bits of the gradients, varied from call to call.
+template <typename T>
+struct CacheLineAllocator {
+  using value_type = T;
+  CacheLineAllocator() = default;
+  template <typename U>
+  CacheLineAllocator(const CacheLineAllocator<U>&) {}
+  T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
+  void deallocate(T* ptr, std::size_t) { ::operator delete(ptr, std::align_val_t(64)); }
+  bool operator==(const CacheLineAllocator&) const { return true; }
+};
+
+template <typename T>
+using Buffer = std::vector<T, CacheLineAllocator<T>>;
+
 template <typename T>
 struct Params {
   const T *W, *b, *L, *G, *bl, *bg;  // weight (H,K), bias (H), lambda/gamma (H,K), bias lambda/gamma (H)
@@ -44,15 +63,19 @@ struct Params {
 };
 
 // The bound is cast to T first: compared as double, float vectors were widened to double in the loops.
-template <typename T>
+// Clamp = false (no clamp value set) drops the clamp and its gradient mask at compile time: in the
+// transposed loops they were a third of the arithmetic of the backward's main pass.
+template <bool Clamp = true, typename T>
 inline T clamp_value(T v, const Options& o) {
+  if constexpr (!Clamp) return v;
   const T c = static_cast<T>(o.clamp);
   return std::min<T>(std::max<T>(v, -c), c);
 }
 
 // True where torch.clamp lets the gradient through (inside the closed interval).
-template <typename T>
+template <bool Clamp = true, typename T>
 inline bool inside(T v, const Options& o) {
+  if constexpr (!Clamp) return true;
   const T c = static_cast<T>(o.clamp);
   return v >= -c && v <= c;
 }
@@ -124,7 +147,7 @@ inline void update_row(const T* src, T* dst, int64_t i, T invn, T hi, const T* _
 // Per-thread buffers of one sample's step (z_next: the next step's input, for the fused update).
 template <typename T>
 struct Scratch {
-  std::vector<T> z, z_next, z2, e, de, dz, invn, ss, a, u, h, dh, dhc, en, s1, s2, s3, da, coef;
+  Buffer<T> z, z_next, z2, e, de, dz, invn, ss, a, u, h, dh, dhc, en, s1, s2, s3, da, coef;
   Scratch(int64_t H, int64_t K)
       : z(K), z_next(K), z2(K), e(K), de(K), dz(K), invn(H), ss(H), a(H), u(H), h(H), dh(H), dhc(H), en(H), s1(H),
         s2(H), s3(H), da(H), coef(H) {}
@@ -211,6 +234,56 @@ void to_rows(const T* __restrict__ cols, T* __restrict__ rows, int64_t H, int64_
     for (int64_t i = 0; i < H; ++i) rows[i * Kp + k] = cols[k * H + i];
 }
 
+// The sum of kLanes partial sums. GCC sums an array lane by lane through the stack (and so does an
+// `omp simd reduction`), a chain of kLanes dependent scalar adds; with AVX-512 or AVX2 the lanes are
+// summed as a tree in registers instead.
+constexpr int64_t kLanes = 16;
+
+inline float lane_sum(const float* part) {
+#if defined(__AVX512F__)
+  return _mm512_reduce_add_ps(_mm512_loadu_ps(part));
+#elif defined(__AVX2__)
+  const __m256 v = _mm256_add_ps(_mm256_loadu_ps(part), _mm256_loadu_ps(part + 8));
+  __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+  return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+#else
+  float s = 0;
+  for (int64_t j = 0; j < kLanes; ++j) s += part[j];
+  return s;
+#endif
+}
+
+inline double lane_sum(const double* part) {
+#if defined(__AVX512F__)
+  return _mm512_reduce_add_pd(_mm512_add_pd(_mm512_loadu_pd(part), _mm512_loadu_pd(part + 8)));
+#elif defined(__AVX2__)
+  const __m256d v = _mm256_add_pd(_mm256_add_pd(_mm256_loadu_pd(part), _mm256_loadu_pd(part + 4)),
+                                  _mm256_add_pd(_mm256_loadu_pd(part + 8), _mm256_loadu_pd(part + 12)));
+  const __m128d q = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(q, _mm_unpackhi_pd(q, q)));
+#else
+  double s = 0;
+  for (int64_t j = 0; j < kLanes; ++j) s += part[j];
+  return s;
+#endif
+}
+
+// The sum over neurons i < H of what body(i, acc) adds to acc, along with whatever else body does per
+// neuron: the loop runs over blocks of kLanes neurons, one partial sum per lane (neurons past the last
+// whole block go to lane 0), summed once by lane_sum.
+template <typename T, typename Body>
+inline T sum_over_neurons(int64_t H, Body&& body) {
+  alignas(64) T part[kLanes] = {};
+  int64_t i0 = 0;
+  for (; i0 + kLanes <= H; i0 += kLanes) {
+#pragma omp simd
+    for (int64_t j = 0; j < kLanes; ++j) body(i0 + j, part[j]);
+  }
+  for (int64_t i = i0; i < H; ++i) body(i, part[0]);
+  return lane_sum(part);
+}
+
 // drive_pass on the transposed F: ss, a (H) and the energy (0 unless asked).
 template <typename T>
 T drive_pass_t(const T* F, const T* z, bool record_energy, T* __restrict__ ss, T* __restrict__ a, T* __restrict__ en,
@@ -248,16 +321,13 @@ void presynaptic_trace_t(const T* F, const T* z, const T* __restrict__ h, const 
   if (!o.oja) return;
   for (int64_t k = 0; k < p.K; ++k) {
     const T* __restrict__ f = F + k * p.H;
-    T sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < p.H; ++i) sum += f[i] * h[i];
-    e[k] -= sum;
+    e[k] -= sum_over_neurons<T>(p.H, [&](int64_t i, T& acc) { acc += f[i] * h[i]; });
   }
 }
 
 // step_update on the transposed F: F_t into dst from F_{t-1} in src (may be dst). With z_next it also
 // accumulates the next step's sums into ss, a (this step's, already used by step_output).
-template <typename T>
+template <typename T, bool Clamp>
 void step_update_t(const T* src, T* dst, const T* z, const T* z_next, const T* __restrict__ h, T* __restrict__ ss,
                    T* __restrict__ a, Scratch<T>& s, const Params<T>& p, const Options& o) {
   const int64_t H = p.H, K = p.K;
@@ -277,7 +347,7 @@ void step_update_t(const T* src, T* dst, const T* z, const T* z_next, const T* _
       const T zk = z_next[k];
 #pragma omp simd
       for (int64_t i = 0; i < H; ++i) {
-        const T v = clamp_value(l[i] * f[i] * invn[i] + g[i] * h[i] * ek, o);
+        const T v = clamp_value<Clamp>(l[i] * f[i] * invn[i] + g[i] * h[i] * ek, o);
         d[i] = v;
         const T gk = w[i] + v;
         ss[i] += gk * gk;
@@ -285,7 +355,7 @@ void step_update_t(const T* src, T* dst, const T* z, const T* z_next, const T* _
       }
     } else {
 #pragma omp simd
-      for (int64_t i = 0; i < H; ++i) d[i] = clamp_value(l[i] * f[i] * invn[i] + g[i] * h[i] * ek, o);
+      for (int64_t i = 0; i < H; ++i) d[i] = clamp_value<Clamp>(l[i] * f[i] * invn[i] + g[i] * h[i] * ek, o);
     }
   }
   if (o.plastic)
@@ -295,7 +365,7 @@ void step_update_t(const T* src, T* dst, const T* z, const T* z_next, const T* _
 // Per-thread parameter gradients, W, lambda, gamma transposed (K, H).
 template <typename T>
 struct Grads {
-  std::vector<T> W, L, G, b, bl, bg;
+  Buffer<T> W, L, G, b, bl, bg;
   explicit Grads(const Params<T>& p) : W(p.H * p.K), L(p.H * p.K), G(p.H * p.K), b(p.H), bl(p.H), bg(p.H) {}
 };
 
@@ -303,7 +373,7 @@ struct Grads {
 // (in s.z) and h: its input and output; dF: in, the gradient of F after the step, out, that of F
 // entering it; s.dh: the whole gradient of h; s.dz: out; ss, a: the step's sums kept by the recompute.
 // Parameter gradients are added to the per-thread sums in g.
-template <typename T, bool Oja>
+template <typename T, bool Oja, bool Clamp>
 void step_backward(const T* F, const T* __restrict__ h, const T* ss, const T* a, T* dF, Scratch<T>& s, Grads<T>& g,
                    const Params<T>& p, const Options& o) {
   const int64_t H = p.H, K = p.K;
@@ -324,13 +394,10 @@ void step_backward(const T* F, const T* __restrict__ h, const T* ss, const T* a,
       const T *__restrict__ f = F + k * H, *__restrict__ l = p.L + k * H, *__restrict__ gm = p.G + k * H;
       T* __restrict__ d = dF + k * H;
       const T ek = e[k];
-      T sum = 0;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t i = 0; i < H; ++i) {
-        d[i] = inside(l[i] * f[i] * invn[i] + gm[i] * h[i] * ek, o) ? d[i] : T(0);
-        sum += d[i] * gm[i] * h[i];
-      }
-      de[k] = sum;
+      de[k] = sum_over_neurons<T>(H, [&](int64_t i, T& acc) {
+        d[i] = inside<Clamp>(l[i] * f[i] * invn[i] + gm[i] * h[i] * ek, o) ? d[i] : T(0);
+        acc += d[i] * gm[i] * h[i];
+      });
     }
   }
   // Through F_t = lambda F / n + gamma h e: per neuron, the sums s1 (for dn) and s2, s3 (for dh)
@@ -339,10 +406,8 @@ void step_backward(const T* F, const T* __restrict__ h, const T* ss, const T* a,
     T* __restrict__ d = dF + k * H;
     T *__restrict__ gL = g.L.data() + k * H, *__restrict__ gG = g.G.data() + k * H;
     const T ek = e[k], dek = Oja ? de[k] : T(0);
-    T dzk = 0;
-#pragma omp simd reduction(+ : dzk)
-    for (int64_t i = 0; i < H; ++i) {
-      const T dk = inside(l[i] * f[i] * invn[i] + gm[i] * h[i] * ek, o) ? d[i] : T(0);
+    const T dzk = sum_over_neurons<T>(H, [&](int64_t i, T& acc) {
+      const T dk = inside<Clamp>(l[i] * f[i] * invn[i] + gm[i] * h[i] * ek, o) ? d[i] : T(0);
       gL[i] += dk * f[i] * invn[i];
       gG[i] += dk * h[i] * ek;
       s1[i] += dk * l[i] * f[i];
@@ -351,10 +416,10 @@ void step_backward(const T* F, const T* __restrict__ h, const T* ss, const T* a,
         s3[i] += dek * f[i];
         d[i] = dk * l[i] * invn[i] - h[i] * dek;
       } else {
-        dzk += dk * gm[i] * h[i];
+        acc += dk * gm[i] * h[i];
         d[i] = dk * l[i] * invn[i];
       }
-    }
+    });
     dz[k] = Oja ? dek : dzk;
   }
   // Through h = tanh(G z / n + b + F_bias) and n = ||G|| + eps: per neuron, da = d(drive)/n and the
@@ -387,16 +452,13 @@ void step_backward(const T* F, const T* __restrict__ h, const T* ss, const T* a,
     const T *__restrict__ f = F + k * H, *__restrict__ w = p.W + k * H;
     T *__restrict__ d = dF + k * H, *__restrict__ gW = g.W.data() + k * H;
     const T zk = z[k];
-    T dzk = 0;
-#pragma omp simd reduction(+ : dzk)
-    for (int64_t i = 0; i < H; ++i) {
+    dz[k] += sum_over_neurons<T>(H, [&](int64_t i, T& acc) {
       const T gk = w[i] + f[i];
       const T dg = da[i] * zk + coef[i] * gk;
       gW[i] += dg;
       d[i] += dg;
-      dzk += da[i] * gk;
-    }
-    dz[k] += dzk;
+      acc += da[i] * gk;
+    });
   }
 }
 
@@ -474,7 +536,8 @@ void forward_columns(int64_t begin, int64_t end, int64_t T_, int64_t B, const T*
                      const Options& o) {
   const int64_t H = p.H, state = H * p.Kp;
   Scratch<T> s(H, p.K);
-  std::vector<T> F(state);
+  Buffer<T> F(state);
+  const auto update = o.clamp < INFINITY ? step_update_t<T, true> : step_update_t<T, false>;
   for (int64_t bi = begin; bi < end; ++bi) {
     to_columns(f0p + bi * state, F.data(), H, p.Kp);
     bool summed = false;  // whether the update of step t - 1 gave the sums of step t
@@ -492,8 +555,7 @@ void forward_columns(int64_t begin, int64_t end, int64_t T_, int64_t B, const T*
       step_output(F.data() + p.K * H, 1, s.ss.data(), s.a.data(), h, s, p, o);
       summed = !record_energy && t + 1 < T_ && !(sp && sp[(t + 1) * B + bi] != 0);
       if (summed) gather_input(s.z_next.data(), xp, h0p, outp, false, t + 1, bi, B, p, o);
-      step_update_t(F.data(), F.data(), s.z.data(), summed ? s.z_next.data() : nullptr, h, s.ss.data(), s.a.data(), s,
-                    p, o);
+      update(F.data(), F.data(), s.z.data(), summed ? s.z_next.data() : nullptr, h, s.ss.data(), s.a.data(), s, p, o);
     }
     to_rows(F.data(), fp + bi * state, H, p.Kp);
   }
@@ -574,6 +636,7 @@ std::vector<at::Tensor> stpn_backward(const at::Tensor& x_, const at::Tensor& h0
   std::mutex reduce;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "stpn_backward", [&] {
     using T_ = scalar_t;
+    std::vector<std::pair<int64_t, Grads<T_>>> parts;  // per thread: its first sample, its sums
     const Params<T_> p = columns(make_params<T_>(W, b, L, G, bl, bg, I, Kp), WT, LT, GT);
     const T_ *xp = x.data_ptr<T_>(), *h0p = h0.data_ptr<T_>(), *sp = starts.defined() ? starts.data_ptr<T_>() : nullptr;
     const T_ *outp = out.data_ptr<T_>(), *cp = ckpt.data_ptr<T_>(), *dop = d_out.data_ptr<T_>();
@@ -583,9 +646,13 @@ std::vector<at::Tensor> stpn_backward(const at::Tensor& x_, const at::Tensor& h0
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       Scratch<T_> s(H, K);
       Grads<T_> g(p);
+      const bool clamped = o.clamp < INFINITY;
+      const auto update = clamped ? step_update_t<T_, true> : step_update_t<T_, false>;
+      const auto backward = oja ? (clamped ? step_backward<T_, true, true> : step_backward<T_, true, false>)
+                                : (clamped ? step_backward<T_, false, true> : step_backward<T_, false, false>);
       // The sample's dF (transposed) and the recomputed segment: F entering each step and its sums
       // (ss, a) per neuron
-      std::vector<T_> dFb(state), states(std::min(every, T) * state), sums_ss(std::min(every, T) * H),
+      Buffer<T_> dFb(state), states(std::min(every, T) * state), sums_ss(std::min(every, T) * H),
           sums_a(std::min(every, T) * H);
       for (int64_t bi = begin; bi < end; ++bi) {
         to_columns(dfin + bi * state, dFb.data(), H, Kp);
@@ -607,8 +674,7 @@ std::vector<at::Tensor> stpn_backward(const at::Tensor& x_, const at::Tensor& h0
             step_output(S + K * H, 1, ss, a, s.h.data(), s, p, o);
             summed = !(sp && sp[(t + 1) * B + bi] != 0);
             if (summed) gather_input(s.z_next.data(), xp, h0p, outp, false, t + 1, bi, B, p, o);
-            step_update_t(S, S + state, s.z.data(), summed ? s.z_next.data() : nullptr, s.h.data(), ss + H, a + H, s, p,
-                          o);
+            update(S, S + state, s.z.data(), summed ? s.z_next.data() : nullptr, s.h.data(), ss + H, a + H, s, p, o);
           }
           for (int64_t t = t1 - 1; t >= t0; --t) {
             const bool reset = sp && sp[t * B + bi] != 0;
@@ -618,7 +684,7 @@ std::vector<at::Tensor> stpn_backward(const at::Tensor& x_, const at::Tensor& h0
             const T_* S = states.data() + (t - t0) * state;
             const T_* h = outp + (t * B + bi) * H;
             const T_ *ss = sums_ss.data() + (t - t0) * H, *a = sums_a.data() + (t - t0) * H;
-            (oja ? step_backward<T_, true> : step_backward<T_, false>)(S, h, ss, a, dFb.data(), s, g, p, o);
+            backward(S, h, ss, a, dFb.data(), s, g, p, o);
             std::copy_n(s.dz.data(), I, dxp + (t * B + bi) * I);
             if (recurrent && !reset)
               std::copy_n(s.dz.data() + I, H, s.dhc.data());
@@ -631,20 +697,26 @@ std::vector<at::Tensor> stpn_backward(const at::Tensor& x_, const at::Tensor& h0
         std::copy(s.dhc.begin(), s.dhc.end(), dh0p + bi * H);
       }
       std::lock_guard<std::mutex> lock(reduce);
+      parts.emplace_back(begin, std::move(g));
+    });
+    // The threads' sums are added in batch order, not in the order the threads finish: the gradients
+    // are then the same on every call (gradcheck checks that backward is reentrant)
+    std::sort(parts.begin(), parts.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
+    for (const auto& [begin, g] : parts) {
       // W, lambda, gamma gradients back from (K, H)
-      const std::pair<at::Tensor*, std::vector<T_>*> columns_sums[] = {{&dW, &g.W}, {&dL, &g.L}, {&dG, &g.G}};
+      const std::pair<at::Tensor*, const Buffer<T_>*> columns_sums[] = {{&dW, &g.W}, {&dL, &g.L}, {&dG, &g.G}};
       for (const auto& [total, part] : columns_sums) {
         T_* tp = total->data_ptr<T_>();
         for (int64_t i = 0; i < H; ++i)
           for (int64_t k = 0; k < K; ++k) tp[i * K + k] += (*part)[k * H + i];
       }
-      const std::pair<at::Tensor*, std::vector<T_>*> sums[] = {{&db, &g.b}, {&dbl, &g.bl}, {&dbg, &g.bg}};
+      const std::pair<at::Tensor*, const Buffer<T_>*> sums[] = {{&db, &g.b}, {&dbl, &g.bl}, {&dbg, &g.bg}};
       for (const auto& [total, part] : sums) {
         T_* tp = total->data_ptr<T_>();
         const int64_t n = total->numel();
         for (int64_t j = 0; j < n; ++j) tp[j] += (*part)[j];
       }
-    });
+    }
   });
   return {dx, dh0, dF, dW, db, dL, dG, dbl, dbg};
 }
