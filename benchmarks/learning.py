@@ -75,23 +75,43 @@ def variants_for(task: str) -> list[Variant]:
     return [STPN, LSTM_PARAMS, LSTM_HIDDEN, *([MLP] if task == "InvertedPendulum-v5" else [])]
 
 
-def zoo_entry(config: str, task: str) -> dict[str, Any]:
-    """The zoo config entry of ``task`` with ``policy_kwargs`` evaluated to a dict (as rl_zoo3 does)."""
+def python_value(text: str) -> Any:
+    """A config value written as Python, e.g. ``dict(activation_fn=nn.ReLU)``, evaluated as rl_zoo3 does."""
     from torch import nn
 
+    return eval(text, {"dict": dict, "nn": nn})
+
+
+def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated with ``changes``, recursing into dicts both have (e.g. ``stpn_kwargs`` in ``policy_kwargs``)."""
+    result = dict(base)
+    for key, value in changes.items():
+        both_dicts = isinstance(value, dict) and isinstance(result.get(key), dict)
+        result[key] = merged(result[key], value) if both_dicts else value
+    return result
+
+
+def zoo_entry(config: str, task: str) -> dict[str, Any]:
+    """The zoo config entry of ``task`` with ``policy_kwargs`` evaluated to a dict (as rl_zoo3 does)."""
     from sb3_stpn.zoo import CONFIG_DIR
     from sb3_stpn.zoo.exp_manager import load_config_entry
 
     entry = dict(load_config_entry(CONFIG_DIR / f"{config}.yml", task, is_atari=False))
     kwargs = entry.get("policy_kwargs") or {}
-    entry["policy_kwargs"] = dict(eval(kwargs, {"dict": dict, "nn": nn})) if isinstance(kwargs, str) else dict(kwargs)
+    entry["policy_kwargs"] = dict(python_value(kwargs) if isinstance(kwargs, str) else kwargs)
     return entry
 
 
-def variant_entry(variant: Variant, task: str, steps: int) -> dict[str, Any]:
-    """The hyperparameters ``variant`` trains with on ``task``: its zoo entry with only the documented changes."""
+def variant_entry(variant: Variant, task: str, steps: int, stpn_changes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """
+    The hyperparameters ``variant`` trains with on ``task``: its zoo entry with only the documented changes.
+
+    ``stpn_changes`` (``--stpn-hyperparams``, for tuning experiments) are merged into the STPN's entry only.
+    """
     entry = zoo_entry(variant.config, task)
     entry["n_timesteps"] = steps
+    if variant is STPN and stpn_changes:
+        entry = merged(entry, stpn_changes)
     if variant.equal_hidden:
         entry["policy_kwargs"]["lstm_hidden_size"] = stpn_hidden_size(task)
     if variant.mlp:
@@ -187,7 +207,9 @@ def make_curve_callback(eval_env: Any, n_evals: int, n_episodes: int, steps: int
     return CurveCallback()
 
 
-def run_one(task: str, variant_key: str, seed: int, steps: int, n_evals: int, n_episodes: int) -> dict[str, Any]:
+def run_one(
+    task: str, variant_key: str, seed: int, steps: int, n_evals: int, n_episodes: int, stpn_changes: dict[str, Any]
+) -> dict[str, Any]:
     """Train one (task, model, seed) from the zoo configs with periodic evaluation; return its curve and costs."""
     import torch as th
     import yaml
@@ -196,7 +218,7 @@ def run_one(task: str, variant_key: str, seed: int, steps: int, n_evals: int, n_
 
     th.set_num_threads(1)
     variant = VARIANTS[variant_key]
-    entry = variant_entry(variant, task, steps)
+    entry = variant_entry(variant, task, steps, stpn_changes)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as log_folder, contextlib.redirect_stdout(io.StringIO()):
         config = Path(log_folder) / "config.yml"
@@ -228,6 +250,7 @@ def run_one(task: str, variant_key: str, seed: int, steps: int, n_evals: int, n_
         "model": variant_key,
         "seed": seed,
         "hidden_size": hidden,
+        "changes": stpn_changes if variant is STPN else {},
         "parameters": sum(p.numel() for p in model.policy.parameters() if p.requires_grad),
         "steps": model.num_timesteps,
         "wall_seconds": time.perf_counter() - start,
@@ -265,6 +288,8 @@ def model_label(run: dict[str, Any]) -> str:
         return "PPO MLP (no memory)"
     name = "STPN" if run["model"] == "stpn" else "LSTM"
     why = {"stpn": "zoo entry", "lstm_params": "matched params", "lstm_hidden": "matched hidden size"}[run["model"]]
+    if run["changes"]:
+        why += " + " + ", ".join(f"{key}={value}" for key, value in run["changes"].items())
     return f"{name} h={run['hidden_size']} ({why})"
 
 
@@ -351,11 +376,31 @@ def parse_steps(values: list[str] | None, tasks: list[str], defaults: dict[str, 
     return steps
 
 
+def parse_changes(values: list[str] | None) -> dict[str, Any]:
+    """``--stpn-hyperparams``: ``KEY=VALUE`` pairs with Python values."""
+    changes = {}
+    for value in values or []:
+        key, separator, text = value.partition("=")
+        if not separator:
+            raise SystemExit(f"--stpn-hyperparams takes KEY=VALUE, got {value!r}")
+        changes[key] = python_value(text)
+    return changes
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=None, help="tasks (default: all)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per model (default 3, --quick 1)")
     parser.add_argument("--steps", nargs="+", default=None, help="steps per run: N for all tasks or TASK=N pairs")
+    parser.add_argument("--models", nargs="+", choices=list(VARIANTS), default=None, help="models (default: all of a task's)")
+    parser.add_argument(
+        "--stpn-hyperparams",
+        nargs="+",
+        default=None,
+        metavar="KEY=VALUE",
+        help="changes to the STPN's zoo entry for tuning experiments, values in Python, dicts merged into the entry's "
+        "(e.g. learning_rate=3e-4 'policy_kwargs=dict(stpn_kwargs=dict(clamp=1.0))'); the STPN rows name them",
+    )
     parser.add_argument("--evals", type=int, default=10, help="evaluations per run after the one at step 0")
     parser.add_argument("--eval-episodes", type=int, default=None, help="episodes per evaluation (default 5, --quick 1)")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (1 torch thread each)")
@@ -368,11 +413,13 @@ def main(argv: list[str] | None = None) -> None:
     n_episodes = args.eval_episodes or (1 if args.quick else 5)
     n_evals = 2 if args.quick else args.evals
     steps = parse_steps(args.steps, tasks, QUICK_STEPS if args.quick else DEFAULT_STEPS)
+    stpn_changes = parse_changes(args.stpn_hyperparams)
     jobs = [
-        (task, variant.key, seed, steps[task], n_evals, n_episodes)
+        (task, variant.key, seed, steps[task], n_evals, n_episodes, stpn_changes)
         for task in tasks
         for seed in range(seeds)
         for variant in variants_for(task)
+        if args.models is None or variant.key in args.models
     ]
     start = time.perf_counter()
     runs = []

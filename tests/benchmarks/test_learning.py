@@ -13,6 +13,7 @@ from benchmarks.learning import (
     area_under_curve,
     main,
     mean_std,
+    parse_changes,
     parse_steps,
     seed_band,
     variant_entry,
@@ -59,6 +60,18 @@ def test_variants_change_only_what_they_say() -> None:
         k: v for k, v in mlp.items() if k not in ("policy", "policy_kwargs")
     }
     assert hidden["policy_kwargs"]["lstm_hidden_size"] == stpn["policy_kwargs"]["stpn_hidden_size"] == 64
+
+
+def test_stpn_changes_are_merged_into_the_stpn_entry_only() -> None:
+    changes = parse_changes(["learning_rate=3e-4", "policy_kwargs=dict(stpn_kwargs=dict(clamp=1.0))"])
+    assert changes == {"learning_rate": 3e-4, "policy_kwargs": {"stpn_kwargs": {"clamp": 1.0}}}
+    stpn = variant_entry(STPN, "InvertedPendulum-v5", 1000, changes)
+    assert stpn["learning_rate"] == 3e-4
+    # Merged, not replaced: the entry's STPNf setting and hidden size stay
+    assert stpn["policy_kwargs"] == {"stpn_hidden_size": 64, "stpn_kwargs": {"recurrent": False, "clamp": 1.0}}
+    assert variant_entry(LSTM_HIDDEN, "InvertedPendulum-v5", 1000, changes)["learning_rate"] != 3e-4
+    with pytest.raises(SystemExit):
+        parse_changes(["learning_rate"])
 
 
 def test_benchmark_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
