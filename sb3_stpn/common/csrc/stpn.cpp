@@ -325,8 +325,39 @@ void presynaptic_trace_t(const T* F, const T* z, const T* __restrict__ h, const 
   }
 }
 
+// The fused update and next sums of neurons [i0, i0 + n) over all K rows, n = N if N > 0: with a
+// compile-time block of kLanes neurons the block's sums stay in registers across the rows (as sums over
+// whole rows they were loaded and stored for every element).
+template <typename T, bool Clamp, int64_t N>
+inline void update_block(const T* src, T* dst, const T* __restrict__ z_next, const T* __restrict__ h,
+                         T* __restrict__ ss, T* __restrict__ a, const T* __restrict__ e, const T* __restrict__ invn,
+                         const Params<T>& p, const Options& o, int64_t i0, int64_t n) {
+  const int64_t m = N > 0 ? N : n, H = p.H;
+  T bs[kLanes] = {}, ba[kLanes] = {};
+  for (int64_t k = 0; k < p.K; ++k) {
+    const int64_t r = k * H + i0;
+    const T *__restrict__ l = p.L + r, *__restrict__ g = p.G + r, *__restrict__ w = p.W + r;
+    // src and dst may be the same row: each element is read before it is written (omp simd: no versioning)
+    const T* f = src + r;
+    T* d = dst + r;
+    const T ek = e[k], zk = z_next[k];
+#pragma omp simd
+    for (int64_t j = 0; j < m; ++j) {
+      const T v = clamp_value<Clamp>(l[j] * f[j] * invn[i0 + j] + g[j] * h[i0 + j] * ek, o);
+      d[j] = v;
+      const T gk = w[j] + v;
+      bs[j] += gk * gk;
+      ba[j] += gk * zk;
+    }
+  }
+  for (int64_t j = 0; j < m; ++j) {
+    ss[i0 + j] = bs[j];
+    a[i0 + j] = ba[j];
+  }
+}
+
 // step_update on the transposed F: F_t into dst from F_{t-1} in src (may be dst). With z_next it also
-// accumulates the next step's sums into ss, a (this step's, already used by step_output).
+// writes the next step's sums into ss, a (this step's, already used by step_output).
 template <typename T, bool Clamp>
 void step_update_t(const T* src, T* dst, const T* z, const T* z_next, const T* __restrict__ h, T* __restrict__ ss,
                    T* __restrict__ a, Scratch<T>& s, const Params<T>& p, const Options& o) {
@@ -334,26 +365,16 @@ void step_update_t(const T* src, T* dst, const T* z, const T* z_next, const T* _
   presynaptic_trace_t(src, z, h, p, o, s.e.data());
   const T* __restrict__ invn = s.invn.data();
   if (z_next) {
-    std::fill_n(ss, H, T(0));
-    std::fill_n(a, H, T(0));
-  }
-  for (int64_t k = 0; k < K; ++k) {
-    const T *__restrict__ l = p.L + k * H, *__restrict__ g = p.G + k * H, *__restrict__ w = p.W + k * H;
-    // src and dst may be the same row: each element is read before it is written (omp simd: no versioning)
-    const T* f = src + k * H;
-    T* d = dst + k * H;
-    const T ek = s.e[k];
-    if (z_next) {
-      const T zk = z_next[k];
-#pragma omp simd
-      for (int64_t i = 0; i < H; ++i) {
-        const T v = clamp_value<Clamp>(l[i] * f[i] * invn[i] + g[i] * h[i] * ek, o);
-        d[i] = v;
-        const T gk = w[i] + v;
-        ss[i] += gk * gk;
-        a[i] += gk * zk;
-      }
-    } else {
+    int64_t i0 = 0;
+    for (; i0 + kLanes <= H; i0 += kLanes)
+      update_block<T, Clamp, kLanes>(src, dst, z_next, h, ss, a, s.e.data(), invn, p, o, i0, kLanes);
+    if (i0 < H) update_block<T, Clamp, 0>(src, dst, z_next, h, ss, a, s.e.data(), invn, p, o, i0, H - i0);
+  } else {
+    for (int64_t k = 0; k < K; ++k) {
+      const T *__restrict__ l = p.L + k * H, *__restrict__ g = p.G + k * H;
+      const T* f = src + k * H;
+      T* d = dst + k * H;
+      const T ek = s.e[k];
 #pragma omp simd
       for (int64_t i = 0; i < H; ++i) d[i] = clamp_value<Clamp>(l[i] * f[i] * invn[i] + g[i] * h[i] * ek, o);
     }
