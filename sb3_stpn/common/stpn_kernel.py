@@ -9,8 +9,10 @@ environment variable ``SB3_STPN_KERNEL``:
 - ``torch``: ``_FusedStpn`` with torch ops: the forward runs the loop without recording a graph, the
   backward is hand-derived BPTT (``_torch_step_backward``), one batched step at a time. Any device.
 - ``cpp``: ``_FusedStpn`` with the C++ kernel ``csrc/stpn.cpp`` (compiled at first use with
-  ``torch.utils.cpp_extension.load``): per sample (OpenMP over the batch) the whole time loop, each
-  neuron's row of F updated in one fused pass, forward and backward. CPU, float32/float64.
+  ``torch.utils.cpp_extension.load``): per sample (OpenMP over the batch) the whole time loop in fused
+  passes over F, forward and backward. Training calls work on F transposed to (K, H) inside the
+  kernel, so that per-neuron sums are vector accumulators; inference (rollout steps) on the public
+  (H, K) rows, which needs no transpose at the boundary. CPU, float32/float64.
 - ``auto`` (default): ``cpp`` for CPU tensors when it builds, else ``torch``. A failed build is
   logged once per process and the ``torch`` path taken.
 
