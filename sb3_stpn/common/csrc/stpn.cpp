@@ -33,6 +33,8 @@
 namespace {
 
 constexpr double kNormEps = 1e-16;
+// Neurons per block and lanes of partial sums in the training kernel: a multiple of the vector width
+constexpr int64_t kLanes = 16;
 
 struct Options {
   bool recurrent, normalize, oja, plastic;
@@ -147,10 +149,10 @@ inline void update_row(const T* src, T* dst, int64_t i, T invn, T hi, const T* _
 // Per-thread buffers of one sample's step (z_next: the next step's input, for the fused update).
 template <typename T>
 struct Scratch {
-  Buffer<T> z, z_next, z2, e, de, dz, invn, ss, a, u, h, dh, dhc, en, s1, s2, s3, da, coef;
+  Buffer<T> z, z_next, z2, e, de, dz, dzp, invn, ss, a, u, h, dh, dhc, en, s1, s2, s3, da, coef;
   Scratch(int64_t H, int64_t K)
-      : z(K), z_next(K), z2(K), e(K), de(K), dz(K), invn(H), ss(H), a(H), u(H), h(H), dh(H), dhc(H), en(H), s1(H),
-        s2(H), s3(H), da(H), coef(H) {}
+      : z(K), z_next(K), z2(K), e(K), de(K), dz(K), dzp(K * kLanes), invn(H), ss(H), a(H), u(H), h(H), dh(H), dhc(H),
+        en(H), s1(H), s2(H), s3(H), da(H), coef(H) {}
 };
 
 // tanh over n values. float: Eigen's rational approximation (within 4e-7 of tanh), which vectorises
@@ -237,8 +239,6 @@ void to_rows(const T* __restrict__ cols, T* __restrict__ rows, int64_t H, int64_
 // The sum of kLanes partial sums. GCC sums an array lane by lane through the stack (and so does an
 // `omp simd reduction`), a chain of kLanes dependent scalar adds; with AVX-512 or AVX2 the lanes are
 // summed as a tree in registers instead.
-constexpr int64_t kLanes = 16;
-
 inline float lane_sum(const float* part) {
 #if defined(__AVX512F__)
   return _mm512_reduce_add_ps(_mm512_loadu_ps(part));
@@ -390,6 +390,43 @@ struct Grads {
   explicit Grads(const Params<T>& p) : W(p.H * p.K), L(p.H * p.K), G(p.H * p.K), b(p.H), bl(p.H), bg(p.H) {}
 };
 
+// The first pass of step_backward over neurons [i0, i0 + n), n = N if N > 0: the rows inner, so that
+// the block's sums (s1, s2, s3), 1/n and h stay in registers.
+template <typename T, bool Oja, bool Clamp, int64_t N>
+inline void backward_block(const T* __restrict__ F, T* __restrict__ dF, const T* __restrict__ h, Scratch<T>& s,
+                           Grads<T>& g, const Params<T>& p, const Options& o, int64_t i0, int64_t n) {
+  const int64_t m = N > 0 ? N : n, H = p.H;
+  const T *__restrict__ invn = s.invn.data() + i0, *__restrict__ hb = h + i0;
+  T b1[kLanes] = {}, b2[kLanes] = {}, b3[kLanes] = {};
+  for (int64_t k = 0; k < p.K; ++k) {
+    const int64_t r = k * H + i0;
+    const T *__restrict__ f = F + r, *__restrict__ l = p.L + r, *__restrict__ gm = p.G + r;
+    T *__restrict__ d = dF + r, *__restrict__ gL = g.L.data() + r, *__restrict__ gG = g.G.data() + r;
+    T* __restrict__ zp = s.dzp.data() + k * kLanes;
+    const T ek = s.e[k], dek = Oja ? s.de[k] : T(0);
+#pragma omp simd
+    for (int64_t j = 0; j < m; ++j) {
+      const T dk = inside<Clamp>(l[j] * f[j] * invn[j] + gm[j] * hb[j] * ek, o) ? d[j] : T(0);
+      gL[j] += dk * f[j] * invn[j];
+      gG[j] += dk * hb[j] * ek;
+      b1[j] += dk * l[j] * f[j];
+      b2[j] += dk * gm[j] * ek;
+      if constexpr (Oja) {
+        b3[j] += dek * f[j];
+        d[j] = dk * l[j] * invn[j] - hb[j] * dek;
+      } else {
+        zp[j] += dk * gm[j] * hb[j];
+        d[j] = dk * l[j] * invn[j];
+      }
+    }
+  }
+  for (int64_t j = 0; j < m; ++j) {
+    s.s1[i0 + j] = b1[j];
+    s.s2[i0 + j] = b2[j];
+    s.s3[i0 + j] = b3[j];
+  }
+}
+
 // Backward of one step of one sample, transposed. F: the state entering the step (after a reset), z
 // (in s.z) and h: its input and output; dF: in, the gradient of F after the step, out, that of F
 // entering it; s.dh: the whole gradient of h; s.dz: out; ss, a: the step's sums kept by the recompute.
@@ -406,9 +443,6 @@ void step_backward(const T* F, const T* __restrict__ h, const T* ss, const T* a,
                 *__restrict__ s3 = s.s3.data(), *__restrict__ da = s.da.data(), *__restrict__ coef = s.coef.data();
   presynaptic_trace_t(F, z, h, p, o, s.e.data());
   for (int64_t i = 0; i < H; ++i) invn[i] = inverse_norm(ss[i], o);
-  std::fill_n(s1, H, T(0));
-  std::fill_n(s2, H, T(0));
-  std::fill_n(s3, H, T(0));
   if (Oja) {
     // Oja's trace couples the neurons: mask dF first and gather de_k = sum_i dF_ki gamma_ki h_i
     for (int64_t k = 0; k < K; ++k) {
@@ -421,28 +455,14 @@ void step_backward(const T* F, const T* __restrict__ h, const T* ss, const T* a,
       });
     }
   }
-  // Through F_t = lambda F / n + gamma h e: per neuron, the sums s1 (for dn) and s2, s3 (for dh)
-  for (int64_t k = 0; k < K; ++k) {
-    const T *__restrict__ f = F + k * H, *__restrict__ l = p.L + k * H, *__restrict__ gm = p.G + k * H;
-    T* __restrict__ d = dF + k * H;
-    T *__restrict__ gL = g.L.data() + k * H, *__restrict__ gG = g.G.data() + k * H;
-    const T ek = e[k], dek = Oja ? de[k] : T(0);
-    const T dzk = sum_over_neurons<T>(H, [&](int64_t i, T& acc) {
-      const T dk = inside<Clamp>(l[i] * f[i] * invn[i] + gm[i] * h[i] * ek, o) ? d[i] : T(0);
-      gL[i] += dk * f[i] * invn[i];
-      gG[i] += dk * h[i] * ek;
-      s1[i] += dk * l[i] * f[i];
-      s2[i] += dk * gm[i] * ek;
-      if constexpr (Oja) {
-        s3[i] += dek * f[i];
-        d[i] = dk * l[i] * invn[i] - h[i] * dek;
-      } else {
-        acc += dk * gm[i] * h[i];
-        d[i] = dk * l[i] * invn[i];
-      }
-    });
-    dz[k] = Oja ? dek : dzk;
-  }
+  // Through F_t = lambda F / n + gamma h e: per neuron, the sums s1 (for dn) and s2, s3 (for dh), by
+  // blocks of neurons as in update_block; dz_k (Hebb) gathers in kLanes lanes per row, summed at the end
+  T* __restrict__ dzp = s.dzp.data();
+  std::fill(s.dzp.begin(), s.dzp.end(), T(0));
+  int64_t i0 = 0;
+  for (; i0 + kLanes <= H; i0 += kLanes) backward_block<T, Oja, Clamp, kLanes>(F, dF, h, s, g, p, o, i0, kLanes);
+  if (i0 < H) backward_block<T, Oja, Clamp, 0>(F, dF, h, s, g, p, o, i0, H - i0);
+  for (int64_t k = 0; k < K; ++k) dz[k] = Oja ? de[k] : lane_sum(dzp + k * kLanes);
   // Through h = tanh(G z / n + b + F_bias) and n = ||G|| + eps: per neuron, da = d(drive)/n and the
   // coefficient of G in dG
   for (int64_t i = 0; i < H; ++i) {
