@@ -458,7 +458,7 @@ void step_backward(const T* F, const T* __restrict__ h, const T* ss, const T* a,
   // Through F_t = lambda F / n + gamma h e: per neuron, the sums s1 (for dn) and s2, s3 (for dh), by
   // blocks of neurons as in update_block; dz_k (Hebb) gathers in kLanes lanes per row, summed at the end
   T* __restrict__ dzp = s.dzp.data();
-  std::fill(s.dzp.begin(), s.dzp.end(), T(0));
+  if (!Oja) std::fill(s.dzp.begin(), s.dzp.end(), T(0));
   int64_t i0 = 0;
   for (; i0 + kLanes <= H; i0 += kLanes) backward_block<T, Oja, Clamp, kLanes>(F, dF, h, s, g, p, o, i0, kLanes);
   if (i0 < H) backward_block<T, Oja, Clamp, 0>(F, dF, h, s, g, p, o, i0, H - i0);
