@@ -11,8 +11,9 @@
 // to (K, H): every inner loop then runs over the H neurons, so the per-neuron sums (norm, drive and
 // the backward's dot products) are plain vertical accumulators and the row of a presynaptic unit k is
 // whole vectors (H = 64), where a row of K = 68 was a few vectors, a tail, loop overhead and a
-// horizontal sum per neuron (that overhead was most of the time at B=256 T=32 H=64). Only the sums
-// over neurons (dz, Oja's trace) stay horizontal: K of them per pass instead of H per sum. The plastic
+// horizontal sum per neuron (that overhead was most of the time at B=256 T=32 H=64). The main loops
+// run over blocks of kLanes neurons with the rows inner, so a block's sums stay in registers; the sums
+// over neurons (dz, Oja's trace) gather in kLanes lanes per row, one horizontal sum per row. The plastic
 // bias becomes row K of F, of length H like the others. F is transposed at the call's boundary (one
 // pass per sequence, small against T steps); the checkpoints stay transposed, since only the backward
 // reads them. A rollout step would pay that boundary pass for one step, hence the row layout there.
@@ -20,9 +21,11 @@
 // Backward recomputes the states of one checkpoint segment (C steps) into a per-thread buffer and
 // walks it in reverse.
 #include <ATen/Parallel.h>
-#include <immintrin.h>
 #include <torch/library.h>
 #include <torch/types.h>
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -149,10 +152,10 @@ inline void update_row(const T* src, T* dst, int64_t i, T invn, T hi, const T* _
 // Per-thread buffers of one sample's step (z_next: the next step's input, for the fused update).
 template <typename T>
 struct Scratch {
-  Buffer<T> z, z_next, z2, e, de, dz, dzp, invn, ss, a, u, h, dh, dhc, en, s1, s2, s3, da, coef;
+  Buffer<T> z, z_next, z2, e, de, dz, dzp, invn, ss, a, u, h, dh, dhc, en;
   Scratch(int64_t H, int64_t K)
       : z(K), z_next(K), z2(K), e(K), de(K), dz(K), dzp(K * kLanes), invn(H), ss(H), a(H), u(H), h(H), dh(H), dhc(H),
-        en(H), s1(H), s2(H), s3(H), da(H), coef(H) {}
+        en(H) {}
 };
 
 // tanh over n values. float: Eigen's rational approximation (within 4e-7 of tanh), which vectorises
@@ -390,15 +393,20 @@ struct Grads {
   explicit Grads(const Params<T>& p) : W(p.H * p.K), L(p.H * p.K), G(p.H * p.K), b(p.H), bl(p.H), bg(p.H) {}
 };
 
-// The first pass of step_backward over neurons [i0, i0 + n), n = N if N > 0: the rows inner, so that
-// the block's sums (s1, s2, s3), 1/n and h stay in registers.
+// Backward of one step for neurons [i0, i0 + n), n = N if N > 0, with the rows inner: the first pass
+// over the block's columns of F and dF, the per-neuron part, then the second pass over the same
+// columns, still in cache (as two passes over the whole of F and dF they came back from L2 or memory:
+// 12% slower than the row layout at K=640). The block's sums (s1, s2, s3), 1/n, h, da and the
+// coefficient of G stay in registers; the sums over neurons (dz) gather in s.dzp, kLanes lanes per row.
 template <typename T, bool Oja, bool Clamp, int64_t N>
-inline void backward_block(const T* __restrict__ F, T* __restrict__ dF, const T* __restrict__ h, Scratch<T>& s,
-                           Grads<T>& g, const Params<T>& p, const Options& o, int64_t i0, int64_t n) {
-  const int64_t m = N > 0 ? N : n, H = p.H;
+inline void backward_block(const T* __restrict__ F, T* __restrict__ dF, const T* __restrict__ h, const T* ss,
+                           const T* a, Scratch<T>& s, Grads<T>& g, const Params<T>& p, const Options& o, int64_t i0,
+                           int64_t n) {
+  const int64_t m = N > 0 ? N : n, H = p.H, K = p.K;
   const T *__restrict__ invn = s.invn.data() + i0, *__restrict__ hb = h + i0;
-  T b1[kLanes] = {}, b2[kLanes] = {}, b3[kLanes] = {};
-  for (int64_t k = 0; k < p.K; ++k) {
+  // Through F_t = lambda F / n + gamma h e: per neuron, the sums s1 (for dn) and s2, s3 (for dh)
+  T s1[kLanes] = {}, s2[kLanes] = {}, s3[kLanes] = {};
+  for (int64_t k = 0; k < K; ++k) {
     const int64_t r = k * H + i0;
     const T *__restrict__ f = F + r, *__restrict__ l = p.L + r, *__restrict__ gm = p.G + r;
     T *__restrict__ d = dF + r, *__restrict__ gL = g.L.data() + r, *__restrict__ gG = g.G.data() + r;
@@ -409,10 +417,10 @@ inline void backward_block(const T* __restrict__ F, T* __restrict__ dF, const T*
       const T dk = inside<Clamp>(l[j] * f[j] * invn[j] + gm[j] * hb[j] * ek, o) ? d[j] : T(0);
       gL[j] += dk * f[j] * invn[j];
       gG[j] += dk * hb[j] * ek;
-      b1[j] += dk * l[j] * f[j];
-      b2[j] += dk * gm[j] * ek;
+      s1[j] += dk * l[j] * f[j];
+      s2[j] += dk * gm[j] * ek;
       if constexpr (Oja) {
-        b3[j] += dek * f[j];
+        s3[j] += dek * f[j];
         d[j] = dk * l[j] * invn[j] - hb[j] * dek;
       } else {
         zp[j] += dk * gm[j] * hb[j];
@@ -420,54 +428,13 @@ inline void backward_block(const T* __restrict__ F, T* __restrict__ dF, const T*
       }
     }
   }
-  for (int64_t j = 0; j < m; ++j) {
-    s.s1[i0 + j] = b1[j];
-    s.s2[i0 + j] = b2[j];
-    s.s3[i0 + j] = b3[j];
-  }
-}
-
-// Backward of one step of one sample, transposed. F: the state entering the step (after a reset), z
-// (in s.z) and h: its input and output; dF: in, the gradient of F after the step, out, that of F
-// entering it; s.dh: the whole gradient of h; s.dz: out; ss, a: the step's sums kept by the recompute.
-// Parameter gradients are added to the per-thread sums in g.
-template <typename T, bool Oja, bool Clamp>
-void step_backward(const T* F, const T* __restrict__ h, const T* ss, const T* a, T* dF, Scratch<T>& s, Grads<T>& g,
-                   const Params<T>& p, const Options& o) {
-  const int64_t H = p.H, K = p.K;
-  const T* __restrict__ z = s.z.data();
-  const T* __restrict__ e = s.e.data();
-  T* __restrict__ dz = s.dz.data();
-  T* __restrict__ de = s.de.data();
-  T *__restrict__ invn = s.invn.data(), *__restrict__ s1 = s.s1.data(), *__restrict__ s2 = s.s2.data(),
-                *__restrict__ s3 = s.s3.data(), *__restrict__ da = s.da.data(), *__restrict__ coef = s.coef.data();
-  presynaptic_trace_t(F, z, h, p, o, s.e.data());
-  for (int64_t i = 0; i < H; ++i) invn[i] = inverse_norm(ss[i], o);
-  if (Oja) {
-    // Oja's trace couples the neurons: mask dF first and gather de_k = sum_i dF_ki gamma_ki h_i
-    for (int64_t k = 0; k < K; ++k) {
-      const T *__restrict__ f = F + k * H, *__restrict__ l = p.L + k * H, *__restrict__ gm = p.G + k * H;
-      T* __restrict__ d = dF + k * H;
-      const T ek = e[k];
-      de[k] = sum_over_neurons<T>(H, [&](int64_t i, T& acc) {
-        d[i] = inside<Clamp>(l[i] * f[i] * invn[i] + gm[i] * h[i] * ek, o) ? d[i] : T(0);
-        acc += d[i] * gm[i] * h[i];
-      });
-    }
-  }
-  // Through F_t = lambda F / n + gamma h e: per neuron, the sums s1 (for dn) and s2, s3 (for dh), by
-  // blocks of neurons as in update_block; dz_k (Hebb) gathers in kLanes lanes per row, summed at the end
-  T* __restrict__ dzp = s.dzp.data();
-  if (!Oja) std::fill(s.dzp.begin(), s.dzp.end(), T(0));
-  int64_t i0 = 0;
-  for (; i0 + kLanes <= H; i0 += kLanes) backward_block<T, Oja, Clamp, kLanes>(F, dF, h, s, g, p, o, i0, kLanes);
-  if (i0 < H) backward_block<T, Oja, Clamp, 0>(F, dF, h, s, g, p, o, i0, H - i0);
-  for (int64_t k = 0; k < K; ++k) dz[k] = Oja ? de[k] : lane_sum(dzp + k * kLanes);
   // Through h = tanh(G z / n + b + F_bias) and n = ||G|| + eps: per neuron, da = d(drive)/n and the
   // coefficient of G in dG
-  for (int64_t i = 0; i < H; ++i) {
+  T da[kLanes], coef[kLanes];
+  for (int64_t j = 0; j < m; ++j) {
+    const int64_t i = i0 + j;
     const T hi = h[i];
-    T dh = s.dh[i] + s2[i] - s3[i];
+    T dh = s.dh[i] + s2[j] - s3[j];
     T dfb = 0;
     if (o.plastic) {
       const T fb = F[K * H + i];
@@ -480,27 +447,61 @@ void step_backward(const T* F, const T* __restrict__ h, const T* ss, const T* a,
     const T du = dh * (T(1) - hi * hi);
     g.b[i] += du;
     if (o.plastic) dF[K * H + i] = dfb + du;
-    da[i] = du;
-    coef[i] = 0;
+    da[j] = du;
+    coef[j] = 0;
     if (o.normalize) {
-      da[i] = du * invn[i];
+      da[j] = du * invn[j];
       const T norm = std::sqrt(ss[i]);
-      const T dn = -(s1[i] + du * a[i]) * invn[i] * invn[i];
-      coef[i] = norm > 0 ? dn / norm : T(0);
+      const T dn = -(s1[j] + du * a[i]) * invn[j] * invn[j];
+      coef[j] = norm > 0 ? dn / norm : T(0);
     }
   }
   for (int64_t k = 0; k < K; ++k) {
-    const T *__restrict__ f = F + k * H, *__restrict__ w = p.W + k * H;
-    T *__restrict__ d = dF + k * H, *__restrict__ gW = g.W.data() + k * H;
-    const T zk = z[k];
-    dz[k] += sum_over_neurons<T>(H, [&](int64_t i, T& acc) {
-      const T gk = w[i] + f[i];
-      const T dg = da[i] * zk + coef[i] * gk;
-      gW[i] += dg;
-      d[i] += dg;
-      acc += da[i] * gk;
-    });
+    const int64_t r = k * H + i0;
+    const T *__restrict__ f = F + r, *__restrict__ w = p.W + r;
+    T *__restrict__ d = dF + r, *__restrict__ gW = g.W.data() + r;
+    T* __restrict__ zp = s.dzp.data() + k * kLanes;
+    const T zk = s.z[k];
+#pragma omp simd
+    for (int64_t j = 0; j < m; ++j) {
+      const T gk = w[j] + f[j];
+      const T dg = da[j] * zk + coef[j] * gk;
+      gW[j] += dg;
+      d[j] += dg;
+      zp[j] += da[j] * gk;
+    }
   }
+}
+
+// Backward of one step of one sample, transposed. F: the state entering the step (after a reset), z
+// (in s.z) and h: its input and output; dF: in, the gradient of F after the step, out, that of F
+// entering it; s.dh: the whole gradient of h; s.dz: out; ss, a: the step's sums kept by the recompute.
+// Parameter gradients are added to the per-thread sums in g.
+template <typename T, bool Oja, bool Clamp>
+void step_backward(const T* F, const T* __restrict__ h, const T* ss, const T* a, T* dF, Scratch<T>& s, Grads<T>& g,
+                   const Params<T>& p, const Options& o) {
+  const int64_t H = p.H, K = p.K;
+  T* __restrict__ invn = s.invn.data();
+  presynaptic_trace_t(F, s.z.data(), h, p, o, s.e.data());
+  for (int64_t i = 0; i < H; ++i) invn[i] = inverse_norm(ss[i], o);
+  if (Oja) {
+    // Oja's trace couples the neurons: mask dF first and gather de_k = sum_i dF_ki gamma_ki h_i
+    for (int64_t k = 0; k < K; ++k) {
+      const T *__restrict__ f = F + k * H, *__restrict__ l = p.L + k * H, *__restrict__ gm = p.G + k * H;
+      T* __restrict__ d = dF + k * H;
+      const T ek = s.e[k];
+      s.de[k] = sum_over_neurons<T>(H, [&](int64_t i, T& acc) {
+        d[i] = inside<Clamp>(l[i] * f[i] * invn[i] + gm[i] * h[i] * ek, o) ? d[i] : T(0);
+        acc += d[i] * gm[i] * h[i];
+      });
+    }
+  }
+  std::fill(s.dzp.begin(), s.dzp.end(), T(0));
+  int64_t i0 = 0;
+  for (; i0 + kLanes <= H; i0 += kLanes)
+    backward_block<T, Oja, Clamp, kLanes>(F, dF, h, ss, a, s, g, p, o, i0, kLanes);
+  if (i0 < H) backward_block<T, Oja, Clamp, 0>(F, dF, h, ss, a, s, g, p, o, i0, H - i0);
+  for (int64_t k = 0; k < K; ++k) s.dz[k] = lane_sum(s.dzp.data() + k * kLanes) + (Oja ? s.de[k] : T(0));
 }
 
 template <typename T>
