@@ -5,11 +5,11 @@ Training cases time forward + backward of a whole (T, B) batch; rollout cases (T
 step without grad. LSTMs are timed at the STPN's hidden size and at an equal parameter count.
 
 Bytes the fused kernel moves per sample and step, with S = H * K elements of F and K = I + H:
-forward + backward ``10 S + 15 H K``: F read and written once by the forward and once by the backward's
-recompute (one fused pass each), then F read and dF read and written by each of the backward's two
-passes (in the transposed training layout a pass streams all of F; the second needs the per-neuron
-sums of the first); W, lambda, gamma read three times in all and their three gradients read and
-written. Forward only (inference) ``2 S + 3 H K``. The implied bandwidth (bytes / time) sits next to
+forward + backward ``7 S + 15 H K``: F read and written once by the forward and once by the backward's
+recompute (one fused pass each), F read and dF read and written once by the backward (its two passes
+run block by block of 16 neurons, the second on the block's columns still in cache); W, lambda, gamma
+read three times in all and their three gradients read and written. Forward only (inference)
+``2 S + 3 H K``. The implied bandwidth (bytes / time) sits next to
 the machine's copy bandwidth, measured on a large tensor in the same run.
 
 Usage: ``python -m benchmarks.layer [--threads 1] [--quick] [--out benchmarks/results/layer.json]``
@@ -88,7 +88,7 @@ def bench_case(batch: int, steps: int, inputs: int, hidden: int, train: bool, re
     x = th.randn(steps, batch, inputs, requires_grad=train)
     presynaptic = inputs + hidden
     state = hidden * presynaptic
-    per_step = 10 * state + 15 * hidden * presynaptic if train else 2 * state + 3 * hidden * presynaptic
+    per_step = 7 * state + 15 * hidden * presynaptic if train else 2 * state + 3 * hidden * presynaptic
     kernel_bytes = 4 * batch * steps * per_step
     rows = []
     lstm_sizes = {"LSTM same H": hidden, "LSTM same params": lstm_hidden_for_params(params, inputs)}
