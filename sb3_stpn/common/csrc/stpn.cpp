@@ -29,6 +29,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <mutex>
 #include <new>
 #include <vector>
@@ -328,6 +329,24 @@ void presynaptic_trace_t(const T* F, const T* z, const T* __restrict__ h, const 
   }
 }
 
+// A block's column is one cache line per row, H elements apart: the hardware prefetcher follows such a
+// stride only within a page, so where a (K, H) array outgrows kFarBytes (the columns then come from L3:
+// B=8 T=128 I=512 H=128 went 10% faster) the loops ask for the rows kAhead ahead themselves. Below it
+// (H=64, K=68: 17 kB) the data is in L1/L2 and the extra instructions cost 5%.
+constexpr int64_t kAhead = 8;
+constexpr int64_t kFarBytes = 128 * 1024;
+
+template <typename T>
+inline bool far_columns(const Params<T>& p) {
+  return p.K * p.H * static_cast<int64_t>(sizeof(T)) >= kFarBytes;
+}
+
+inline void prefetch(const void* ptr) {
+#if defined(__GNUC__)
+  __builtin_prefetch(ptr);
+#endif
+}
+
 // The fused update and next sums of neurons [i0, i0 + n) over all K rows, n = N if N > 0: with a
 // compile-time block of kLanes neurons the block's sums stay in registers across the rows (as sums over
 // whole rows they were loaded and stored for every element).
@@ -336,6 +355,7 @@ inline void update_block(const T* src, T* dst, const T* __restrict__ z_next, con
                          T* __restrict__ ss, T* __restrict__ a, const T* __restrict__ e, const T* __restrict__ invn,
                          const Params<T>& p, const Options& o, int64_t i0, int64_t n) {
   const int64_t m = N > 0 ? N : n, H = p.H;
+  const bool far = far_columns(p);
   T bs[kLanes] = {}, ba[kLanes] = {};
   for (int64_t k = 0; k < p.K; ++k) {
     const int64_t r = k * H + i0;
@@ -343,6 +363,8 @@ inline void update_block(const T* src, T* dst, const T* __restrict__ z_next, con
     // src and dst may be the same row: each element is read before it is written (omp simd: no versioning)
     const T* f = src + r;
     T* d = dst + r;
+    if (far)
+      for (const T* ahead : {l, g, w, f}) prefetch(ahead + kAhead * H);
     const T ek = e[k], zk = z_next[k];
 #pragma omp simd
     for (int64_t j = 0; j < m; ++j) {
@@ -403,6 +425,7 @@ inline void backward_block(const T* __restrict__ F, T* __restrict__ dF, const T*
                            const T* a, Scratch<T>& s, Grads<T>& g, const Params<T>& p, const Options& o, int64_t i0,
                            int64_t n) {
   const int64_t m = N > 0 ? N : n, H = p.H, K = p.K;
+  const bool far = far_columns(p);
   const T *__restrict__ invn = s.invn.data() + i0, *__restrict__ hb = h + i0;
   // Through F_t = lambda F / n + gamma h e: per neuron, the sums s1 (for dn) and s2, s3 (for dh)
   T s1[kLanes] = {}, s2[kLanes] = {}, s3[kLanes] = {};
@@ -411,6 +434,9 @@ inline void backward_block(const T* __restrict__ F, T* __restrict__ dF, const T*
     const T *__restrict__ f = F + r, *__restrict__ l = p.L + r, *__restrict__ gm = p.G + r;
     T *__restrict__ d = dF + r, *__restrict__ gL = g.L.data() + r, *__restrict__ gG = g.G.data() + r;
     T* __restrict__ zp = s.dzp.data() + k * kLanes;
+    if (far)
+      for (const T* ahead : {f, l, gm, static_cast<const T*>(d), static_cast<const T*>(gL), static_cast<const T*>(gG)})
+        prefetch(ahead + kAhead * H);
     const T ek = s.e[k], dek = Oja ? s.de[k] : T(0);
 #pragma omp simd
     for (int64_t j = 0; j < m; ++j) {
