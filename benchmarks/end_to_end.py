@@ -29,7 +29,7 @@ QUICK_STEPS = {"CartPoleNoVel-v1": 512}
 
 def run_child(algo: str, env_id: str, steps: int) -> dict:
     """Train ``algo`` on ``env_id`` for ``steps`` steps from its zoo config; return speed and peak RSS."""
-    from sb3_stpn.common.stpn_kernel import KERNEL_ENV, _cpp_ops
+    from sb3_stpn.common.stpn_kernel import KERNEL_ENV, cpp_kernel_available
     from sb3_stpn.zoo import CONFIG_DIR, StpnExperimentManager
 
     with tempfile.TemporaryDirectory() as log_folder:
@@ -47,7 +47,7 @@ def run_child(algo: str, env_id: str, steps: int) -> dict:
         )
         model, _ = manager.setup_experiment()
         # Build or load the C++ kernel now, so that its one-off compilation is not timed
-        _cpp_ops()
+        cpp_kernel_available()
         start = time.perf_counter()
         model.learn(steps)
         seconds = time.perf_counter() - start

@@ -143,7 +143,7 @@ def main() -> None:
     th.set_num_threads(args.threads)
     th.manual_seed(0)
     repeats = args.repeats or (3 if args.quick else 9)
-    paths = ["reference", "torch"] + (["cpp"] if stpn_kernel._cpp_ops() is not None else [])
+    paths = ["reference", "torch"] + (["cpp"] if stpn_kernel.cpp_kernel_available() else [])
     cases = [(c, True) for c in (QUICK_TRAIN_CASES if args.quick else TRAIN_CASES)]
     cases += [(c, False) for c in (QUICK_ROLLOUT_CASES if args.quick else ROLLOUT_CASES)]
     bandwidth = copy_bandwidth(repeats, 64 if args.quick else 512)

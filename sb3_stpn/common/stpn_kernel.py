@@ -341,6 +341,11 @@ def _cpp_ops() -> object | None:
         return None
 
 
+def cpp_kernel_available() -> bool:
+    """Whether the C++ kernel builds here (or loads from its cache); building it once up front saves the wait later."""
+    return _cpp_ops() is not None
+
+
 def _build_cpp_extension() -> object:
     from torch.utils import cpp_extension
 

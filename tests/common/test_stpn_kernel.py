@@ -14,7 +14,7 @@ STEPS, BATCH, INPUTS, HIDDEN = 7, 3, 4, 5
 
 @pytest.fixture(scope="module")
 def cpp_available() -> bool:
-    return stpn_kernel._cpp_ops() is not None
+    return stpn_kernel.cpp_kernel_available()
 
 
 @pytest.fixture(params=["reference", "torch", "cpp"])
