@@ -124,9 +124,10 @@ class SequenceStateStorage:
             picked = array[steps, envs]
             return self.to_torch(picked.reshape((-1, *picked.shape[2:])))  # type: ignore[attr-defined]
 
+        state_index = th.as_tensor(sequence_in_env, device=self.device), th.as_tensor(env_ids, device=self.device)
+
         def states_of(states: tuple[th.Tensor, th.Tensor]) -> tuple[th.Tensor, th.Tensor]:
-            index = th.as_tensor(sequence_in_env, device=self.device), th.as_tensor(env_ids, device=self.device)
-            return states[0][index].unsqueeze(0), states[1][index].unsqueeze(0)
+            return states[0][state_index].unsqueeze(0), states[1][state_index].unsqueeze(0)
 
         actor_states = states_of(self.actor_states)
         critic_states = states_of(self.critic_states) if self.store_critic_state else actor_states
