@@ -85,7 +85,10 @@ def test_stpn_changes_are_merged_into_the_stpn_entry_only() -> None:
     stpn = variant_entry(STPN, "InvertedPendulum-v5", 1000, changes)
     assert stpn["learning_rate"] == 3e-4
     # Merged, not replaced: the entry's STPNf setting and hidden size stay
-    assert stpn["policy_kwargs"] == {"stpn_hidden_size": 64, "stpn_kwargs": {"recurrent": False, "clamp": 1.0}}
+    assert stpn["policy_kwargs"] == {
+        "stpn_hidden_size": 64,
+        "stpn_kwargs": {"recurrent": False, "normalize": False, "clamp": 1.0},
+    }
     assert variant_entry(LSTM_HIDDEN, "InvertedPendulum-v5", 1000, changes)["learning_rate"] != 3e-4
     with pytest.raises(SystemExit):
         parse_changes(["learning_rate"])
