@@ -171,10 +171,18 @@ class StpnActorCriticPolicy(RecurrentActorCriticPolicy):
 
         ``state=None`` starts every environment from the zero state.
         """
+        observation_tensor, _ = self.obs_to_tensor(observation)
+        first = next(iter(observation_tensor.values())) if isinstance(observation_tensor, dict) else observation_tensor
+        n_envs = first.shape[0]
         if state is None:
-            observation_tensor, _ = self.obs_to_tensor(observation)
-            first = next(iter(observation_tensor.values())) if isinstance(observation_tensor, dict) else observation_tensor
-            state = tuple(tensor.cpu().numpy() for tensor in self.initial_state(first.shape[0]).pi)
+            state = tuple(tensor.cpu().numpy() for tensor in self.initial_state(n_envs).pi)
+        expected = tuple((1, n_envs, *shape) for shape in self.stpn_actor.state_shape)
+        received = tuple(np.shape(part) for part in state)
+        if received != expected:
+            raise ValueError(
+                f"predict got a state (h, F) of shapes {received} for {n_envs} observation(s), expected {expected}: "
+                "pass the state predict returned for these environments, or state=None to start from zero"
+            )
         return super().predict(observation, state, episode_start, deterministic)
 
 

@@ -8,6 +8,7 @@ backpropagation through time.
 """
 
 import math
+import numbers
 from typing import Literal
 
 import torch as th
@@ -63,16 +64,19 @@ class STPN(nn.Module):
         gamma_init: float = 1e-3,
     ):
         super().__init__()
-        if input_size < 1 or hidden_size < 1:
-            raise ValueError(f"STPN sizes must be positive, got input_size={input_size}, hidden_size={hidden_size}")
+        for name, size in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+                raise ValueError(f"STPN {name} must be a positive integer, got {size!r}")
+        if lambda_init[0] > lambda_init[1]:
+            raise ValueError(f"lambda_init=(low, high) needs low <= high, got {tuple(lambda_init)}")
         if rule not in ("hebbian", "oja"):
             raise ValueError(f"Unknown plasticity rule {rule!r}: use 'hebbian' or 'oja'")
         if norm_time not in ("pre", "post"):
             raise ValueError(f"Unknown norm_time {norm_time!r}: use 'pre' or 'post'")
         if clamp is not None and clamp <= 0:
             raise ValueError(f"clamp must be positive or None, got {clamp}")
-        self.input_size = input_size
-        self.hidden_size = hidden_size
+        self.input_size = int(input_size)
+        self.hidden_size = int(hidden_size)
         self.recurrent = recurrent
         self.normalize = normalize
         self.norm_time = norm_time

@@ -509,6 +509,61 @@ def kernel_choice(x: th.Tensor) -> str:
     return choice
 
 
+def _shape_error(name: str, expected: tuple, got: tuple, fix: str) -> ValueError:
+    # An LSTM-style state carries a leading layer axis of size 1: say so rather than only the shapes
+    if len(got) == len(expected) + 1 and got[0] == 1 and tuple(got[1:]) == expected:
+        fix = "drop the leading layer axis of size 1 (an LSTM-style state): pass (h[0], F[0])"
+    return ValueError(f"STPN: {name} must have shape {expected}, got {tuple(got)}: {fix}")
+
+
+def check_inputs(
+    x: th.Tensor,
+    h0: th.Tensor,
+    fast0: th.Tensor,
+    episode_starts: th.Tensor | None,
+    weight: th.Tensor,
+    tensors: dict[str, th.Tensor | None],
+    config: StpnConfig,
+) -> None:
+    """
+    Raise a ``ValueError`` naming the expected and received shape, dtype or device of the first bad input.
+
+    Every path runs this before touching memory (the C++ kernel checks again, since it can be called
+    directly). ``tensors``: the parameters other than ``weight``, by name, None where absent.
+    """
+    hidden, presynaptic = weight.shape
+    inputs = presynaptic - hidden if config.recurrent else presynaptic
+    if x.dim() != 3 or x.shape[-1] != inputs:
+        raise _shape_error("input x", ("T", "B", inputs), tuple(x.shape), "pass (time, batch, features)")
+    steps, batch, _ = x.shape
+    if steps == 0 or batch == 0:
+        raise ValueError(f"STPN: input x of shape {tuple(x.shape)} is empty: pass at least one step and one sample")
+    dtype, device = weight.dtype, weight.device
+    for name, tensor in (("x", x), ("the state h", h0), ("the state F", fast0), *tensors.items()):
+        if tensor is not None and (tensor.dtype != dtype or tensor.device != device):
+            raise ValueError(
+                f"STPN: {name} is {tensor.dtype} on {tensor.device} but the layer is {weight.dtype} on "
+                f"{weight.device}: convert one to the other (.to(dtype, device))"
+            )
+    state_fix = f"pass the state this layer returned for a batch of {batch} (or None for zeros)"
+    if h0.shape != (batch, hidden):
+        raise _shape_error("the state h", (batch, hidden), tuple(h0.shape), state_fix)
+    fast_shape = (batch, hidden, presynaptic + int(tensors["bias_lambda"] is not None))
+    if fast0.shape != fast_shape:
+        raise _shape_error("the state F", fast_shape, tuple(fast0.shape), state_fix)
+    if episode_starts is not None:
+        if episode_starts.shape != (steps, batch):
+            raise _shape_error("episode_starts", (steps, batch), tuple(episode_starts.shape), "one flag per step and sample")
+        if episode_starts.device != x.device:
+            raise ValueError(f"STPN: episode_starts is on {episode_starts.device}, x on {x.device}: move it to {x.device}")
+    # Per neuron, or per synapse, or (scalar plasticity) one scalar
+    neuron, synapse = (hidden,), (hidden, presynaptic)
+    allowed = {"bias": (neuron,), "norm_gain": (neuron,), "bias_lambda": (neuron, ()), "bias_gamma": (neuron, ())}
+    for name, tensor in tensors.items():
+        if tensor is not None and tensor.shape not in allowed.get(name, (synapse, ())):
+            raise _shape_error(name, allowed.get(name, (synapse,))[0], tuple(tensor.shape), "pass the layer's own parameter")
+
+
 def _broadcast(plasticity: th.Tensor, like: th.Tensor) -> th.Tensor:
     return plasticity if plasticity.shape == like.shape else plasticity.expand_as(like)
 
@@ -535,6 +590,16 @@ def stpn_sequence(
 
     :return: outputs (T, B, H), final ``h``, final ``F`` and, if asked, energy (T, B).
     """
+    bias_lambda, bias_gamma = (None, None) if bias_plasticity is None else bias_plasticity
+    parameters = {
+        "bias": bias,
+        "weight_lambda": weight_lambda,
+        "weight_gamma": weight_gamma,
+        "bias_lambda": bias_lambda,
+        "bias_gamma": bias_gamma,
+        "norm_gain": norm_gain,
+    }
+    check_inputs(x, h0, fast0, episode_starts, weight, parameters, config)
     choice = kernel_choice(x)
     if choice == "reference":
         return stpn_sequence_reference(
@@ -551,7 +616,6 @@ def stpn_sequence(
             record_energy,
             norm_gain,
         )
-    bias_lambda, bias_gamma = (None, None) if bias_plasticity is None else bias_plasticity
     # Scalar plasticity is broadcast here, so that autograd sums its gradient. Rollouts call this once
     # per env step with T=1, so per-call Python work counts: full-size tensors are passed as they are.
     params = (

@@ -57,12 +57,22 @@ def test_norm_options_have_no_effect_without_normalisation() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs",
-    [{"rule": "bcm"}, {"clamp": 0.0}, {"clamp": -1.0}, {"norm_time": "during"}],
+    ("kwargs", "message"),
+    [
+        ({"rule": "bcm"}, "Unknown plasticity rule"),
+        ({"clamp": 0.0}, "clamp must be positive"),
+        ({"clamp": -1.0}, "clamp must be positive"),
+        ({"norm_time": "during"}, "Unknown norm_time"),
+        ({"lambda_init": (1.0, 0.5)}, r"needs low <= high, got \(1.0, 0.5\)"),
+        ({"input_size": 4.5}, "input_size must be a positive integer, got 4.5"),
+        ({"hidden_size": "8"}, "hidden_size must be a positive integer, got '8'"),
+        ({"hidden_size": True}, "hidden_size must be a positive integer, got True"),
+        ({"input_size": 0}, "input_size must be a positive integer, got 0"),
+    ],
 )
-def test_invalid_options_are_rejected(kwargs: dict) -> None:
-    with pytest.raises(ValueError):
-        STPN(INPUT, HIDDEN, **kwargs)
+def test_invalid_options_are_rejected(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        STPN(**{"input_size": INPUT, "hidden_size": HIDDEN, **kwargs})
 
 
 def test_wrong_input_shape_is_rejected() -> None:

@@ -1,12 +1,19 @@
 """Every path of ``stpn_sequence`` against a float64 re-statement of ``shared/STPN.md`` written here."""
 
 import itertools
+import json
 import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch as th
 
 from sb3_stpn.common import stpn_kernel
+from sb3_stpn.common.stpn import STPN
 from sb3_stpn.common.stpn_kernel import KERNEL_ENV, StpnConfig, stpn_sequence
 
 STEPS, BATCH, INPUTS, HIDDEN = 7, 3, 4, 5
@@ -276,3 +283,111 @@ def test_checkpoint_interval() -> None:
     assert stpn_kernel.checkpoint_interval(32, 1) == 32
     assert stpn_kernel.checkpoint_interval(32, stpn_kernel.SEGMENT_BUDGET_BYTES) == 6
     assert stpn_kernel.checkpoint_interval(1, 10**12) == 1
+
+
+def _bad_inputs() -> dict[str, tuple[Callable[[], object], str]]:
+    """Calls of a layer (I=4, H=8, K=12) with one bad input each, and a part of the error they must raise."""
+    layer = STPN(4, 8)
+    x, h, fast = th.randn(3, 5, 4), th.zeros(5, 8), th.zeros(5, 8, 12)
+    return {
+        "F with K=3": (lambda: layer(x, (h, th.zeros(5, 8, 3))), "F must have shape (5, 8, 12), got (5, 8, 3)"),
+        "F with K=11": (lambda: layer(x, (h, th.zeros(5, 8, 11))), "got (5, 8, 11)"),
+        "F with K=100": (lambda: layer(x, (h, th.zeros(5, 8, 100))), "got (5, 8, 100)"),
+        "h with H=7": (lambda: layer(x, (th.zeros(5, 7), fast)), "h must have shape (5, 8), got (5, 7)"),
+        "state of another batch": (lambda: layer(x, (th.zeros(4, 8), th.zeros(4, 8, 12))), "(5, 8), got (4, 8)"),
+        "F of another batch than h": (lambda: layer(x, (h, th.zeros(4, 8, 12))), "(5, 8, 12), got (4, 8, 12)"),
+        "LSTM-style state": (lambda: layer(x, (h[None], fast[None])), "(5, 8), got (1, 5, 8): drop the leading"),
+        "episode_starts too short": (lambda: layer(x, (h, fast), th.zeros(2, 5)), "(3, 5), got (2, 5)"),
+        "episode_starts of another batch": (lambda: layer(x, (h, fast), th.zeros(3, 4)), "(3, 5), got (3, 4)"),
+        "T=0": (lambda: layer(th.zeros(0, 5, 4)), "(0, 5, 4) is empty"),
+        "B=0": (lambda: layer(th.zeros(3, 0, 4)), "(3, 0, 4) is empty"),
+        "float64 x, float32 layer": (lambda: layer(x.double(), (h, fast)), "x is torch.float64 on cpu but the layer"),
+        "float64 state": (lambda: layer(x, (h, fast.double())), "F is torch.float64 on cpu but the layer"),
+        "x on another device": (lambda: layer(x.to("meta"), (h, fast)), "x is torch.float32 on meta"),
+    }
+
+
+def _bad_native_calls() -> dict[str, tuple[Callable[[], object], str]]:
+    """Direct calls of the C++ ops (bypassing stpn_sequence's checks) with one bad input each."""
+    layer = STPN(4, 8)
+    x, h, fast = th.randn(3, 5, 4), th.zeros(5, 8), th.zeros(5, 8, 12)
+    params = (layer.weight, layer.bias, layer.weight_lambda, layer.weight_gamma, None, None, None)
+    flags = (True, True, False, False, -1.0)
+
+    def forward(x=x, h=h, fast=fast, starts=None, params=params):
+        return stpn_kernel._cpp_ops().forward(x, h, fast, starts, *params, *flags, False, 2)
+
+    def backward(keep_checkpoints: int = 2, d_fast_batch: int = 5):
+        outputs, _, _, checkpoints = forward()
+        return stpn_kernel._cpp_ops().backward(
+            x, h, None, checkpoints[:keep_checkpoints], outputs, *params, *flags, 2, outputs, fast[:d_fast_batch]
+        )
+
+    return {
+        "forward, F with K=3": (lambda: forward(fast=th.zeros(5, 8, 3)), "fast0 must have shape [5, 8, 12]"),
+        "forward, h with H=7": (lambda: forward(h=th.zeros(5, 7)), "h0 must have shape [5, 8]"),
+        "forward, starts too short": (lambda: forward(starts=th.zeros(2, 5)), "episode starts must have shape [3, 5]"),
+        "forward, float64 x": (lambda: forward(x=x.double()), "weight must be Double like x, got Float"),
+        "forward, lambda of another size": (
+            lambda: forward(params=(params[0], params[1], params[2][:, :5], *params[3:])),
+            "weight_lambda must have shape [8, 12]",
+        ),
+        "backward, too few checkpoints": (lambda: backward(keep_checkpoints=1), "checkpoints must have shape"),
+        "backward, dF of another batch": (lambda: backward(d_fast_batch=2), "gradient of F must have shape"),
+    }
+
+
+def report_bad_inputs() -> None:
+    """Run by test_bad_inputs_raise_a_clear_error in a child process: one JSON line per case, as it ends."""
+    cases = _bad_inputs()
+    if os.environ[KERNEL_ENV] == "cpp":
+        cases |= _bad_native_calls()
+    for name, (call, _) in cases.items():
+        try:
+            call()
+            outcome = ["no error", ""]
+        except Exception as error:  # the test compares the type and message
+            outcome = [type(error).__name__, str(error)]
+        print(json.dumps([name, *outcome]), flush=True)
+
+
+@pytest.fixture(scope="module")
+def bad_input_outcomes() -> Callable[[str], tuple[dict[str, list[str]], str]]:
+    """The outcome of every bad-input case on a path, from one child process per path (a crash ends only it)."""
+    cache = {}
+
+    def outcomes(kernel: str) -> tuple[dict[str, list[str]], str]:
+        if kernel not in cache:
+            child = subprocess.run(
+                [sys.executable, "-c", "from tests.common.test_stpn_kernel import report_bad_inputs; report_bad_inputs()"],
+                env={**os.environ, KERNEL_ENV: kernel},
+                cwd=Path(__file__).parents[2],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            results = {name: [kind, message] for name, kind, message in map(json.loads, child.stdout.splitlines())}
+            cache[kernel] = results, f"the child exited with {child.returncode}: {child.stderr[-1500:]}"
+        return cache[kernel]
+
+    return outcomes
+
+
+@pytest.mark.parametrize("case", list(_bad_inputs()))
+def test_bad_inputs_raise_a_clear_error(kernel: str, case: str, bad_input_outcomes: Callable) -> None:
+    results, exit_report = bad_input_outcomes(kernel)
+    assert case in results, f"{kernel}: no outcome for {case!r}, {exit_report}"
+    kind, message = results[case]
+    assert kind == "ValueError", f"{kernel} {case}: {kind} {message}"
+    assert _bad_inputs()[case][1] in message
+
+
+@pytest.mark.parametrize("case", list(_bad_native_calls()))
+def test_native_entry_points_check_every_input(case: str, bad_input_outcomes: Callable, cpp_available: bool) -> None:
+    if not cpp_available:
+        pytest.skip("the C++ kernel could not be built here (no compiler?)")
+    results, exit_report = bad_input_outcomes("cpp")
+    assert case in results, f"no outcome for {case!r}, {exit_report}"
+    kind, message = results[case]
+    assert kind == "RuntimeError", f"{case}: {kind} {message}"
+    assert _bad_native_calls()[case][1] in message

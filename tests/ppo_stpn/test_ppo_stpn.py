@@ -1,5 +1,7 @@
 """StpnPPO: learning runs with every policy and action space, save/load, predict and bad input."""
 
+import re
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -105,6 +107,17 @@ def test_nan_observations_raise() -> None:
     model = StpnPPO("MlpStpnPolicy", "CartPole-v1", **TINY)
     with pytest.raises(ValueError, match="NaN or inf"):
         model.predict(np.full((1, 4), np.nan, dtype=np.float32))
+
+
+@pytest.mark.parametrize("n_state_envs", [1, 5])
+def test_predict_with_a_state_of_another_batch_raises(n_state_envs: int) -> None:
+    model = StpnPPO("MlpStpnPolicy", "CartPole-v1", **TINY)
+    _, state = model.predict(np.zeros((n_state_envs, 4), dtype=np.float32))
+    received = re.escape(f"shapes ((1, {n_state_envs}, 8), (1, {n_state_envs}, 8, 12)) for 3 observation")
+    with pytest.raises(ValueError, match=received):
+        model.predict(np.zeros((3, 4), dtype=np.float32), state)
+    with pytest.raises(ValueError, match="state=None to start from zero"):
+        model.predict(np.zeros((3, 4), dtype=np.float32), (state[0][0], state[1][0]))
 
 
 def test_predict_carries_state_and_resets_on_episode_start() -> None:

@@ -662,8 +662,42 @@ Options make_options(bool recurrent, bool normalize, bool oja, bool plastic, boo
   return Options{recurrent, normalize, oja, plastic, normalize && post, clamp > 0 ? clamp : INFINITY};
 }
 
-at::Tensor optional_contiguous(const std::optional<at::Tensor>& t) {
-  return t.has_value() && t->defined() ? t->contiguous() : at::Tensor();
+bool present(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+at::Tensor optional_contiguous(const std::optional<at::Tensor>& t) { return present(t) ? t->contiguous() : at::Tensor(); }
+
+// The entry points check every input before touching memory: the ops can be called directly, without
+// stpn_sequence's checks, and a wrong size would read or write out of bounds.
+void check_tensor(const at::Tensor& t, const char* name, at::IntArrayRef shape, const at::Tensor& x) {
+  TORCH_CHECK(t.device().is_cpu(), "sb3_stpn: ", name, " must be a CPU tensor, got one on ", t.device());
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), "sb3_stpn: ", name, " must be ", x.scalar_type(), " like x, got ",
+              t.scalar_type());
+  TORCH_CHECK(t.sizes() == shape, "sb3_stpn: ", name, " must have shape ", shape, ", got ", t.sizes());
+}
+
+// Checks x, h0, the episode starts and the parameters; returns Kp, the length of a row of F.
+int64_t check_inputs(const at::Tensor& x, const at::Tensor& h0, const std::optional<at::Tensor>& starts,
+                     const at::Tensor& W, const at::Tensor& b, const at::Tensor& L, const at::Tensor& G,
+                     const std::optional<at::Tensor>& bl, const std::optional<at::Tensor>& bg,
+                     const std::optional<at::Tensor>& ng, bool recurrent) {
+  TORCH_CHECK(x.device().is_cpu() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
+              "sb3_stpn: x must be a float32 or float64 CPU tensor, got ", x.scalar_type(), " on ", x.device());
+  TORCH_CHECK(x.dim() == 3, "sb3_stpn: x must have shape (T, B, I), got ", x.sizes());
+  TORCH_CHECK(W.dim() == 2, "sb3_stpn: weight must have shape (H, K), got ", W.sizes());
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = W.size(0), K = I + (recurrent ? H : 0);
+  check_tensor(W, "weight", {H, K}, x);
+  check_tensor(h0, "h0", {B, H}, x);
+  check_tensor(b, "bias", {H}, x);
+  check_tensor(L, "weight_lambda", {H, K}, x);
+  check_tensor(G, "weight_gamma", {H, K}, x);
+  TORCH_CHECK(present(bl) == present(bg), "sb3_stpn: pass both bias_lambda and bias_gamma, or neither");
+  if (present(bl)) {
+    check_tensor(*bl, "bias_lambda", {H}, x);
+    check_tensor(*bg, "bias_gamma", {H}, x);
+  }
+  if (present(ng)) check_tensor(*ng, "norm_gain", {H}, x);
+  if (present(starts)) check_tensor(*starts, "episode starts", {T, B}, x);
+  return K + (present(bl) ? 1 : 0);
 }
 
 }  // namespace
@@ -755,10 +789,13 @@ std::vector<at::Tensor> stpn_forward(const at::Tensor& x_, const at::Tensor& h0_
                                      const std::optional<at::Tensor>& bl_, const std::optional<at::Tensor>& bg_,
                                      const std::optional<at::Tensor>& ng_, bool recurrent, bool normalize, bool oja,
                                      bool post, double clamp, bool record_energy, int64_t every) {
+  const int64_t Kp = check_inputs(x_, h0_, starts_, W_, b_, L_, G_, bl_, bg_, ng_, recurrent);
+  check_tensor(fast0, "fast0", {x_.size(1), W_.size(0), Kp}, x_);
+  TORCH_CHECK(every >= 0, "sb3_stpn: every must be >= 0, got ", every);
   const at::Tensor x = x_.contiguous(), h0 = h0_.contiguous(), W = W_.contiguous(), b = b_.contiguous(),
                    L = L_.contiguous(), G = G_.contiguous(), bl = optional_contiguous(bl_),
                    bg = optional_contiguous(bg_), ng = optional_contiguous(ng_), starts = optional_contiguous(starts_);
-  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = W.size(0), Kp = fast0.size(2);
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = W.size(0);
   at::Tensor out = at::empty({T, B, H}, x.options());
   const at::Tensor f0 = fast0.contiguous();
   at::Tensor fast = T > 0 ? at::empty_like(f0) : f0.clone();
@@ -796,12 +833,17 @@ std::vector<at::Tensor> stpn_backward(const at::Tensor& x_, const at::Tensor& h0
                                       const std::optional<at::Tensor>& bg_, const std::optional<at::Tensor>& ng_,
                                       bool recurrent, bool normalize, bool oja, bool post, double clamp, int64_t every,
                                       const at::Tensor& d_out_, const at::Tensor& d_fast_) {
+  const int64_t Kp = check_inputs(x_, h0_, starts_, W_, b_, L_, G_, bl_, bg_, ng_, recurrent);
+  const int64_t T = x_.size(0), B = x_.size(1), I = x_.size(2), H = W_.size(0), K = W_.size(1);
+  TORCH_CHECK(every > 0, "sb3_stpn: every must be positive, got ", every);
+  check_tensor(ckpt_, "checkpoints", {(T + every - 1) / every, B, Kp, H}, x_);
+  check_tensor(out_, "outputs", {T, B, H}, x_);
+  check_tensor(d_out_, "the outputs' gradient", {T, B, H}, x_);
+  check_tensor(d_fast_, "the gradient of F", {B, H, Kp}, x_);
   const at::Tensor x = x_.contiguous(), h0 = h0_.contiguous(), ckpt = ckpt_.contiguous(), out = out_.contiguous(),
                    W = W_.contiguous(), b = b_.contiguous(), L = L_.contiguous(), G = G_.contiguous(),
                    bl = optional_contiguous(bl_), bg = optional_contiguous(bg_), ng = optional_contiguous(ng_),
                    starts = optional_contiguous(starts_), d_out = d_out_.contiguous(), d_fast = d_fast_.contiguous();
-  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = W.size(0), K = W.size(1), Kp = ckpt.size(2);
-  TORCH_CHECK(every > 0 && ckpt.size(0) == (T + every - 1) / every, "stpn_backward: checkpoints do not match every");
   at::Tensor dx = at::empty_like(x), dh0 = at::empty_like(h0), dF = at::empty_like(d_fast);
   at::Tensor dW = at::zeros_like(W), db = at::zeros_like(b), dL = at::zeros_like(L), dG = at::zeros_like(G);
   at::Tensor dbl = bl.defined() ? at::zeros_like(bl) : at::empty({0}, x.options());
