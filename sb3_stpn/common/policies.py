@@ -33,7 +33,7 @@ class StpnActorCriticPolicy(RecurrentActorCriticPolicy):
     :param enable_critic_stpn: A separate STPN for the critic (the default, as for the LSTM).
         With neither, the critic sees the features through a linear layer.
     :param stpn_kwargs: Passed to :class:`~sb3_stpn.STPN` (``recurrent``, ``normalize``, ``norm_time``,
-        ``norm_gain``, ``clamp``, ``scalar_plasticity``, ``plastic_bias``, ``rule``, ``lambda_init``,
+        ``norm_gain``, ``clamp``, ``scalar_plasticity``, ``plastic_bias``, ``rule``, ``lambda_max``, ``lambda_init``,
         ``gamma_init``).
     """
 

@@ -14,7 +14,7 @@ from typing import Literal
 import torch as th
 from torch import nn
 
-from sb3_stpn.common.stpn_kernel import StpnConfig, stpn_sequence
+from sb3_stpn.common.stpn_kernel import DIVERGENCE_ADVICE, DivergedStateError, StpnConfig, stpn_sequence
 
 PlasticityRule = Literal["hebbian", "oja"]
 NormTime = Literal["pre", "post"]
@@ -44,6 +44,11 @@ class STPN(nn.Module):
         ``bias_gamma``. It is carried as one extra last column of ``F``, so the state keeps
         two tensors; it is never part of a norm.
     :param rule: ``"hebbian"``: dF = h z^T; ``"oja"``: dF = h (z - F^T h)^T.
+    :param lambda_max: If set, ``weight_lambda`` and ``bias_lambda`` act clamped to at most this value (in the
+        forward, so the gradient is zero above it). None (default) is the paper's model. Training can push
+        some lambdas above 1, and F then grows without bound where nothing else bounds it (``normalize=False``,
+        a plastic bias, Oja's rule) until it is inf or NaN, which the layer reports with a
+        :class:`~sb3_stpn.common.stpn_kernel.DivergedStateError`: ``lambda_max=1.0`` (or a ``clamp``) prevents it.
     :param lambda_init: Bounds of the uniform initialisation of ``weight_lambda``.
     :param gamma_init: ``weight_gamma`` is drawn from U(-a, a) with a = gamma_init / sqrt(H).
     """
@@ -60,6 +65,7 @@ class STPN(nn.Module):
         scalar_plasticity: bool = False,
         plastic_bias: bool = False,
         rule: PlasticityRule = "hebbian",
+        lambda_max: float | None = None,
         lambda_init: tuple[float, float] = (0.0, 1.0),
         gamma_init: float = 1e-3,
     ):
@@ -75,6 +81,8 @@ class STPN(nn.Module):
             raise ValueError(f"Unknown norm_time {norm_time!r}: use 'pre' or 'post'")
         if clamp is not None and clamp <= 0:
             raise ValueError(f"clamp must be positive or None, got {clamp}")
+        if lambda_max is not None and lambda_max <= 0:
+            raise ValueError(f"lambda_max must be positive or None, got {lambda_max}")
         self.input_size = int(input_size)
         self.hidden_size = int(hidden_size)
         self.recurrent = recurrent
@@ -84,6 +92,7 @@ class STPN(nn.Module):
         self.scalar_plasticity = scalar_plasticity
         self.plastic_bias = plastic_bias
         self.rule = rule
+        self.lambda_max = lambda_max
         self.lambda_init = tuple(lambda_init)
         self.gamma_init = gamma_init
         # Recorded per sample and step by forward() when record_energy is set (see energy below)
@@ -116,7 +125,12 @@ class STPN(nn.Module):
     @property
     def config(self) -> StpnConfig:
         return StpnConfig(
-            recurrent=self.recurrent, normalize=self.normalize, clamp=self.clamp, rule=self.rule, norm_time=self.norm_time
+            recurrent=self.recurrent,
+            normalize=self.normalize,
+            clamp=self.clamp,
+            rule=self.rule,
+            norm_time=self.norm_time,
+            lambda_max=self.lambda_max,
         )
 
     def reset_parameters(self) -> None:
@@ -163,20 +177,23 @@ class STPN(nn.Module):
         if state is None:
             state = self.initial_state(x.shape[1], x.device, x.dtype)
         bias_plasticity = (self.bias_lambda, self.bias_gamma) if self.plastic_bias else None
-        outputs, h, fast, energy = stpn_sequence(
-            x,
-            state[0],
-            state[1],
-            episode_starts,
-            self.weight,
-            self.bias,
-            self.weight_lambda,
-            self.weight_gamma,
-            bias_plasticity,
-            self.config,
-            self.record_energy,
-            norm_gain=self.norm_gain,
-        )
+        try:
+            outputs, h, fast, energy = stpn_sequence(
+                x,
+                state[0],
+                state[1],
+                episode_starts,
+                self.weight,
+                self.bias,
+                self.weight_lambda,
+                self.weight_gamma,
+                bias_plasticity,
+                self.config,
+                self.record_energy,
+                norm_gain=self.norm_gain,
+            )
+        except DivergedStateError:  # the kernel cannot name the layer
+            raise DivergedStateError(f"{self!r}: {DIVERGENCE_ADVICE}") from None
         self.last_energy = energy
         return outputs, (h, fast)
 
@@ -189,6 +206,8 @@ class STPN(nn.Module):
             options.append("norm_gain=True")
         if self.clamp is not None:
             options.append(f"clamp={self.clamp}")
+        if self.lambda_max is not None:
+            options.append(f"lambda_max={self.lambda_max}")
         if self.scalar_plasticity:
             options.append("scalar_plasticity=True")
         if self.plastic_bias:

@@ -59,6 +59,25 @@ class StpnConfig:
     rule: str = "hebbian"
     # "pre": divide F_{t-1} by n_t before the Hebbian term; "post": divide the new F by its own norm
     norm_time: str = "pre"
+    # If set, weight_lambda and bias_lambda are clamped to at most this in the forward (None: the paper's model)
+    lambda_max: float | None = None
+
+
+class DivergedStateError(ValueError):
+    """The fast weights F (or the input) became inf or NaN: the outputs would be garbage from then on."""
+
+
+DIVERGENCE_ADVICE = (
+    "the fast weights F became inf or NaN (a decay weight_lambda or bias_lambda above 1 makes F grow without "
+    "bound, most of all with normalize=False, a plastic bias or Oja's rule; or the input holds inf/NaN): bound F "
+    "with clamp=c, or the decays with lambda_max=1.0"
+)
+
+
+def raise_if_diverged(finite: th.Tensor | bool) -> None:
+    """Raise :class:`DivergedStateError` unless the kernel's flag ``finite`` (a bool, or a bool scalar tensor) is set."""
+    if not finite:
+        raise DivergedStateError(f"STPN: {DIVERGENCE_ADVICE}")
 
 
 def row_norm(efficacy: th.Tensor, norm_gain: th.Tensor | None) -> th.Tensor:
@@ -151,6 +170,7 @@ def stpn_sequence_reference(
     """
     h, fast = h0, fast0
     outputs, energies = [], []
+    finite = th.ones((), dtype=th.bool, device=x.device)
     for t in range(x.shape[0]):
         if episode_starts is not None:
             keep = 1.0 - episode_starts[t].to(x.dtype)
@@ -159,10 +179,13 @@ def stpn_sequence_reference(
         h_new, fast, energy = stpn_step(
             x[t], h, fast, weight, bias, weight_lambda, weight_gamma, bias_plasticity, config, record_energy, norm_gain
         )
+        # Accumulated on the device, read once per call
+        finite = finite & th.isfinite(fast).all()
         # STPNf has no recurrent input: its carried h is just the last output
         h = h_new
         outputs.append(h_new)
         energies.append(energy)
+    raise_if_diverged(finite)
     energy = th.stack(energies) if record_energy else None
     return th.stack(outputs), h, fast, energy
 
@@ -427,9 +450,10 @@ def _cpp_forward(
     record_energy: bool,
     every: int,
 ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None, th.Tensor]:
-    outputs, fast, energy, checkpoints = _cpp_ops().forward(
+    (outputs, fast, energy, checkpoints), finite = _cpp_ops().forward(
         x, h0, fast0, starts, *params, *_cpp_flags(config), record_energy, every
     )
+    raise_if_diverged(finite)
     return outputs, fast, energy if record_energy else None, checkpoints
 
 
@@ -516,52 +540,58 @@ def _shape_error(name: str, expected: tuple, got: tuple, fix: str) -> ValueError
     return ValueError(f"STPN: {name} must have shape {expected}, got {tuple(got)}: {fix}")
 
 
+PARAMETER_NAMES = ("bias", "weight_lambda", "weight_gamma", "bias_lambda", "bias_gamma", "norm_gain")
+
+
 def check_inputs(
     x: th.Tensor,
     h0: th.Tensor,
     fast0: th.Tensor,
     episode_starts: th.Tensor | None,
     weight: th.Tensor,
-    tensors: dict[str, th.Tensor | None],
+    parameters: tuple[th.Tensor | None, ...],
     config: StpnConfig,
 ) -> None:
     """
     Raise a ``ValueError`` naming the expected and received shape, dtype or device of the first bad input.
 
-    Every path runs this before touching memory (the C++ kernel checks again, since it can be called
-    directly). ``tensors``: the parameters other than ``weight``, by name, None where absent.
+    ``parameters``: the others than ``weight``, in the order of ``PARAMETER_NAMES``, None where absent;
+    their dtype and device are ``weight``'s (``Module.to`` moves them together), so only their shapes
+    are checked here.
     """
     hidden, presynaptic = weight.shape
     inputs = presynaptic - hidden if config.recurrent else presynaptic
-    if x.dim() != 3 or x.shape[-1] != inputs:
-        raise _shape_error("input x", ("T", "B", inputs), tuple(x.shape), "pass (time, batch, features)")
-    steps, batch, _ = x.shape
+    x_shape = x.shape
+    if len(x_shape) != 3 or x_shape[2] != inputs:
+        raise _shape_error("input x", ("T", "B", inputs), tuple(x_shape), "pass (time, batch, features)")
+    steps, batch, _ = x_shape
     if steps == 0 or batch == 0:
-        raise ValueError(f"STPN: input x of shape {tuple(x.shape)} is empty: pass at least one step and one sample")
+        raise ValueError(f"STPN: input x of shape {tuple(x_shape)} is empty: pass at least one step and one sample")
     dtype, device = weight.dtype, weight.device
-    for name, tensor in (("x", x), ("the state h", h0), ("the state F", fast0), *tensors.items()):
-        if tensor is not None and (tensor.dtype != dtype or tensor.device != device):
+    for name, tensor in (("x", x), ("the state h", h0), ("the state F", fast0)):
+        if tensor.dtype != dtype or tensor.device != device:
             raise ValueError(
-                f"STPN: {name} is {tensor.dtype} on {tensor.device} but the layer is {weight.dtype} on "
-                f"{weight.device}: convert one to the other (.to(dtype, device))"
+                f"STPN: {name} is {tensor.dtype} on {tensor.device} but the layer is {dtype} on {device}: "
+                "convert one to the other (.to(dtype, device))"
             )
     state_fix = f"pass the state this layer returned for a batch of {batch} (or None for zeros)"
     if h0.shape != (batch, hidden):
         raise _shape_error("the state h", (batch, hidden), tuple(h0.shape), state_fix)
-    fast_shape = (batch, hidden, presynaptic + int(tensors["bias_lambda"] is not None))
+    fast_shape = (batch, hidden, presynaptic + (parameters[3] is not None))
     if fast0.shape != fast_shape:
         raise _shape_error("the state F", fast_shape, tuple(fast0.shape), state_fix)
     if episode_starts is not None:
         if episode_starts.shape != (steps, batch):
             raise _shape_error("episode_starts", (steps, batch), tuple(episode_starts.shape), "one flag per step and sample")
-        if episode_starts.device != x.device:
-            raise ValueError(f"STPN: episode_starts is on {episode_starts.device}, x on {x.device}: move it to {x.device}")
+        if episode_starts.device != device:
+            raise ValueError(f"STPN: episode_starts is on {episode_starts.device}, x on {device}: move it to {device}")
     # Per neuron, or per synapse, or (scalar plasticity) one scalar
     neuron, synapse = (hidden,), (hidden, presynaptic)
-    allowed = {"bias": (neuron,), "norm_gain": (neuron,), "bias_lambda": (neuron, ()), "bias_gamma": (neuron, ())}
-    for name, tensor in tensors.items():
-        if tensor is not None and tensor.shape not in allowed.get(name, (synapse, ())):
-            raise _shape_error(name, allowed.get(name, (synapse,))[0], tuple(tensor.shape), "pass the layer's own parameter")
+    for name, tensor in zip(PARAMETER_NAMES, parameters, strict=True):
+        if tensor is not None:
+            allowed = (synapse, ()) if name.startswith("weight") else (neuron, ()) if name.startswith("bias_") else (neuron,)
+            if tensor.shape not in allowed:
+                raise _shape_error(name, allowed[0], tuple(tensor.shape), "pass the layer's own parameter")
 
 
 def _broadcast(plasticity: th.Tensor, like: th.Tensor) -> th.Tensor:
@@ -586,22 +616,50 @@ def stpn_sequence(
     Run the STPN over ``x`` (T, B, I) from state ``(h0, fast0)`` on the path chosen by :func:`kernel_choice`.
 
     ``episode_starts`` (T, B) zeroes the state of a row before the step it marks; ``norm_gain`` (H,) scales
-    the row norms (None: no gain). Same results and gradients as :func:`stpn_sequence_reference`.
+    the row norms (None: no gain). Same results and gradients as :func:`stpn_sequence_reference`. A bad
+    input raises a ``ValueError`` (:func:`check_inputs`), an inf or NaN in F a :class:`DivergedStateError`.
 
     :return: outputs (T, B, H), final ``h``, final ``F`` and, if asked, energy (T, B).
     """
     bias_lambda, bias_gamma = (None, None) if bias_plasticity is None else bias_plasticity
-    parameters = {
-        "bias": bias,
-        "weight_lambda": weight_lambda,
-        "weight_gamma": weight_gamma,
-        "bias_lambda": bias_lambda,
-        "bias_gamma": bias_gamma,
-        "norm_gain": norm_gain,
-    }
-    check_inputs(x, h0, fast0, episode_starts, weight, parameters, config)
-    choice = kernel_choice(x)
+    if config.lambda_max is not None:
+        # In the forward, so that the gradient sees the bound (zero above it), on every path alike
+        weight_lambda = weight_lambda.clamp(max=config.lambda_max)
+        if bias_lambda is not None:
+            bias_lambda = bias_lambda.clamp(max=config.lambda_max)
+    parameters = (bias, weight_lambda, weight_gamma, bias_lambda, bias_gamma, norm_gain)
+    try:
+        return _run_sequence(kernel_choice(x), x, h0, fast0, episode_starts, weight, parameters, config, record_energy)
+    except Exception:
+        # Whatever failed first (the kernel's own checks, a broadcast, the checkpoint plan of an empty
+        # batch), a bad input is named as such; else the error stands
+        check_inputs(x, h0, fast0, episode_starts, weight, parameters, config)
+        raise
+
+
+def _run_sequence(
+    choice: str,
+    x: th.Tensor,
+    h0: th.Tensor,
+    fast0: th.Tensor,
+    episode_starts: th.Tensor | None,
+    weight: th.Tensor,
+    parameters: tuple[th.Tensor | None, ...],
+    config: StpnConfig,
+    record_energy: bool,
+) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor | None]:
+    """
+    :func:`stpn_sequence` on the path ``choice``, after the input checks.
+
+    The C++ entry points check every input before touching memory: on that path the Python checks run
+    only when the kernel rejects a call (to name the problem in a ValueError), so that rollouts, one
+    call per env step, do not pay for the checks twice.
+    """
+    if choice != "cpp":
+        check_inputs(x, h0, fast0, episode_starts, weight, parameters, config)
+    bias, weight_lambda, weight_gamma, bias_lambda, bias_gamma, norm_gain = parameters
     if choice == "reference":
+        bias_plasticity = None if bias_lambda is None else (bias_lambda, bias_gamma)
         return stpn_sequence_reference(
             x,
             h0,

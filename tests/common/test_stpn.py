@@ -63,6 +63,7 @@ def test_norm_options_have_no_effect_without_normalisation() -> None:
         ({"clamp": 0.0}, "clamp must be positive"),
         ({"clamp": -1.0}, "clamp must be positive"),
         ({"norm_time": "during"}, "Unknown norm_time"),
+        ({"lambda_max": 0.0}, "lambda_max must be positive"),
         ({"lambda_init": (1.0, 0.5)}, r"needs low <= high, got \(1.0, 0.5\)"),
         ({"input_size": 4.5}, "input_size must be a positive integer, got 4.5"),
         ({"hidden_size": "8"}, "hidden_size must be a positive integer, got '8'"),
@@ -161,7 +162,7 @@ def test_gradients_reach_every_parameter_the_input_and_the_initial_state(dtype: 
         {},
         {"recurrent": False, "normalize": False},
         {"clamp": 0.05, "rule": "oja", "plastic_bias": True, "scalar_plasticity": True},
-        {"norm_time": "post", "norm_gain": True, "clamp": 0.5, "plastic_bias": True},
+        {"norm_time": "post", "norm_gain": True, "clamp": 0.5, "plastic_bias": True, "lambda_max": 0.5},
     ],
 )
 def test_layer_matches_the_float64_spec(kwargs: dict) -> None:

@@ -14,7 +14,7 @@ import torch as th
 
 from sb3_stpn.common import stpn_kernel
 from sb3_stpn.common.stpn import STPN
-from sb3_stpn.common.stpn_kernel import KERNEL_ENV, StpnConfig, stpn_sequence
+from sb3_stpn.common.stpn_kernel import KERNEL_ENV, DivergedStateError, StpnConfig, stpn_sequence
 
 STEPS, BATCH, INPUTS, HIDDEN = 7, 3, 4, 5
 
@@ -43,6 +43,9 @@ def spec_sequence(x, h0, fast0, weight, bias, lam, gam, bias_lam, bias_gam, norm
         return gain * (efficacy.square().sum(-1).sqrt() + 1e-16) if config.normalize else th.ones_like(h0[:, :1])
 
     post = config.normalize and config.norm_time == "post"
+    if config.lambda_max is not None:
+        lam = lam.clamp(max=config.lambda_max)
+        bias_lam = None if bias_lam is None else bias_lam.clamp(max=config.lambda_max)
     h, fast = h0, fast0
     outputs, energies = [], []
     for t in range(x.shape[0]):
@@ -162,6 +165,12 @@ CONFIGS = [
     )
     if (normalize or (norm_time, norm_gain) == ("pre", False)) and (not scalar or (norm_time, norm_gain) == ("pre", False))
 ]
+# lambda_max, with lambdas drawn from N(0, 1): about a third of them bounded
+LAMBDA_MAX_CONFIGS = [
+    (StpnConfig(lambda_max=0.5), True, False, False, HIDDEN),
+    (StpnConfig(lambda_max=0.5, normalize=False, recurrent=False), True, True, False, HIDDEN),
+    (StpnConfig(lambda_max=0.5, norm_time="post", clamp=0.4, rule="oja"), True, False, True, HIDDEN),
+]
 # More neurons than the C++ kernel's block of 16: whole blocks and a partial one
 WIDE_CONFIGS = [
     (StpnConfig(), False, False, False, 20),
@@ -171,7 +180,9 @@ WIDE_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize(("config", "plastic_bias", "scalar", "norm_gain", "hidden"), CONFIGS + WIDE_CONFIGS)
+@pytest.mark.parametrize(
+    ("config", "plastic_bias", "scalar", "norm_gain", "hidden"), CONFIGS + LAMBDA_MAX_CONFIGS + WIDE_CONFIGS
+)
 def test_matches_spec_float64(
     kernel: str, config: StpnConfig, plastic_bias: bool, scalar: bool, norm_gain: bool, hidden: int
 ) -> None:
@@ -318,7 +329,7 @@ def _bad_native_calls() -> dict[str, tuple[Callable[[], object], str]]:
         return stpn_kernel._cpp_ops().forward(x, h, fast, starts, *params, *flags, False, 2)
 
     def backward(keep_checkpoints: int = 2, d_fast_batch: int = 5):
-        outputs, _, _, checkpoints = forward()
+        (outputs, _, _, checkpoints), _ = forward()
         return stpn_kernel._cpp_ops().backward(
             x, h, None, checkpoints[:keep_checkpoints], outputs, *params, *flags, 2, outputs, fast[:d_fast_batch]
         )
@@ -326,6 +337,7 @@ def _bad_native_calls() -> dict[str, tuple[Callable[[], object], str]]:
     return {
         "forward, F with K=3": (lambda: forward(fast=th.zeros(5, 8, 3)), "fast0 must have shape [5, 8, 12]"),
         "forward, h with H=7": (lambda: forward(h=th.zeros(5, 7)), "h0 must have shape [5, 8]"),
+        "forward, T=0": (lambda: forward(x=x[:0]), "at least one step and one sample, got [0, 5, 4]"),
         "forward, starts too short": (lambda: forward(starts=th.zeros(2, 5)), "episode starts must have shape [3, 5]"),
         "forward, float64 x": (lambda: forward(x=x.double()), "weight must be Double like x, got Float"),
         "forward, lambda of another size": (
@@ -391,3 +403,40 @@ def test_native_entry_points_check_every_input(case: str, bad_input_outcomes: Ca
     kind, message = results[case]
     assert kind == "RuntimeError", f"{case}: {kind} {message}"
     assert _bad_native_calls()[case][1] in message
+
+
+def _diverging_layer(case: str, lambda_max: float | None = None) -> STPN:
+    """A float32 layer whose F grows by 1.5x per step: in the plastic bias column, or everywhere without normalisation."""
+    th.manual_seed(0)
+    if case == "plastic bias":
+        layer = STPN(4, 8, plastic_bias=True, lambda_max=lambda_max)
+        with th.no_grad():
+            layer.bias_lambda.fill_(1.5)
+            layer.bias_gamma.fill_(0.5)
+    else:
+        layer = STPN(4, 8, normalize=False, lambda_max=lambda_max)
+        with th.no_grad():
+            layer.weight_lambda.fill_(1.5)
+            layer.weight_gamma.fill_(0.5)
+    return layer
+
+
+@pytest.mark.parametrize("case", ["plastic bias", "normalize=False"])
+@pytest.mark.parametrize("rollout", [True, False])
+def test_diverging_state_raises_a_clear_error(kernel: str, case: str, rollout: bool) -> None:
+    """Rollouts (T=1, no grad) and training (one call of T steps) stop with one error, not garbage outputs."""
+    layer, x = _diverging_layer(case), th.randn(400, 2, 4)
+    with pytest.raises(DivergedStateError, match=r"STPN\(4, 8, .*: the fast weights F became inf or NaN.*lambda_max"):
+        if rollout:
+            state = None
+            with th.no_grad():
+                for step in range(x.shape[0]):
+                    _, state = layer(x[step : step + 1], state)
+        else:
+            layer(x)[0].sum().backward()
+    # float32 overflows after about 220 steps of growth by 1.5
+    assert not rollout or step > 150
+    # A bound on lambda keeps the same layer finite
+    bounded = _diverging_layer(case, lambda_max=1.0)
+    outputs, (_, fast) = bounded(x)
+    assert th.isfinite(outputs).all() and th.isfinite(fast).all()

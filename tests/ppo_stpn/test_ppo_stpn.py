@@ -5,6 +5,7 @@ import re
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch as th
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 from stable_baselines3 import PPO
@@ -118,6 +119,19 @@ def test_predict_with_a_state_of_another_batch_raises(n_state_envs: int) -> None
         model.predict(np.zeros((3, 4), dtype=np.float32), state)
     with pytest.raises(ValueError, match="state=None to start from zero"):
         model.predict(np.zeros((3, 4), dtype=np.float32), (state[0][0], state[1][0]))
+
+
+def test_predict_stops_with_a_clear_error_when_the_state_diverges() -> None:
+    """A plastic bias with bias_lambda > 1 grows to inf in about 220 steps: predict raises instead of acting."""
+    kwargs = {**TINY, "policy_kwargs": dict(stpn_hidden_size=8, stpn_kwargs=dict(plastic_bias=True))}
+    model = StpnPPO("MlpStpnPolicy", "CartPole-v1", **kwargs)
+    with th.no_grad():
+        model.policy.stpn_actor.bias_lambda.fill_(1.5)
+        model.policy.stpn_actor.bias_gamma.fill_(0.5)
+    obs, state = np.zeros((2, 4), dtype=np.float32), None
+    with pytest.raises(ValueError, match=r"F became inf or NaN.*lambda_max"):
+        for _ in range(400):
+            _, state = model.predict(obs, state)
 
 
 def test_predict_carries_state_and_resets_on_episode_start() -> None:

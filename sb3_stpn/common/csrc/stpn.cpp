@@ -33,6 +33,7 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <initializer_list>
 #include <mutex>
@@ -167,6 +168,8 @@ struct Scratch {
   // qq, qa, invm, coef: the sums, 1/m and the gradient coefficient of the "post" division by m
   Buffer<T> z, z_next, z2, e, de, dz, dzp, invn, ss, a, u, h, dh, dhc, en, ones, qq, qa, invm, coef;
   const T* decay;
+  // Whether every drive so far was finite (step_output): a non-finite F shows in its neurons' drives
+  bool finite = true;
   Scratch(int64_t H, int64_t K, const Options& o)
       : z(K), z_next(K), z2(K), e(K), de(K), dz(K), dzp(K * kLanes), invn(H), ss(H), a(H), u(H), h(H), dh(H), dhc(H),
         en(H), ones(H, T(1)), qq(H), qa(H), invm(H), coef(H), decay(o.post ? ones.data() : invn.data()) {}
@@ -218,6 +221,12 @@ void step_output(const T* fb, int64_t stride, const T* ss, const T* a, T* h, Scr
     invn[i] = inverse_norm(ss[i], i, p, o);
     u[i] = a[i] * invn[i] + p.b[i] + (o.plastic ? fb[i * stride] : T(0));
   }
+  // An inf or NaN in a row of F_{t-1} (or in z) makes its drive inf or NaN: x * 0 is then NaN, else
+  // 0. One sum per step over the H drives, where a check of F itself would be a pass over F.
+  T probe = 0;
+#pragma omp simd reduction(+ : probe)
+  for (int64_t i = 0; i < p.H; ++i) probe += u[i] * T(0);
+  s.finite = s.finite && probe == T(0);
   tanh_all(u, h, p.H);
 }
 
@@ -685,6 +694,7 @@ int64_t check_inputs(const at::Tensor& x, const at::Tensor& h0, const std::optio
   TORCH_CHECK(x.dim() == 3, "sb3_stpn: x must have shape (T, B, I), got ", x.sizes());
   TORCH_CHECK(W.dim() == 2, "sb3_stpn: weight must have shape (H, K), got ", W.sizes());
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = W.size(0), K = I + (recurrent ? H : 0);
+  TORCH_CHECK(T > 0 && B > 0, "sb3_stpn: x must hold at least one step and one sample, got ", x.sizes());
   check_tensor(W, "weight", {H, K}, x);
   check_tensor(h0, "h0", {B, H}, x);
   check_tensor(b, "bias", {H}, x);
@@ -702,9 +712,10 @@ int64_t check_inputs(const at::Tensor& x, const at::Tensor& h0, const std::optio
 
 }  // namespace
 
-// The row-layout forward of samples [begin, end) without checkpoints (inference).
+// The row-layout forward of samples [begin, end) without checkpoints (inference). Returns whether
+// every drive was finite.
 template <typename T>
-void forward_rows(int64_t begin, int64_t end, int64_t T_, int64_t B, const T* xp, const T* h0p, const T* sp,
+bool forward_rows(int64_t begin, int64_t end, int64_t T_, int64_t B, const T* xp, const T* h0p, const T* sp,
                   const T* f0p, T* outp, T* fp, T* ep, bool record_energy, const Params<T>& p, const Options& o) {
   const int64_t H = p.H, state = H * p.Kp;
   Scratch<T> s(H, p.K, o);
@@ -733,13 +744,15 @@ void forward_rows(int64_t begin, int64_t end, int64_t T_, int64_t B, const T* xp
       src = F;
     }
   }
+  return s.finite;
 }
 
 // The transposed forward of samples [begin, end), keeping (transposed) checkpoints every `every` steps.
 // With S (Kp, H) the states of one segment and ss, a (C, H) their sums, it is also the backward's
-// recompute (record: each step's state and sums into its own slot, from the checkpoint in S).
+// recompute (record: each step's state and sums into its own slot, from the checkpoint in S). Returns
+// whether every drive was finite.
 template <typename T>
-void forward_columns(int64_t begin, int64_t end, int64_t T_, int64_t B, const T* xp, const T* h0p, const T* sp,
+bool forward_columns(int64_t begin, int64_t end, int64_t T_, int64_t B, const T* xp, const T* h0p, const T* sp,
                      const T* f0p, T* outp, T* fp, T* ep, T* cp, int64_t every, bool record_energy, const Params<T>& p,
                      const Options& o) {
   const int64_t H = p.H, state = H * p.Kp;
@@ -767,6 +780,7 @@ void forward_columns(int64_t begin, int64_t end, int64_t T_, int64_t B, const T*
     }
     to_rows(F.data(), fp + bi * state, H, p.Kp);
   }
+  return s.finite;
 }
 
 // W, lambda, gamma (H, K) transposed to (K, H) for the training kernel.
@@ -780,10 +794,11 @@ Params<T> columns(Params<T> p, const at::Tensor& W, const at::Tensor& L, const a
 
 at::Tensor transposed(const at::Tensor& t) { return t.t().contiguous(); }
 
-// Runs the sequence. Returns outputs (T,B,H), F_T (B,H,Kp), energy (T,B) or empty and, when
-// every > 0, the checkpoints (ceil(T/every), B, Kp, H): F entering steps 0, every, 2 every, ...,
-// transposed (only stpn_backward reads them).
-std::vector<at::Tensor> stpn_forward(const at::Tensor& x_, const at::Tensor& h0_, const at::Tensor& fast0,
+// Runs the sequence. Returns outputs (T,B,H), F_T (B,H,Kp), energy (T,B) or empty, when every > 0
+// the checkpoints (ceil(T/every), B, Kp, H): F entering steps 0, every, 2 every, ..., transposed (only
+// stpn_backward reads them), and whether every drive was finite (false when F entering a step held an
+// inf or NaN; a bool, not a tensor: rollouts call this at every step).
+std::tuple<std::vector<at::Tensor>, bool> stpn_forward(const at::Tensor& x_, const at::Tensor& h0_, const at::Tensor& fast0,
                                      const std::optional<at::Tensor>& starts_, const at::Tensor& W_,
                                      const at::Tensor& b_, const at::Tensor& L_, const at::Tensor& G_,
                                      const std::optional<at::Tensor>& bl_, const std::optional<at::Tensor>& bg_,
@@ -798,13 +813,14 @@ std::vector<at::Tensor> stpn_forward(const at::Tensor& x_, const at::Tensor& h0_
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = W.size(0);
   at::Tensor out = at::empty({T, B, H}, x.options());
   const at::Tensor f0 = fast0.contiguous();
-  at::Tensor fast = T > 0 ? at::empty_like(f0) : f0.clone();
+  at::Tensor fast = at::empty_like(f0);
   at::Tensor energy = at::empty({record_energy ? T : 0, B}, x.options());
   const int64_t n_ckpt = every > 0 ? (T + every - 1) / every : 0;
   at::Tensor ckpt = at::empty({n_ckpt, B, Kp, H}, x.options());
   const at::Tensor WT = every > 0 ? transposed(W) : W, LT = every > 0 ? transposed(L) : L,
                    GT = every > 0 ? transposed(G) : G;
   const Options o = make_options(recurrent, normalize, oja, bl.defined(), post, clamp);
+  std::atomic<bool> finite{true};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "stpn_forward", [&] {
     using T_ = scalar_t;
     const Params<T_> p = make_params<T_>(W, b, L, G, bl, bg, ng, I, Kp);
@@ -812,14 +828,14 @@ std::vector<at::Tensor> stpn_forward(const at::Tensor& x_, const at::Tensor& h0_
     const T_* f0p = f0.data_ptr<T_>();
     T_ *outp = out.data_ptr<T_>(), *fp = fast.data_ptr<T_>(), *ep = energy.data_ptr<T_>(), *cp = ckpt.data_ptr<T_>();
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-      if (every > 0)
-        forward_columns(begin, end, T, B, xp, h0p, sp, f0p, outp, fp, ep, cp, every, record_energy,
-                        columns(p, WT, LT, GT), o);
-      else
-        forward_rows(begin, end, T, B, xp, h0p, sp, f0p, outp, fp, ep, record_energy, p, o);
+      const bool part_finite =
+          every > 0 ? forward_columns(begin, end, T, B, xp, h0p, sp, f0p, outp, fp, ep, cp, every, record_energy,
+                                      columns(p, WT, LT, GT), o)
+                    : forward_rows(begin, end, T, B, xp, h0p, sp, f0p, outp, fp, ep, record_energy, p, o);
+      if (!part_finite) finite = false;
     });
   });
-  return {out, fast, energy, ckpt};
+  return {std::vector<at::Tensor>{out, fast, energy, ckpt}, finite.load()};
 }
 
 // BPTT through the sequence from the forward's checkpoints. d_out (T,B,H) holds the gradient of
