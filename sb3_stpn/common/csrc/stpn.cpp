@@ -525,13 +525,15 @@ void post_norm_backward(const T* F, T* dF, const T* __restrict__ h, Scratch<T>& 
 // columns, still in cache (as two passes over the whole of F and dF they came back from L2 or memory:
 // 12% slower than the row layout at K=640). The block's sums (s1, s2, s3), 1/n, h, da and the
 // coefficient of G stay in registers; the sums over neurons (dz) gather in s.dzp, kLanes lanes per row.
-template <typename T, bool Oja, bool Clamp, int64_t N>
+// Post: norm_time="post", whose F_{t-1} is not divided by n (dF is already that of the update, from
+// post_norm_backward); a template parameter, so that the default "pre" loops are as they were.
+template <typename T, bool Oja, bool Clamp, bool Post, int64_t N>
 inline void backward_block(const T* __restrict__ F, T* __restrict__ dF, const T* __restrict__ h, const T* ss,
                            const T* a, Scratch<T>& s, Grads<T>& g, const Params<T>& p, const Options& o, int64_t i0,
                            int64_t n) {
   const int64_t m = N > 0 ? N : n, H = p.H, K = p.K;
   const bool far = far_columns(p);
-  const T *__restrict__ invn = s.invn.data() + i0, *__restrict__ dec = s.decay + i0, *__restrict__ hb = h + i0;
+  const T *__restrict__ invn = s.invn.data() + i0, *__restrict__ hb = h + i0;
   // Through F_t = lambda F / n + gamma h e: per neuron, the sums s1 (for dn) and s2, s3 (for dh)
   T s1[kLanes] = {}, s2[kLanes] = {}, s3[kLanes] = {};
   for (int64_t k = 0; k < K; ++k) {
@@ -545,17 +547,18 @@ inline void backward_block(const T* __restrict__ F, T* __restrict__ dF, const T*
     const T ek = s.e[k], dek = Oja ? s.de[k] : T(0);
 #pragma omp simd
     for (int64_t j = 0; j < m; ++j) {
-      const T dk = inside<Clamp>(l[j] * f[j] * dec[j] + gm[j] * hb[j] * ek, o) ? d[j] : T(0);
-      gL[j] += dk * f[j] * dec[j];
+      const T decay = Post ? T(1) : invn[j];
+      const T dk = inside<Clamp>(l[j] * f[j] * decay + gm[j] * hb[j] * ek, o) ? d[j] : T(0);
+      gL[j] += dk * f[j] * decay;
       gG[j] += dk * hb[j] * ek;
       s1[j] += dk * l[j] * f[j];
       s2[j] += dk * gm[j] * ek;
       if constexpr (Oja) {
         s3[j] += dek * f[j];
-        d[j] = dk * l[j] * dec[j] - hb[j] * dek;
+        d[j] = dk * l[j] * decay - hb[j] * dek;
       } else {
         zp[j] += dk * gm[j] * hb[j];
-        d[j] = dk * l[j] * dec[j];
+        d[j] = dk * l[j] * decay;
       }
     }
   }
@@ -583,7 +586,7 @@ inline void backward_block(const T* __restrict__ F, T* __restrict__ dF, const T*
     if (o.normalize) {
       da[j] = du * invn[j];
       // n = g (||G|| + eps) enters the drive, and ("pre") the decay of F, whose part is s1
-      const T dn = -((o.post ? T(0) : s1[j]) + du * a[i]) * invn[j] * invn[j];
+      const T dn = -((Post ? T(0) : s1[j]) + du * a[i]) * invn[j] * invn[j];
       coef[j] = norm_backward(dn, ss[i], i, g, p);
     }
   }
@@ -608,15 +611,14 @@ inline void backward_block(const T* __restrict__ F, T* __restrict__ dF, const T*
 // (in s.z) and h: its input and output; dF: in, the gradient of F after the step, out, that of F
 // entering it; s.dh: the whole gradient of h; s.dz: out; ss, a: the step's sums kept by the recompute.
 // Parameter gradients are added to the per-thread sums in g.
-template <typename T, bool Oja, bool Clamp>
+template <typename T, bool Oja, bool Clamp, bool Post>
 void step_backward(const T* F, const T* __restrict__ h, const T* ss, const T* a, T* dF, Scratch<T>& s, Grads<T>& g,
                    const Params<T>& p, const Options& o) {
   const int64_t H = p.H, K = p.K;
   T* __restrict__ invn = s.invn.data();
   presynaptic_trace_t(F, s.z.data(), h, p, o, s.e.data());
   for (int64_t i = 0; i < H; ++i) invn[i] = inverse_norm(ss[i], i, p, o);
-  if (o.post) post_norm_backward<T, Clamp>(F, dF, h, s, g, p, o);
-  const T* __restrict__ dec = s.decay;
+  if (Post) post_norm_backward<T, Clamp>(F, dF, h, s, g, p, o);
   if (Oja) {
     // Oja's trace couples the neurons: mask dF first and gather de_k = sum_i dF_ki gamma_ki h_i
     for (int64_t k = 0; k < K; ++k) {
@@ -624,7 +626,7 @@ void step_backward(const T* F, const T* __restrict__ h, const T* ss, const T* a,
       T* __restrict__ d = dF + k * H;
       const T ek = s.e[k];
       s.de[k] = sum_over_neurons<T>(H, [&](int64_t i, T& acc) {
-        d[i] = inside<Clamp>(l[i] * f[i] * dec[i] + gm[i] * h[i] * ek, o) ? d[i] : T(0);
+        d[i] = inside<Clamp>(l[i] * f[i] * (Post ? T(1) : invn[i]) + gm[i] * h[i] * ek, o) ? d[i] : T(0);
         acc += d[i] * gm[i] * h[i];
       });
     }
@@ -632,9 +634,14 @@ void step_backward(const T* F, const T* __restrict__ h, const T* ss, const T* a,
   std::fill(s.dzp.begin(), s.dzp.end(), T(0));
   int64_t i0 = 0;
   for (; i0 + kLanes <= H; i0 += kLanes)
-    backward_block<T, Oja, Clamp, kLanes>(F, dF, h, ss, a, s, g, p, o, i0, kLanes);
-  if (i0 < H) backward_block<T, Oja, Clamp, 0>(F, dF, h, ss, a, s, g, p, o, i0, H - i0);
+    backward_block<T, Oja, Clamp, Post, kLanes>(F, dF, h, ss, a, s, g, p, o, i0, kLanes);
+  if (i0 < H) backward_block<T, Oja, Clamp, Post, 0>(F, dF, h, ss, a, s, g, p, o, i0, H - i0);
   for (int64_t k = 0; k < K; ++k) s.dz[k] = lane_sum(s.dzp.data() + k * kLanes) + (Oja ? s.de[k] : T(0));
+}
+
+template <typename T, bool Oja, bool Clamp>
+auto pick_backward(const Options& o) {
+  return o.post ? step_backward<T, Oja, Clamp, true> : step_backward<T, Oja, Clamp, false>;
 }
 
 template <typename T>
@@ -673,7 +680,9 @@ Options make_options(bool recurrent, bool normalize, bool oja, bool plastic, boo
 
 bool present(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
-at::Tensor optional_contiguous(const std::optional<at::Tensor>& t) { return present(t) ? t->contiguous() : at::Tensor(); }
+at::Tensor optional_contiguous(const std::optional<at::Tensor>& t) {
+  return present(t) ? t->contiguous() : at::Tensor();
+}
 
 // The entry points check every input before touching memory: the ops can be called directly, without
 // stpn_sequence's checks, and a wrong size would read or write out of bounds.
@@ -798,12 +807,11 @@ at::Tensor transposed(const at::Tensor& t) { return t.t().contiguous(); }
 // the checkpoints (ceil(T/every), B, Kp, H): F entering steps 0, every, 2 every, ..., transposed (only
 // stpn_backward reads them), and whether every drive was finite (false when F entering a step held an
 // inf or NaN; a bool, not a tensor: rollouts call this at every step).
-std::tuple<std::vector<at::Tensor>, bool> stpn_forward(const at::Tensor& x_, const at::Tensor& h0_, const at::Tensor& fast0,
-                                     const std::optional<at::Tensor>& starts_, const at::Tensor& W_,
-                                     const at::Tensor& b_, const at::Tensor& L_, const at::Tensor& G_,
-                                     const std::optional<at::Tensor>& bl_, const std::optional<at::Tensor>& bg_,
-                                     const std::optional<at::Tensor>& ng_, bool recurrent, bool normalize, bool oja,
-                                     bool post, double clamp, bool record_energy, int64_t every) {
+std::tuple<std::vector<at::Tensor>, bool> stpn_forward(
+    const at::Tensor& x_, const at::Tensor& h0_, const at::Tensor& fast0, const std::optional<at::Tensor>& starts_,
+    const at::Tensor& W_, const at::Tensor& b_, const at::Tensor& L_, const at::Tensor& G_,
+    const std::optional<at::Tensor>& bl_, const std::optional<at::Tensor>& bg_, const std::optional<at::Tensor>& ng_,
+    bool recurrent, bool normalize, bool oja, bool post, double clamp, bool record_energy, int64_t every) {
   const int64_t Kp = check_inputs(x_, h0_, starts_, W_, b_, L_, G_, bl_, bg_, ng_, recurrent);
   check_tensor(fast0, "fast0", {x_.size(1), W_.size(0), Kp}, x_);
   TORCH_CHECK(every >= 0, "sb3_stpn: every must be >= 0, got ", every);
@@ -882,8 +890,8 @@ std::vector<at::Tensor> stpn_backward(const at::Tensor& x_, const at::Tensor& h0
       Grads<T_> g(p);
       const bool clamped = o.clamp < INFINITY;
       const auto update = clamped ? step_update_t<T_, true> : step_update_t<T_, false>;
-      const auto backward = oja ? (clamped ? step_backward<T_, true, true> : step_backward<T_, true, false>)
-                                : (clamped ? step_backward<T_, false, true> : step_backward<T_, false, false>);
+      const auto backward = oja ? (clamped ? pick_backward<T_, true, true>(o) : pick_backward<T_, true, false>(o))
+                                : (clamped ? pick_backward<T_, false, true>(o) : pick_backward<T_, false, false>(o));
       // The sample's dF (transposed) and the recomputed segment: F entering each step and its sums
       // (ss, a) per neuron
       Buffer<T_> dFb(state), states(std::min(every, T) * state), sums_ss(std::min(every, T) * H),
