@@ -36,7 +36,8 @@ from sb3_stpn.envs.grid_maze import (
 
 #: Position, in the 3x3 neighbourhood part of the observation, of the cell each action moves to.
 NEIGHBOUR_OF_ACTION = np.array([1 + 3 * (1 + d_row) + d_col for d_row, d_col in ACTION_DELTAS])
-_NO_ACTION = -1
+# Previous action of a maze that has not moved yet: the index of the all-zero row of the one-hot table
+_NO_ACTION = N_ACTIONS
 
 
 class GridMazeVecEnv(VecEnv):
@@ -82,6 +83,7 @@ class GridMazeVecEnv(VecEnv):
         self._neighbourhoods = self._neighbourhoods.reshape(size * size, 9)
         # Steps to each reward cell from every cell (-1 for walls), one row per open cell: the oracle's lookup table
         self._distances = np.stack([self.maze._bfs_distances(cell).ravel() for cell in self.maze.open_cells])
+        self._action_one_hots = np.eye(N_ACTIONS + 1, N_ACTIONS, dtype=np.float32)  # row _NO_ACTION is all zeros
 
         self._rng = np.random.default_rng()
         self._agent = np.zeros(self.num_envs, dtype=np.int64)
@@ -117,7 +119,7 @@ class GridMazeVecEnv(VecEnv):
             raise RuntimeError("reset() must be called before step()")
         actions = np.asarray(actions)
         valid = actions.shape == (self.num_envs,) and actions.dtype.kind in "iu"
-        if not valid or not np.all((actions >= 0) & (actions < N_ACTIONS)):
+        if not valid or actions.min() < 0 or actions.max() >= N_ACTIONS:
             raise ValueError(f"actions must be {self.num_envs} integers in [0, {N_ACTIONS}), one per maze, got {actions!r}")
         self._actions = actions.astype(np.int64)
 
@@ -129,8 +131,9 @@ class GridMazeVecEnv(VecEnv):
         self._agent = np.where(bumped, self._agent, target)
         rewards = np.where(bumped, -self.maze.wall_penalty, 0.0)
         reached = np.flatnonzero(self._agent == self._open_cells[self._reward_rank])
-        rewards[reached] += self.maze.reward_value
-        self._agent[reached] = self._open_cells[self._draw_ranks_except(reached, self._reward_rank[reached])]
+        if reached.size:
+            rewards[reached] += self.maze.reward_value
+            self._agent[reached] = self._open_cells[self._draw_ranks_except(reached, self._reward_rank[reached])]
 
         self._step_count += 1
         self._prev_reward[:] = rewards
@@ -201,9 +204,7 @@ class GridMazeVecEnv(VecEnv):
         observations[:, OBS_BIAS] = 1.0
         observations[:, OBS_TIME] = self._step_count[mazes] / self.maze.episode_length
         observations[:, OBS_PREV_REWARD] = self._prev_reward[mazes]
-        prev_action = self._prev_action[mazes]
-        acted = np.flatnonzero(prev_action != _NO_ACTION)
-        observations[acted, OBS_PREV_ACTION.start + prev_action[acted]] = 1.0
+        observations[:, OBS_PREV_ACTION] = self._action_one_hots[self._prev_action[mazes]]
         return observations
 
 
