@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import optuna
+import rl_zoo3.exp_manager
 import yaml
 from gymnasium import spaces
 from rl_zoo3.exp_manager import ExperimentManager
@@ -34,6 +36,7 @@ from stable_baselines3.common.vec_env import VecCheckNan, VecEnv
 from sb3_stpn.common.callbacks import StpnDiagnosticsCallback
 from sb3_stpn.common.stpn import STPN
 from sb3_stpn.envs import GRID_MAZE_IDS, make_grid_maze_vec_env
+from sb3_stpn.zoo.hyperparams_opt import tuning_entry
 
 AUTO_POLICY = "auto"
 # The project's configs: <repo>/zoo_configs/<algo>.yml next to the package
@@ -221,6 +224,22 @@ class StpnExperimentManager(ExperimentManager):
             return super().create_envs(n_envs, eval_env, no_log)
         finally:
             self.vec_env_class = vec_env_class
+
+    def objective(self, trial: optuna.Trial) -> float:
+        # The ppo_stpn/ppo_lstm spaces tune the memory on top of the entry: they merge into its policy_kwargs
+        with tuning_entry(self._hyperparams.get("policy_kwargs") or {}):
+            return super().objective(trial)
+
+    def load_trial(self, storage: str, study_name: str, trial_id: int | None = None, convert: bool = True) -> dict[str, Any]:
+        # --trial-id: the trial's options merged into the entry's policy_kwargs, as when the trial ran
+        params = super().load_trial(storage, study_name, trial_id, convert=False)
+        if not convert:
+            return params
+        policy_kwargs = load_config_entry(Path(self.config), self.env_name.gym_id, self._is_atari).get("policy_kwargs") or {}
+        if isinstance(policy_kwargs, str):
+            policy_kwargs = eval(policy_kwargs, vars(rl_zoo3.exp_manager))  # as rl_zoo3 reads it
+        with tuning_entry(policy_kwargs):
+            return super().load_trial(storage, study_name, trial_id, convert=True)
 
     def _load_pretrained_agent(self, hyperparams: dict[str, Any], env: VecEnv) -> BaseAlgorithm:
         try:
