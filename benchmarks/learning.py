@@ -9,8 +9,8 @@ STPNf entry's PPO settings (no memory). Only ``n_timesteps`` differs from the co
 
 Each run evaluates the deterministic policy on a separate, single evaluation env (normalisation
 statistics synced from training) at step 0 and evenly through training, and records the actor's
-synaptic energy per step (``sb3_stpn.common.energy``) during the final evaluation. GridMaze-v0
-also gets the random policy and the shortest-path oracle as reference rows.
+synaptic energy per step (``sb3_stpn.common.energy``) during the final evaluation. The mazes also
+get reference rows: the random policy, a memoryless wall-avoider and the shortest-path oracle.
 
 Writes to ``--out``: ``learning.md`` (the table), ``learning.json`` (all curves) and one
 ``<task>.png`` learning-curve plot per task (mean over seeds, shaded +- std).
@@ -35,17 +35,26 @@ from typing import Any
 
 import numpy as np
 
-TASKS = ("CartPoleNoVel-v1", "PendulumNoVel-v1", "GridMaze-v0", "MiniGrid-MemoryS7-v0", "InvertedPendulum-v5")
+TASKS = (
+    "CartPoleNoVel-v1",
+    "PendulumNoVel-v1",
+    "GridMaze9x9-v0",
+    "GridMaze-v0",
+    "MiniGrid-MemoryS7-v0",
+    "InvertedPendulum-v5",
+)
 # Steps per run that fit a shared 2-core machine (a few minutes per run); the configs' n_timesteps are 1e5 to 1e7
 DEFAULT_STEPS = {
     "CartPoleNoVel-v1": 30_000,
     "PendulumNoVel-v1": 40_000,
+    "GridMaze9x9-v0": 1_024_000,
     "GridMaze-v0": 48_000,
     "MiniGrid-MemoryS7-v0": 50_000,
     "InvertedPendulum-v5": 20_000,
 }
 # One rollout of each config (StpnPPO/RecurrentPPO round the budget up to whole rollouts)
 QUICK_STEPS = {"CartPoleNoVel-v1": 256, "PendulumNoVel-v1": 4096, "GridMaze-v0": 1600, "MiniGrid-MemoryS7-v0": 1024}
+QUICK_STEPS["GridMaze9x9-v0"] = 12_800
 QUICK_STEPS["InvertedPendulum-v5"] = 64
 # Policy kwargs that only the STPN policies take (dropped for the memory-less MLP PPO)
 STPN_ONLY_KWARGS = ("stpn_hidden_size", "stpn_kwargs", "enable_critic_stpn", "shared_stpn")
@@ -282,27 +291,17 @@ def run_one(
 
 
 def reference_returns(task: str, n_episodes: int, seed: int = 0) -> dict[str, list[float]]:
-    """Episode returns of the random policy and of the shortest-path oracle on GridMaze-v0 (reference rows)."""
-    if task != "GridMaze-v0":
-        return {}
+    """Returns of the maze's reference policies (random, memoryless wall-avoider, shortest-path oracle) on its mazes."""
     import gymnasium as gym
 
-    import sb3_stpn  # noqa: F401  (registers GridMaze-v0)
+    from sb3_stpn.envs import GRID_MAZE_IDS
+    from sb3_stpn.envs.grid_maze_vec import REFERENCE_POLICIES
+    from sb3_stpn.envs.grid_maze_vec import reference_returns as maze_returns
 
-    env = gym.make(task)
-    env.action_space.seed(seed)
-    policies = {"random": lambda: env.action_space.sample(), "oracle": lambda: env.unwrapped.shortest_path_action()}
-    results: dict[str, list[float]] = {}
-    for name, act in policies.items():
-        results[name] = []
-        for episode in range(n_episodes):
-            env.reset(seed=seed + episode)
-            total, done = 0.0, False
-            while not done:
-                _, reward, terminated, truncated, _ = env.step(act())
-                total, done = total + float(reward), terminated or truncated
-            results[name].append(total)
-    return results
+    if task not in GRID_MAZE_IDS:
+        return {}
+    maze_kwargs = gym.spec(task).kwargs
+    return {name: maze_returns(policy, n_episodes, seed, **maze_kwargs) for name, policy in REFERENCE_POLICIES.items()}
 
 
 def model_label(run: dict[str, Any]) -> str:

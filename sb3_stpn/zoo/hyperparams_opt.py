@@ -4,8 +4,8 @@ rl_zoo3's PPO space re-samples a dozen PPO settings; a study of a few dozen shor
 these machines afford, cannot search that well. The zoo's recurrent entries already hold PPO settings
 tuned for a memory policy on each task, so these spaces keep them and search what differs between
 memory models: the learning rate (the paper tuned it per model, e.g. Pong STPN 7e-4 vs LSTM 1e-4) and,
-for the STPN, its own options (weight normalisation, the clamp of ``F``, the variant and the
-plasticity initialisation). The LSTM gets the same number of
+for the STPN, its own options (weight normalisation, when it applies and a learned norm gain, the
+clamp of ``F``, the variant and the plasticity initialisation). The LSTM gets the same number of
 trials over its learning rate and entropy bonus, so both models are compared each at its own best.
 
 rl_zoo3 replaces an entry's ``policy_kwargs`` with the sampled ones; :func:`tuning_entry` tells the
@@ -48,6 +48,8 @@ def _stpn_hyperparams(raw: dict[str, Any]) -> dict[str, Any]:
         lambda_init=(raw["lambda_low"], 1.0),
         gamma_init=raw["gamma_init"],
     )
+    if raw["normalize"]:
+        stpn_kwargs.update(norm_time=raw["norm_time"], norm_gain=raw["norm_gain"])
     policy_kwargs = dict(_ENTRY_POLICY_KWARGS.get() or {})
     policy_kwargs["stpn_kwargs"] = {**policy_kwargs.get("stpn_kwargs", {}), **stpn_kwargs}
     return {**_common_params(raw), "policy_kwargs": policy_kwargs}
@@ -66,6 +68,7 @@ def sample_ppo_stpn_params(trial: optuna.Trial, n_actions: int, n_envs: int, add
 
     ``lambda_init`` is ``U(lambda_low, 1)``: a higher floor starts with slower-forgetting synapses
     (the paper uses ``U(0, 1)``); ``gamma_init`` scales the initial plasticity rates (paper: 1e-3).
+    ``norm_time`` and ``norm_gain`` are sampled only when the weights are normalised (else they do nothing).
     """
     raw = _sample_common(trial)
     raw.update(
@@ -75,6 +78,11 @@ def sample_ppo_stpn_params(trial: optuna.Trial, n_actions: int, n_envs: int, add
         lambda_low=trial.suggest_float("lambda_low", 0.0, 0.9),
         gamma_init=trial.suggest_float("gamma_init", 1e-4, 1.0, log=True),
     )
+    if raw["normalize"]:
+        raw.update(
+            norm_time=trial.suggest_categorical("norm_time", ["pre", "post"]),
+            norm_gain=trial.suggest_categorical("norm_gain", [False, True]),
+        )
     return _stpn_hyperparams(raw)
 
 

@@ -117,7 +117,7 @@ def test_benchmark_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     assert sizes[("GridMaze-v0", "stpn")] == (55, 24150) and sizes[("GridMaze-v0", "lstm_params")] == (47, 25056)
     assert sizes[("GridMaze-v0", "lstm_hidden")][0] == 55
     assert "| GridMaze-v0 | oracle policy" in printed and "| GridMaze-v0 | random policy" in printed
-    assert set(report["references"]["GridMaze-v0"]) == {"random", "oracle"}
+    assert set(report["references"]["GridMaze-v0"]) == {"random", "wall_avoider", "oracle"}
     # Every run was saved as it finished, and --report rebuilds the same table from those lines
     saved = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
     assert saved == report["runs"]

@@ -58,6 +58,7 @@ def test_spaces_tune_the_memory_on_top_of_the_entry() -> None:
         assert kwargs["net_arch"] == entry["net_arch"] and kwargs["stpn_hidden_size"] == 55
         assert kwargs["stpn_kwargs"]["rule"] == "oja"  # the entry's own STPN options are kept
         assert {"recurrent", "normalize", "clamp", "lambda_init", "gamma_init"} <= set(kwargs["stpn_kwargs"])
+        assert ("norm_time" in kwargs["stpn_kwargs"]) == kwargs["stpn_kwargs"]["normalize"]
         study.tell(trial, 0.0)
     assert entry["stpn_kwargs"] == {"rule": "oja"}  # not modified in place
     lstm = sample_ppo_lstm_params(study.ask(), n_actions=0, n_envs=1, additional_args={})
