@@ -1,6 +1,6 @@
 """The STPN recurrence over a sequence: a fused autograd Function and the per-step reference loop.
 
-``stpn_sequence`` is the single entry point the layer uses. It runs one of three paths, chosen by the
+``stpn_sequence`` is the single entry point the layer uses. It runs one of four paths, chosen by the
 environment variable ``SB3_STPN_KERNEL``:
 
 - ``reference``: ``stpn_sequence_reference``, one ``stpn_step`` of plain differentiable ops per time
@@ -13,8 +13,11 @@ environment variable ``SB3_STPN_KERNEL``:
   passes over F, forward and backward. Training calls work on F transposed to (K, H) inside the
   kernel, so that per-neuron sums are vector accumulators; inference (rollout steps) on the public
   (H, K) rows, which needs no transpose at the boundary. CPU, float32/float64.
-- ``auto`` (default): ``cpp`` for CPU tensors when it builds, else ``torch``. A failed build is
-  logged once per process and the ``torch`` path taken.
+- ``triton``: ``_FusedStpn`` with the Triton kernels of ``stpn_triton`` (the same plan as ``cpp``, one
+  program per sample on the GPU). CUDA tensors, float32/float64; CPU tensors under Triton's interpreter
+  (``TRITON_INTERPRET=1``, for the tests).
+- ``auto`` (default): ``cpp`` for CPU tensors when it builds, ``triton`` for CUDA tensors when triton
+  imports, else ``torch``. A failed build or import is logged once per process and the ``torch`` path taken.
 
 Memory of the fused paths (checkpointing instead of keeping T copies of F). With S = H * (K + plastic
 bias) elements per sample, the forward keeps the outputs (T, B, H), which backward needs anyway, and
@@ -33,6 +36,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import NamedTuple
 
 import torch as th
@@ -41,9 +45,9 @@ logger = logging.getLogger(__name__)
 
 # Added to the row norms so that an all-zero row does not divide by zero (shared/STPN.md)
 NORM_EPS = 1e-16
-# Selects the path of stpn_sequence: auto (default), reference, torch or cpp
+# Selects the path of stpn_sequence: auto (default), reference, torch, cpp or triton
 KERNEL_ENV = "SB3_STPN_KERNEL"
-KERNELS = ("auto", "reference", "torch", "cpp")
+KERNELS = ("auto", "reference", "torch", "cpp", "triton")
 # Bound on the buffer holding a recomputed checkpoint segment (per thread for cpp, per call for torch)
 SEGMENT_BUDGET_BYTES = 32 * 2**20
 CPP_SOURCE = Path(__file__).parent / "csrc" / "stpn.cpp"
@@ -397,9 +401,30 @@ def _cpp_backward(
     return tuple(grads)
 
 
+@functools.cache
+def _triton_ops() -> ModuleType | None:
+    """The Triton kernels (imported on first use); None, logged once, when triton does not import."""
+    try:
+        from sb3_stpn.common import stpn_triton
+    except Exception as error:  # triton missing or broken must not stop the layer
+        logger.warning("sb3_stpn: the Triton STPN kernel is unavailable (%s); using the torch-op path", error)
+        return None
+    return stpn_triton
+
+
+def _triton_forward(*args: object) -> tuple[th.Tensor, th.Tensor, th.Tensor | None, th.Tensor]:
+    return _triton_ops().forward(*args)
+
+
+def _triton_backward(*args: object) -> tuple[th.Tensor | None, ...]:
+    return _triton_ops().backward(*args)
+
+
 BACKENDS = {
     "torch": _Backend(_torch_forward, _torch_backward, per_batch_segment=True),
     "cpp": _Backend(_cpp_forward, _cpp_backward, per_batch_segment=False),
+    # Every sample's segment is recomputed at once on the GPU
+    "triton": _Backend(_triton_forward, _triton_backward, per_batch_segment=True),
 }
 
 
@@ -446,12 +471,25 @@ def kernel_choice(x: th.Tensor) -> str:
     if choice not in KERNELS:
         raise ValueError(f"{KERNEL_ENV}={choice!r}: use one of {', '.join(KERNELS)}")
     cpp_fits = x.device.type == "cpu" and x.dtype in (th.float32, th.float64)
+    triton_fits = x.dtype in (th.float32, th.float64) and (
+        x.device.type == "cuda" or (x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
+    )
+    if choice == "triton":
+        if not triton_fits:
+            raise ValueError(
+                f"{KERNEL_ENV}=triton needs float32/float64 CUDA tensors (CPU ones only under TRITON_INTERPRET=1), "
+                f"got {x.dtype} on {x.device}"
+            )
+        if _triton_ops() is None:
+            raise RuntimeError(f"{KERNEL_ENV}=triton but triton does not import (see the log): pip install triton")
     if choice == "cpp":
         if not cpp_fits:
             raise ValueError(f"{KERNEL_ENV}=cpp needs float32/float64 CPU tensors, got {x.dtype} on {x.device}")
         if _cpp_ops() is None:
             raise RuntimeError(f"{KERNEL_ENV}=cpp but the C++ kernel could not be built (see the log)")
     if choice == "auto":
+        if x.device.type == "cuda" and triton_fits and _triton_ops() is not None:
+            return "triton"
         return "cpp" if cpp_fits and _cpp_ops() is not None else "torch"
     return choice
 
