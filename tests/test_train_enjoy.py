@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch as th
 
 from tests.common.test_callbacks import read_events
 
@@ -48,6 +49,14 @@ def test_train_then_enjoy(algo: str, memory: str, tmp_path: Path) -> None:
 
     best = run_script("enjoy.py", "--algo", algo, "--env", ENV, "--no-render", "-n", "50", "--load-best", cwd=tmp_path)
     assert "best_model.zip" in best.stdout
+
+
+@pytest.mark.skipif(not th.cuda.is_available(), reason="needs a CUDA GPU")
+def test_train_on_cuda(tmp_path: Path) -> None:
+    """rl_zoo3's --device reaches StpnPPO."""
+    out = run_script("train.py", "--env", ENV, "-n", "256", *SHRINK, "--eval-freq", "-1", "--device", "cuda", cwd=tmp_path)
+    assert "Using cuda device" in out.stdout
+    assert (tmp_path / "logs" / "ppo_stpn" / f"{ENV}_1" / f"{ENV}.zip").is_file()
 
 
 def test_record_video(tmp_path: Path) -> None:

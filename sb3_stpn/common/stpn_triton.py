@@ -33,6 +33,7 @@ Small batches use few of a GPU's multiprocessors (one program a sample): B=8 at 
 most of an H100 idle, the price of a kernel without grid-wide synchronisation.
 """
 
+import contextlib
 import math
 
 import torch as th
@@ -547,6 +548,11 @@ def _keeps(starts: th.Tensor | None, x: th.Tensor) -> th.Tensor:
     return keeps
 
 
+def _on_device_of(x: th.Tensor) -> contextlib.AbstractContextManager:
+    """Triton launches on the current CUDA device: make it that of ``x`` (cuda:1 while cuda:0 is current)."""
+    return th.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
 def _clamp_tensor(config: StpnConfig, like: th.Tensor) -> th.Tensor:
     # A tensor, not a kernel argument: Triton passes Python floats as float32
     return like.new_full((1,), 0.0 if config.clamp is None else config.clamp)
@@ -574,33 +580,34 @@ def forward(
     energy = x.new_empty(steps, batch) if record_energy else None
     checkpoints = x.new_empty(math.ceil(steps / every) if every else 0, *fast0.shape)
     plastic = bias_lambda is not None
-    _forward_kernel[(batch,)](
-        x,
-        h0,
-        fast0,
-        _keeps(starts, x),
-        outputs,
-        fast,
-        x if energy is None else energy,
-        checkpoints,
-        weight,
-        bias,
-        weight_lambda,
-        weight_gamma,
-        bias_lambda if plastic else bias,
-        bias_gamma if plastic else bias,
-        _clamp_tensor(config, x),
-        steps,
-        batch,
-        inputs,
-        hidden,
-        presynaptic,
-        every,
-        ENERGY=record_energy,
-        CHECKPOINT=every > 0,
-        **_flags(config, plastic),
-        **_blocks(hidden, presynaptic),
-    )
+    with _on_device_of(x):
+        _forward_kernel[(batch,)](
+            x,
+            h0,
+            fast0,
+            _keeps(starts, x),
+            outputs,
+            fast,
+            x if energy is None else energy,
+            checkpoints,
+            weight,
+            bias,
+            weight_lambda,
+            weight_gamma,
+            bias_lambda if plastic else bias,
+            bias_gamma if plastic else bias,
+            _clamp_tensor(config, x),
+            steps,
+            batch,
+            inputs,
+            hidden,
+            presynaptic,
+            every,
+            ENERGY=record_energy,
+            CHECKPOINT=every > 0,
+            **_flags(config, plastic),
+            **_blocks(hidden, presynaptic),
+        )
     return outputs, fast, energy, checkpoints
 
 
@@ -631,40 +638,41 @@ def backward(
     dz = x.new_empty(batch, presynaptic)
     grad_w, grad_l, grad_g = (x.new_zeros(batch, hidden, presynaptic) for _ in range(3))
     grad_b, grad_bl, grad_bg = (x.new_zeros(batch, hidden) for _ in range(3))
-    _backward_kernel[(batch,)](
-        x,
-        h0,
-        _keeps(starts, x),
-        checkpoints.contiguous(),
-        outputs.contiguous(),
-        weight,
-        weight_lambda,
-        weight_gamma,
-        bias_lambda if plastic else weight,
-        bias_gamma if plastic else weight,
-        _clamp_tensor(config, x),
-        d_outputs.contiguous(),
-        d_fast,
-        dx,
-        dh0,
-        states,
-        sums,
-        dz,
-        grad_w,
-        grad_l,
-        grad_g,
-        grad_b,
-        grad_bl,
-        grad_bg,
-        steps,
-        batch,
-        inputs,
-        hidden,
-        presynaptic,
-        segment,
-        checkpoints.shape[0],
-        **_flags(config, plastic),
-        **_blocks(hidden, presynaptic),
-    )
+    with _on_device_of(x):
+        _backward_kernel[(batch,)](
+            x,
+            h0,
+            _keeps(starts, x),
+            checkpoints.contiguous(),
+            outputs.contiguous(),
+            weight,
+            weight_lambda,
+            weight_gamma,
+            bias_lambda if plastic else weight,
+            bias_gamma if plastic else weight,
+            _clamp_tensor(config, x),
+            d_outputs.contiguous(),
+            d_fast,
+            dx,
+            dh0,
+            states,
+            sums,
+            dz,
+            grad_w,
+            grad_l,
+            grad_g,
+            grad_b,
+            grad_bl,
+            grad_bg,
+            steps,
+            batch,
+            inputs,
+            hidden,
+            presynaptic,
+            segment,
+            checkpoints.shape[0],
+            **_flags(config, plastic),
+            **_blocks(hidden, presynaptic),
+        )
     bias_grads = (grad_bl.sum(0), grad_bg.sum(0)) if plastic else (None, None)
     return (dx, dh0, d_fast, grad_w.sum(0), grad_b.sum(0), grad_l.sum(0), grad_g.sum(0), *bias_grads)
