@@ -412,6 +412,11 @@ def _triton_ops() -> ModuleType | None:
     return stpn_triton
 
 
+def triton_kernel_available() -> bool:
+    """Whether the Triton kernels import here (they run on CUDA tensors, or on CPU ones under TRITON_INTERPRET=1)."""
+    return _triton_ops() is not None
+
+
 def _triton_forward(*args: object) -> tuple[th.Tensor, th.Tensor, th.Tensor | None, th.Tensor]:
     return _triton_ops().forward(*args)
 

@@ -29,13 +29,18 @@ DEVICE = th.device("cuda" if CUDA else "cpu")
 STEPS, BATCH, INPUTS, HIDDEN = 6, 2, 3, 5
 # Step 3 starts the second checkpoint segment (segments of ceil(sqrt(6)) = 3 steps)
 RESETS = [(2, 0), (3, 1), (5, 0)]
-DEFAULT_BUDGET, DEFAULT_TILE = stpn_kernel.SEGMENT_BUDGET_BYTES, stpn_triton.TILE_ELEMENTS
+DEFAULT_BUDGET = stpn_kernel.SEGMENT_BUDGET_BYTES
 
 
 @pytest.fixture(autouse=True)
-def small_segments_and_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Several checkpoint segments and column chunks per call (K = 8 in chunks of 4), as at real sizes."""
+def several_segments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Backward recomputes several checkpoint segments, as at real sequence lengths."""
     monkeypatch.setattr(stpn_kernel, "SEGMENT_BUDGET_BYTES", 1)
+
+
+@pytest.fixture
+def column_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every pass over F walks several chunks of columns (STPNr: K = 8 in chunks of 4, split inside h), as at real sizes."""
     monkeypatch.setattr(stpn_triton, "TILE_ELEMENTS", 32)
 
 
@@ -98,6 +103,16 @@ def test_matches_reference_float64(
     )
 
 
+@pytest.mark.usefixtures("column_chunks")
+@pytest.mark.parametrize(
+    "options",
+    [{"rule": "oja", "clamp": 0.4, "plastic_bias": True}, {"normalize": False}, {"rule": "oja", "normalize": False}],
+)
+def test_column_chunks(monkeypatch: pytest.MonkeyPatch, options: dict) -> None:
+    assert_matches_reference(monkeypatch, **options)
+
+
+@pytest.mark.usefixtures("column_chunks")
 @pytest.mark.parametrize(
     "options", [{"plastic_bias": True, "clamp": 0.4}, {"recurrent": False, "rule": "oja", "normalize": False}]
 )
@@ -105,15 +120,15 @@ def test_scalar_plasticity(monkeypatch: pytest.MonkeyPatch, options: dict) -> No
     assert_matches_reference(monkeypatch, scalar_plasticity=True, **options)
 
 
+@pytest.mark.usefixtures("column_chunks")
 @pytest.mark.parametrize("options", [{"clamp": 0.4, "rule": "oja", "plastic_bias": True}, {"recurrent": False}])
 def test_float32_close_to_float64(monkeypatch: pytest.MonkeyPatch, options: dict) -> None:
     assert_matches_reference(monkeypatch, th.float32, rtol=1e-4, atol=1e-5, **options)
 
 
-def test_one_segment_and_wide_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The default budget: the whole sequence is one segment (only F_0 kept), all columns one tile."""
+def test_one_segment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default budget: the whole sequence is one segment (only F_0 kept)."""
     monkeypatch.setattr(stpn_kernel, "SEGMENT_BUDGET_BYTES", DEFAULT_BUDGET)
-    monkeypatch.setattr(stpn_triton, "TILE_ELEMENTS", DEFAULT_TILE)
     assert_matches_reference(monkeypatch, clamp=0.4, rule="oja", plastic_bias=True)
 
 
