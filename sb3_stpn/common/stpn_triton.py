@@ -106,11 +106,20 @@ def _sums(
 
 
 @triton.jit
-def _inverse_norm(squares, NORMALIZE: tl.constexpr):
+def _inverse_norm(squares, gain, NORMALIZE: tl.constexpr):
+    """1 / n per neuron, n = g * (||G|| + eps) (shared/STPN.md; g = 1 without a learned gain); 1 without normalisation."""
     inverse = tl.full(squares.shape, 1.0, squares.dtype)
     if NORMALIZE:
-        inverse = 1.0 / (tl.sqrt(squares) + _NORM_EPS)
+        inverse = 1.0 / (gain * (tl.sqrt(squares) + _NORM_EPS))
     return inverse
+
+
+@triton.jit
+def _gain(NG, rows, H, like, GAIN: tl.constexpr):
+    gain = tl.full(like.shape, 1.0, like.dtype)
+    if GAIN:
+        gain = tl.load(NG + rows, mask=rows < H, other=1.0)
+    return gain
 
 
 @triton.jit
@@ -207,6 +216,7 @@ def _forward_kernel(
     G,
     BL,
     BG,
+    NG,
     clamp_ptr,
     T,
     B,
@@ -219,6 +229,7 @@ def _forward_kernel(
     OJA: tl.constexpr,
     PLASTIC: tl.constexpr,
     CLAMP: tl.constexpr,
+    GAIN: tl.constexpr,
     ENERGY: tl.constexpr,
     CHECKPOINT: tl.constexpr,
     BLOCK_H: tl.constexpr,
@@ -237,6 +248,7 @@ def _forward_kernel(
     if CLAMP:
         clamp = tl.load(clamp_ptr)
     bias_row = tl.load(bias + rows, mask=row_ok, other=0.0)
+    gain = _gain(NG, rows, H, bias_row, GAIN)
     # F_0 is only read: the first update writes F_1 into fast, where the later steps update it in place
     src = f0 + b * H * Kp
     dst = fast + b * H * Kp
@@ -244,7 +256,7 @@ def _forward_kernel(
     squares, drive, en = _sums(src, W, x, h0, out, 0, b, B, T, IN, H, K, Kp, keep, RECURRENT, ENERGY, BLOCK_H, BLOCK_K)
     for t in range(T):
         keep = tl.load(keeps + t * B + b)
-        inverse_norm = _inverse_norm(squares, NORMALIZE)
+        inverse_norm = _inverse_norm(squares, gain, NORMALIZE)
         u = drive * inverse_norm + bias_row
         if PLASTIC:
             u += keep * tl.load(src + rows * Kp + K, mask=row_ok, other=0.0)
@@ -253,7 +265,8 @@ def _forward_kernel(
         h = tl.where(u < 0, -1.0, 1.0) * (1.0 - e) / (1.0 + e)
         tl.store(out + (t * B + b) * H + rows, h, mask=row_ok)
         if ENERGY:
-            tl.store(energy + t * B + b, tl.sum(en * inverse_norm, axis=0))
+            # |G| / |n|: a negative gain flips the drive, not the energy
+            tl.store(energy + t * B + b, tl.sum(en * tl.abs(inverse_norm), axis=0))
         # h_t is read back as part of z_{t+1} by other threads of this program
         tl.debug_barrier()
         save = False
@@ -312,6 +325,7 @@ def _backward_kernel(
     G,
     BL,
     BG,
+    NG,
     clamp_ptr,
     d_out,
     d_fast,
@@ -326,6 +340,7 @@ def _backward_kernel(
     grad_b,
     grad_bl,
     grad_bg,
+    grad_ng,
     T,
     B,
     IN,
@@ -338,6 +353,7 @@ def _backward_kernel(
     OJA: tl.constexpr,
     PLASTIC: tl.constexpr,
     CLAMP: tl.constexpr,
+    GAIN: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
@@ -364,9 +380,11 @@ def _backward_kernel(
     if PLASTIC:
         bias_lambda = tl.load(BL + rows, mask=row_ok, other=0.0)
         bias_gamma = tl.load(BG + rows, mask=row_ok, other=0.0)
+    gain = _gain(NG, rows, H, zeros, GAIN)
     acc_b = zeros
     acc_bl = zeros
     acc_bg = zeros
+    acc_ng = zeros
     d_state = d_fast + b * S
     carry = dh + b * H + rows
     grad_wb = grad_w + b * H * K
@@ -418,7 +436,7 @@ def _backward_kernel(
                 keep,
                 tl.load(keeps + (t + 1) * B + b),
                 h,
-                _inverse_norm(squares, NORMALIZE),
+                _inverse_norm(squares, gain, NORMALIZE),
                 RECURRENT,
                 OJA,
                 PLASTIC,
@@ -439,7 +457,7 @@ def _backward_kernel(
             h = tl.load(out + (t * B + b) * H + rows, mask=row_ok, other=0.0)
             squares = tl.load(sums_b + ((t - t0) * 2) * H + rows, mask=row_ok, other=0.0)
             drive = tl.load(sums_b + ((t - t0) * 2 + 1) * H + rows, mask=row_ok, other=0.0)
-            inverse_norm = _inverse_norm(squares, NORMALIZE)
+            inverse_norm = _inverse_norm(squares, gain, NORMALIZE)
             d_h = tl.load(d_out + (t * B + b) * H + rows, mask=row_ok, other=0.0) + tl.load(carry, mask=row_ok)
             tl.debug_barrier()
             # Pass 1, through F_t = clamp(lambda F / n + gamma h e): the gradients of lambda and gamma, dF
@@ -498,6 +516,10 @@ def _backward_kernel(
                 d_drive = d_u * inverse_norm
                 norm = tl.sqrt(squares)
                 d_norm = -(s1 + d_u * drive) * inverse_norm * inverse_norm
+                if GAIN:
+                    # n = g * (||G|| + eps)
+                    acc_ng += d_norm * (norm + _NORM_EPS)
+                    d_norm *= gain
                 # The gradient of ||G|| is G / ||G||, zero for a zero row as in torch
                 coefficient = tl.where(norm > 0, d_norm / tl.where(norm > 0, norm, 1.0), 0.0)
             tl.debug_barrier()
@@ -522,15 +544,23 @@ def _backward_kernel(
     if PLASTIC:
         tl.store(grad_bl + b * H + rows, acc_bl, mask=row_ok)
         tl.store(grad_bg + b * H + rows, acc_bg, mask=row_ok)
+    if GAIN:
+        tl.store(grad_ng + b * H + rows, acc_ng, mask=row_ok)
 
 
-def _flags(config: StpnConfig, plastic: bool) -> dict[str, bool]:
+def supports(config: StpnConfig) -> bool:
+    """Whether the kernels run ``config``: not yet the post-update normalisation (``norm_time="post"``)."""
+    return not (config.normalize and config.norm_time == "post")
+
+
+def _flags(config: StpnConfig, plastic: bool, gain: bool) -> dict[str, bool]:
     return {
         "RECURRENT": config.recurrent,
         "NORMALIZE": config.normalize,
         "OJA": config.rule == "oja",
         "PLASTIC": plastic,
         "CLAMP": config.clamp is not None,
+        "GAIN": gain,
     }
 
 
@@ -570,7 +600,7 @@ def forward(
     every: int,
 ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None, th.Tensor]:
     """The sequence: outputs (T, B, H), F_T, energy (T, B) if asked, and checkpoints (ceil(T / every), B, H, Kp)."""
-    weight, bias, weight_lambda, weight_gamma, bias_lambda, bias_gamma = (
+    weight, bias, weight_lambda, weight_gamma, bias_lambda, bias_gamma, norm_gain = (
         None if p is None else p.contiguous() for p in params
     )
     x, h0, fast0 = x.contiguous(), h0.contiguous(), fast0.contiguous()
@@ -597,6 +627,7 @@ def forward(
             weight_gamma,
             bias_lambda if plastic else bias,
             bias_gamma if plastic else bias,
+            bias if norm_gain is None else norm_gain,
             _clamp_tensor(config, x),
             steps,
             batch,
@@ -606,7 +637,7 @@ def forward(
             every,
             ENERGY=record_energy,
             CHECKPOINT=every > 0,
-            **_flags(config, plastic),
+            **_flags(config, plastic, norm_gain is not None),
             **_blocks(hidden, presynaptic),
         )
     return outputs, fast, energy, checkpoints
@@ -624,8 +655,10 @@ def backward(
     d_outputs: th.Tensor,
     d_fast: th.Tensor,
 ) -> tuple[th.Tensor | None, ...]:
-    """BPTT: the gradients of x, h0, F_0, weight, bias, lambda, gamma, bias lambda, bias gamma (None without)."""
-    weight, _, weight_lambda, weight_gamma, bias_lambda, bias_gamma = (None if p is None else p.contiguous() for p in params)
+    """BPTT: the gradients of x, h0, F_0 and of the parameters, in ``params``' order (None for absent ones)."""
+    weight, _, weight_lambda, weight_gamma, bias_lambda, bias_gamma, norm_gain = (
+        None if p is None else p.contiguous() for p in params
+    )
     x, h0 = x.contiguous(), h0.contiguous()
     steps, batch, inputs = x.shape
     hidden, presynaptic = weight.shape
@@ -638,7 +671,7 @@ def backward(
     sums = x.new_empty(batch, segment, 2, hidden)
     dz = x.new_empty(batch, presynaptic)
     grad_w, grad_l, grad_g = (x.new_zeros(batch, hidden, presynaptic) for _ in range(3))
-    grad_b, grad_bl, grad_bg = (x.new_zeros(batch, hidden) for _ in range(3))
+    grad_b, grad_bl, grad_bg, grad_ng = (x.new_zeros(batch, hidden) for _ in range(4))
     with _on_device_of(x):
         _backward_kernel[(batch,)](
             x,
@@ -651,6 +684,7 @@ def backward(
             weight_gamma,
             bias_lambda if plastic else weight,
             bias_gamma if plastic else weight,
+            weight if norm_gain is None else norm_gain,
             _clamp_tensor(config, x),
             d_outputs.contiguous(),
             d_fast,
@@ -665,6 +699,7 @@ def backward(
             grad_b,
             grad_bl,
             grad_bg,
+            grad_ng,
             steps,
             batch,
             inputs,
@@ -672,8 +707,9 @@ def backward(
             presynaptic,
             segment,
             checkpoints.shape[0],
-            **_flags(config, plastic),
+            **_flags(config, plastic, norm_gain is not None),
             **_blocks(hidden, presynaptic),
         )
     bias_grads = (grad_bl.sum(0), grad_bg.sum(0)) if plastic else (None, None)
-    return (dx, dh0, d_fast, grad_w.sum(0), grad_b.sum(0), grad_l.sum(0), grad_g.sum(0), *bias_grads)
+    gain_grad = None if norm_gain is None else grad_ng.sum(0)
+    return (dx, dh0, d_fast, grad_w.sum(0), grad_b.sum(0), grad_l.sum(0), grad_g.sum(0), *bias_grads, gain_grad)

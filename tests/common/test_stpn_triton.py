@@ -52,8 +52,10 @@ def make_case(dtype: th.dtype = th.float64, **stpn_kwargs) -> tuple[STPN, list[t
     generator = th.Generator().manual_seed(0)
     layer = STPN(INPUTS, HIDDEN, **stpn_kwargs)
     with th.no_grad():
-        for parameter in layer.parameters():
-            parameter.copy_(0.5 * th.randn(parameter.shape, generator=generator, dtype=th.float64))
+        for name, parameter in layer.named_parameters():
+            # Gains around 1, as initialised (a gain near 0 would blow the drive up)
+            center = 1.0 if name == "norm_gain" else 0.0
+            parameter.copy_(center + 0.5 * th.randn(parameter.shape, generator=generator, dtype=th.float64))
     h_shape, f_shape = layer.state_shape
     shapes = [(STEPS, BATCH, INPUTS), (BATCH, *h_shape), (BATCH, *f_shape)]
     inputs = [0.5 * th.randn(shape, generator=generator, dtype=th.float64).to(DEVICE, dtype) for shape in shapes]
@@ -110,6 +112,27 @@ def test_matches_reference_float64(
 )
 def test_column_chunks(monkeypatch: pytest.MonkeyPatch, options: dict) -> None:
     assert_matches_reference(monkeypatch, **options)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"rule": "oja", "clamp": 0.4, "plastic_bias": True}, {"recurrent": False}, {"normalize": False, "clamp": 0.4}],
+)
+def test_norm_gain(monkeypatch: pytest.MonkeyPatch, options: dict) -> None:
+    assert_matches_reference(monkeypatch, norm_gain=True, **options)
+
+
+def test_post_update_normalisation_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """norm_time="post" is not in the kernels yet: a clear error when forced, the torch path for auto."""
+    layer, (x, h0, fast0), starts = make_case(norm_time="post")
+    monkeypatch.setenv(KERNEL_ENV, "triton")
+    with pytest.raises(ValueError, match="norm_time='post'"):
+        layer(x, (h0, fast0), starts)
+    monkeypatch.setenv(KERNEL_ENV, "auto")
+    assert kernel_choice(types.SimpleNamespace(device=th.device("cuda"), dtype=th.float32), layer.config) == "torch"
+    # Without normalisation the option does nothing: the kernels run it
+    monkeypatch.setenv(KERNEL_ENV, "triton")
+    assert kernel_choice(x, make_case(normalize=False, norm_time="post")[0].config) == "triton"
 
 
 @pytest.mark.usefixtures("column_chunks")
