@@ -5,6 +5,8 @@ Same contract and memory plan as the ``cpp`` path (``stpn_kernel._Backend``): th
 outputs and F at the start of every segment of C steps; the backward recomputes one segment at a time
 from its checkpoint and walks it in reverse with the hand-derived gradient of ``stpn_kernel.stpn_step``.
 Imported lazily by ``stpn_kernel`` (which falls back to the ``torch`` path when triton does not import).
+Every variant of the layer except ``norm_time="post"`` (``supports``), whose division of the new F by
+its own norm would need another pass over F each step, forward and backward.
 
 One program per sample runs the whole time loop of a call: the recurrence couples a sample's neurons
 at every step, and its samples are independent. A step is two passes over the sample's F in tiles of
@@ -15,17 +17,20 @@ L1/L2 between steps; at the Atari sizes (H=64-128, K=576-2720, 130 kB-1.4 MB) it
 gamma are shared by every program and stay in L2. Threads of a program exchange h, dh and dz through
 global memory between passes, behind a barrier.
 
-Bytes per sample and step (S = H * Kp elements of F, Kp = K [+1 for a plastic bias], times the element
-size; W, lambda, gamma and their gradients are (H, K), about S each):
+Bytes per sample and step, in elements times the element size: S = H * Kp of F (Kp = K, +1 with a
+plastic bias) and P = H * K of each of W, lambda, gamma, which every program reads (from L2 once the
+first program has):
 
-- Forward: F read once and written once (the update pass also gives the next step's norm and drive:
-  the first step of a call reads F once more), ``2 S``, plus ``S / C`` for the checkpoints during
-  training. A rollout step (T=1, no grad) is ``3 S``. W, lambda, gamma: ``3 S`` from L2.
-- Backward: the recompute reads F and writes it to the segment buffer (``2 S``); pass 1 reads F, reads
-  and writes dF, reads and writes this sample's lambda and gamma gradients (``7 S``); pass 2 reads F,
-  reads and writes dF and the W gradient (``5 S``): ``14 S``, ``16 S`` for forward + backward.
-  W, lambda, gamma: ``4 S`` from L2. The per-sample parameter gradients (3 S a sample) are summed over
-  the batch once per call, after the kernel.
+- Forward: F read once and written once, ``2 S``, and ``3 P`` (the update pass also gives the next
+  step's norms and drives); the first step of a call reads F and W once more (``S + P``), and training
+  writes a checkpoint every C steps (``S / C``). A rollout step (T=1, no grad): ``3 S + 4 P``.
+- Backward: the recompute reads F and writes it to the segment buffer (``2 S + 3 P``); pass 1 reads F,
+  reads and writes dF and this sample's lambda and gamma gradients (``7 S + 2 P``); pass 2 reads F,
+  reads and writes dF and the W gradient (``5 S + P``): ``14 S + 6 P``.
+- Training, forward + backward: ``16 S + 9 P``, about 25 H K (the ``cpp`` kernel: 22 H K, see
+  ``benchmarks/layer.py``): in float32, 0.42 MB a sample and step at H=64, K=66 and 35 MB at H=128,
+  K=2720. The per-sample parameter gradients (3 P a sample) are summed over the batch once per call,
+  after the kernel.
 
 Extra memory on the device: the segment buffer B * (C - 1) * S and per-sample gradients 3 * B * H * K,
 so the segment length C is budgeted for the whole batch (``per_batch_segment``), as for ``torch``.
