@@ -15,10 +15,10 @@ environment variable ``SB3_STPN_KERNEL``:
   (H, K) rows, which needs no transpose at the boundary. CPU, float32/float64.
 - ``triton``: ``_FusedStpn`` with the Triton kernels of ``stpn_triton`` (the same plan as ``cpp``, one
   program per sample on the GPU). CUDA tensors, float32/float64; CPU tensors under Triton's interpreter
-  (``TRITON_INTERPRET=1``, for the tests). Not yet ``norm_time="post"``.
+  (``TRITON_INTERPRET=1``, for the tests).
 - ``auto`` (default): ``cpp`` for CPU tensors when it builds, ``triton`` for CUDA tensors when triton
-  imports and runs the config, else ``torch``. A failed build or import is logged once per process and
-  the ``torch`` path taken.
+  imports, else ``torch``. A failed build or import is logged once per process and the ``torch`` path
+  taken.
 
 Memory of the fused paths (checkpointing instead of keeping T copies of F). With S = H * (K + plastic
 bias) elements per sample, the forward keeps the outputs (T, B, H), which backward needs anyway, and
@@ -524,11 +524,8 @@ class _FusedStpn(th.autograd.Function):
         return (None, None, None, *grads[:3], None, *grads[3:])
 
 
-def kernel_choice(x: th.Tensor, config: StpnConfig | None = None) -> str:
-    """
-    The path ``stpn_sequence`` takes for ``x`` (and ``config``, if given): ``SB3_STPN_KERNEL``, or for
-    ``auto`` the fastest available.
-    """
+def kernel_choice(x: th.Tensor) -> str:
+    """The path ``stpn_sequence`` takes for ``x``: ``SB3_STPN_KERNEL``, or for ``auto`` the fastest available."""
     choice = os.environ.get(KERNEL_ENV, "auto").lower()
     if choice not in KERNELS:
         raise ValueError(f"{KERNEL_ENV}={choice!r}: use one of {', '.join(KERNELS)}")
@@ -544,16 +541,13 @@ def kernel_choice(x: th.Tensor, config: StpnConfig | None = None) -> str:
             )
         if _triton_ops() is None:
             raise RuntimeError(f"{KERNEL_ENV}=triton but triton does not import (see the log): pip install triton")
-        if config is not None and not _triton_ops().supports(config):
-            raise ValueError(f"{KERNEL_ENV}=triton does not run norm_time='post' yet: use {KERNEL_ENV}=torch or auto")
     if choice == "cpp":
         if not cpp_fits:
             raise ValueError(f"{KERNEL_ENV}=cpp needs float32/float64 CPU tensors, got {x.dtype} on {x.device}")
         if _cpp_ops() is None:
             raise RuntimeError(f"{KERNEL_ENV}=cpp but the C++ kernel could not be built (see the log)")
     if choice == "auto":
-        triton_runs = triton_fits and _triton_ops() is not None and (config is None or _triton_ops().supports(config))
-        if x.device.type == "cuda" and triton_runs:
+        if x.device.type == "cuda" and triton_fits and _triton_ops() is not None:
             return "triton"
         return "cpp" if cpp_fits and _cpp_ops() is not None else "torch"
     return choice
@@ -585,7 +579,7 @@ def stpn_sequence(
 
     :return: outputs (T, B, H), final ``h``, final ``F`` and, if asked, energy (T, B).
     """
-    choice = kernel_choice(x, config)
+    choice = kernel_choice(x)
     if choice == "reference":
         return stpn_sequence_reference(
             x,

@@ -5,8 +5,8 @@ Same contract and memory plan as the ``cpp`` path (``stpn_kernel._Backend``): th
 outputs and F at the start of every segment of C steps; the backward recomputes one segment at a time
 from its checkpoint and walks it in reverse with the hand-derived gradient of ``stpn_kernel.stpn_step``.
 Imported lazily by ``stpn_kernel`` (which falls back to the ``torch`` path when triton does not import).
-Every variant of the layer except ``norm_time="post"`` (``supports``), whose division of the new F by
-its own norm would need another pass over F each step, forward and backward.
+Every variant of the layer; ``norm_time="post"`` (the new F divided by its own norm) costs one more
+pass over F per step, forward and backward.
 
 One program per sample runs the whole time loop of a call: the recurrence couples a sample's neurons
 at every step, and its samples are independent. A step is two passes over the sample's F in tiles of
@@ -87,12 +87,17 @@ def _sums(
     K,
     Kp,
     keep,
+    scale,
     RECURRENT: tl.constexpr,
     ENERGY: tl.constexpr,
+    RESCALE: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """Per neuron, over the rows of G = W + keep * F (src): ||G||^2, G z_t and (if ENERGY) sum |G| z_t^2."""
+    """
+    Per neuron, over the rows of G = W + keep * F (src): ||G||^2, G z_t and (if ENERGY) sum |G| z_t^2.
+    With RESCALE, F's rows (not a plastic bias) are first multiplied by ``scale`` in place.
+    """
     rows = tl.arange(0, BLOCK_H)
     squares = tl.zeros([BLOCK_H], dtype=W.dtype.element_ty)
     drive = tl.zeros([BLOCK_H], dtype=W.dtype.element_ty)
@@ -100,8 +105,12 @@ def _sums(
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         inside = (rows[:, None] < H) & (cols[None, :] < K)
-        g = tl.load(W + rows[:, None] * K + cols[None, :], mask=inside, other=0.0)
-        g += keep * tl.load(src + rows[:, None] * Kp + cols[None, :], mask=inside, other=0.0)
+        state = rows[:, None] * Kp + cols[None, :]
+        f = tl.load(src + state, mask=inside, other=0.0)
+        if RESCALE:
+            f *= scale[:, None]
+            tl.store(src + state, f, mask=inside)
+        g = tl.load(W + rows[:, None] * K + cols[None, :], mask=inside, other=0.0) + keep * f
         z = _inputs(x, h0, out, t, b, B, T, IN, H, K, keep, cols, RECURRENT)
         squares += tl.sum(g * g, axis=1)
         drive += tl.sum(g * z[None, :], axis=1)
@@ -154,17 +163,20 @@ def _update(
     keep_next,
     h,
     inverse_norm,
+    gain,
     RECURRENT: tl.constexpr,
     OJA: tl.constexpr,
     PLASTIC: tl.constexpr,
     CLAMP: tl.constexpr,
+    POST: tl.constexpr,
     ENERGY: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     """
     F_t into dst from F_{t-1} in src (may be dst), and F_{t-1} into ckpt if ``save`` (a Python False when
-    never). Returns the sums of step t + 1 (``_sums`` of the new F with z_{t+1}), fused into the same pass.
+    never). Returns the sums of step t + 1 (``_sums`` of the new F with z_{t+1}), fused into the same pass;
+    with POST (norm_time="post") a second pass divides the new F by its own norm and gives them.
     """
     rows = tl.arange(0, BLOCK_H)
     row_ok = rows < H
@@ -183,17 +195,24 @@ def _update(
         trace = _inputs(x, h0, out, t, b, B, T, IN, H, K, keep, cols, RECURRENT)
         if OJA:
             trace -= tl.sum(f * h[:, None], axis=0)
-        new = tl.load(L + param, mask=inside, other=0.0) * f * inverse_norm[:, None]
-        new += tl.load(G + param, mask=inside, other=0.0) * h[:, None] * trace[None, :]
+        decayed = tl.load(L + param, mask=inside, other=0.0) * f
+        if not POST:
+            decayed *= inverse_norm[:, None]
+        new = decayed + tl.load(G + param, mask=inside, other=0.0) * h[:, None] * trace[None, :]
         if CLAMP:
             new = tl.minimum(tl.maximum(new, -clamp), clamp)
         tl.store(dst + state, new, mask=inside)
-        g = tl.load(W + param, mask=inside, other=0.0) + keep_next * new
-        z_next = _inputs(x, h0, out, t + 1, b, B, T, IN, H, K, keep_next, cols, RECURRENT)
-        squares += tl.sum(g * g, axis=1)
-        drive += tl.sum(g * z_next[None, :], axis=1)
-        if ENERGY:
-            energy += tl.sum(tl.abs(g) * (z_next * z_next)[None, :], axis=1)
+        if POST:
+            # ||W + new||^2 for the division below
+            g = tl.load(W + param, mask=inside, other=0.0) + new
+            squares += tl.sum(g * g, axis=1)
+        else:
+            g = tl.load(W + param, mask=inside, other=0.0) + keep_next * new
+            z_next = _inputs(x, h0, out, t + 1, b, B, T, IN, H, K, keep_next, cols, RECURRENT)
+            squares += tl.sum(g * g, axis=1)
+            drive += tl.sum(g * z_next[None, :], axis=1)
+            if ENERGY:
+                energy += tl.sum(tl.abs(g) * (z_next * z_next)[None, :], axis=1)
     if PLASTIC:
         raw = tl.load(src + rows * Kp + K, mask=row_ok, other=0.0)
         if save:
@@ -202,6 +221,12 @@ def _update(
         if CLAMP:
             new = tl.minimum(tl.maximum(new, -clamp), clamp)
         tl.store(dst + rows * Kp + K, new, mask=row_ok)
+    if POST:
+        tl.debug_barrier()
+        squares, drive, energy = _sums(
+            dst, W, x, h0, out, t + 1, b, B, T, IN, H, K, Kp, keep_next, _inverse_norm(squares, gain, True),
+            RECURRENT, ENERGY, RESCALE=True, BLOCK_H=BLOCK_H, BLOCK_K=BLOCK_K,
+        )  # fmt: skip
     return squares, drive, energy
 
 
@@ -235,6 +260,7 @@ def _forward_kernel(
     PLASTIC: tl.constexpr,
     CLAMP: tl.constexpr,
     GAIN: tl.constexpr,
+    POST: tl.constexpr,
     ENERGY: tl.constexpr,
     CHECKPOINT: tl.constexpr,
     BLOCK_H: tl.constexpr,
@@ -258,7 +284,9 @@ def _forward_kernel(
     src = f0 + b * H * Kp
     dst = fast + b * H * Kp
     keep = tl.load(keeps + b)
-    squares, drive, en = _sums(src, W, x, h0, out, 0, b, B, T, IN, H, K, Kp, keep, RECURRENT, ENERGY, BLOCK_H, BLOCK_K)
+    squares, drive, en = _sums(
+        src, W, x, h0, out, 0, b, B, T, IN, H, K, Kp, keep, keep, RECURRENT, ENERGY, False, BLOCK_H, BLOCK_K
+    )
     for t in range(T):
         keep = tl.load(keeps + t * B + b)
         inverse_norm = _inverse_norm(squares, gain, NORMALIZE)
@@ -306,16 +334,33 @@ def _forward_kernel(
             keep_next,
             h,
             inverse_norm,
+            gain,
             RECURRENT,
             OJA,
             PLASTIC,
             CLAMP,
+            POST,
             ENERGY,
             BLOCK_H,
             BLOCK_K,
         )
         tl.debug_barrier()
         src = dst
+
+
+@triton.jit
+def _step_update(
+    src, L, G, x, h0, out, t, b, B, T, IN, H, K, keep, h, decay_factor, cols, state, param, inside,
+    RECURRENT: tl.constexpr, OJA: tl.constexpr,
+):  # fmt: skip
+    """A tile of a step's update for the backward: F (after the reset), lambda, gamma, the trace e, the unclamped update."""
+    f = keep * tl.load(src + state, mask=inside, other=0.0)
+    lam = tl.load(L + param, mask=inside, other=0.0)
+    gam = tl.load(G + param, mask=inside, other=0.0)
+    trace = _inputs(x, h0, out, t, b, B, T, IN, H, K, keep, cols, RECURRENT)
+    if OJA:
+        trace -= tl.sum(f * h[:, None], axis=0)
+    return f, lam, gam, trace, lam * f * decay_factor[:, None] + gam * h[:, None] * trace[None, :]
 
 
 @triton.jit(do_not_specialize=_SIZES)
@@ -359,6 +404,7 @@ def _backward_kernel(
     PLASTIC: tl.constexpr,
     CLAMP: tl.constexpr,
     GAIN: tl.constexpr,
+    POST: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
@@ -408,7 +454,7 @@ def _backward_kernel(
         src = start
         keep = tl.load(keeps + t0 * B + b)
         squares, drive, _ = _sums(
-            src, W, x, h0, out, t0, b, B, T, IN, H, K, Kp, keep, RECURRENT, ENERGY=False, BLOCK_H=BLOCK_H, BLOCK_K=BLOCK_K
+            src, W, x, h0, out, t0, b, B, T, IN, H, K, Kp, keep, keep, RECURRENT, False, False, BLOCK_H, BLOCK_K
         )
         for t in range(t0, t1 - 1):
             tl.store(sums_b + ((t - t0) * 2) * H + rows, squares, mask=row_ok)
@@ -442,10 +488,12 @@ def _backward_kernel(
                 tl.load(keeps + (t + 1) * B + b),
                 h,
                 _inverse_norm(squares, gain, NORMALIZE),
+                gain,
                 RECURRENT,
                 OJA,
                 PLASTIC,
                 CLAMP,
+                POST,
                 ENERGY=False,
                 BLOCK_H=BLOCK_H,
                 BLOCK_K=BLOCK_K,
@@ -465,8 +513,38 @@ def _backward_kernel(
             inverse_norm = _inverse_norm(squares, gain, NORMALIZE)
             d_h = tl.load(d_out + (t * B + b) * H + rows, mask=row_ok, other=0.0) + tl.load(carry, mask=row_ok)
             tl.debug_barrier()
-            # Pass 1, through F_t = clamp(lambda F / n + gamma h e): the gradients of lambda and gamma, dF
-            # through the decay, and per neuron the sums for dn (s1) and dh (s2, Oja's s3)
+            decay_factor = inverse_norm
+            if POST:
+                decay_factor = zeros + 1.0
+                # Pass 0, through F_t = P / m with P the clamped update and m = g * (||W + P|| + eps): per
+                # neuron m and the sum of dF_t P, which turn dF_t into the gradient of P in pass 1
+                new_squares = zeros
+                d_new_dot = zeros
+                for k0 in range(0, K, BLOCK_K):
+                    cols = k0 + tl.arange(0, BLOCK_K)
+                    inside = row_ok[:, None] & (cols[None, :] < K)
+                    state = rows[:, None] * Kp + cols[None, :]
+                    param = rows[:, None] * K + cols[None, :]
+                    f, lam, gam, trace, updated = _step_update(
+                        src, L, G, x, h0, out, t, b, B, T, IN, H, K, keep, h, decay_factor, cols, state, param, inside,
+                        RECURRENT, OJA,
+                    )  # fmt: skip
+                    new = updated
+                    if CLAMP:
+                        new = tl.minimum(tl.maximum(updated, -clamp), clamp)
+                    g_new = tl.load(W + param, mask=inside, other=0.0) + new
+                    new_squares += tl.sum(g_new * g_new, axis=1)
+                    d_new_dot += tl.sum(tl.load(d_state + state, mask=inside, other=0.0) * new, axis=1)
+                inverse_new_norm = _inverse_norm(new_squares, gain, True)
+                new_norm = tl.sqrt(new_squares)
+                d_new_norm = -d_new_dot * inverse_new_norm * inverse_new_norm
+                if GAIN:
+                    acc_ng += d_new_norm * (new_norm + _NORM_EPS)
+                    d_new_norm *= gain
+                new_coefficient = tl.where(new_norm > 0, d_new_norm / tl.where(new_norm > 0, new_norm, 1.0), 0.0)
+            # Pass 1, through F_t = clamp(lambda F / n + gamma h e) (POST: P = clamp(lambda F + gamma h e)):
+            # the gradients of lambda and gamma, dF through the decay, and per neuron the sums for dn (s1)
+            # and dh (s2, Oja's s3)
             s1 = zeros
             s2 = zeros
             s3 = zeros
@@ -475,26 +553,35 @@ def _backward_kernel(
                 inside = row_ok[:, None] & (cols[None, :] < K)
                 state = rows[:, None] * Kp + cols[None, :]
                 param = rows[:, None] * K + cols[None, :]
-                f = keep * tl.load(src + state, mask=inside, other=0.0)
-                lam = tl.load(L + param, mask=inside, other=0.0)
-                gam = tl.load(G + param, mask=inside, other=0.0)
-                trace = _inputs(x, h0, out, t, b, B, T, IN, H, K, keep, cols, RECURRENT)
-                if OJA:
-                    trace -= tl.sum(f * h[:, None], axis=0)
+                f, lam, gam, trace, updated = _step_update(
+                    src, L, G, x, h0, out, t, b, B, T, IN, H, K, keep, h, decay_factor, cols, state, param, inside,
+                    RECURRENT, OJA,
+                )  # fmt: skip
                 d_new = tl.load(d_state + state, mask=inside, other=0.0)
+                if POST:
+                    new = updated
+                    if CLAMP:
+                        new = tl.minimum(tl.maximum(updated, -clamp), clamp)
+                    d_g_new = new_coefficient[:, None] * (tl.load(W + param, mask=inside, other=0.0) + new)
+                    tl.store(grad_wb + param, tl.load(grad_wb + param, mask=inside, other=0.0) + d_g_new, mask=inside)
+                    d_new = d_new * inverse_new_norm[:, None] + d_g_new
                 if CLAMP:
-                    new = lam * f * inverse_norm[:, None] + gam * h[:, None] * trace[None, :]
-                    d_new = tl.where(tl.abs(new) <= clamp, d_new, 0.0)
+                    d_new = tl.where(tl.abs(updated) <= clamp, d_new, 0.0)
                 tl.store(
-                    grad_lb + param, tl.load(grad_lb + param, mask=inside) + d_new * f * inverse_norm[:, None], mask=inside
+                    grad_lb + param,
+                    tl.load(grad_lb + param, mask=inside, other=0.0) + d_new * f * decay_factor[:, None],
+                    mask=inside,
                 )
                 tl.store(
-                    grad_gb + param, tl.load(grad_gb + param, mask=inside) + d_new * h[:, None] * trace[None, :], mask=inside
+                    grad_gb + param,
+                    tl.load(grad_gb + param, mask=inside, other=0.0) + d_new * h[:, None] * trace[None, :],
+                    mask=inside,
                 )
-                s1 += tl.sum(d_new * lam * f, axis=1)
+                if not POST:
+                    s1 += tl.sum(d_new * lam * f, axis=1)
                 s2 += tl.sum(d_new * gam * trace[None, :], axis=1)
                 d_trace = tl.sum(d_new * gam * h[:, None], axis=0)
-                d_old = d_new * lam * inverse_norm[:, None]
+                d_old = d_new * lam * decay_factor[:, None]
                 if OJA:
                     s3 += tl.sum(f * d_trace[None, :], axis=1)
                     d_old -= h[:, None] * d_trace[None, :]
@@ -553,11 +640,6 @@ def _backward_kernel(
         tl.store(grad_ng + b * H + rows, acc_ng, mask=row_ok)
 
 
-def supports(config: StpnConfig) -> bool:
-    """Whether the kernels run ``config``: not yet the post-update normalisation (``norm_time="post"``)."""
-    return not (config.normalize and config.norm_time == "post")
-
-
 def _flags(config: StpnConfig, plastic: bool, gain: bool) -> dict[str, bool]:
     return {
         "RECURRENT": config.recurrent,
@@ -566,6 +648,7 @@ def _flags(config: StpnConfig, plastic: bool, gain: bool) -> dict[str, bool]:
         "PLASTIC": plastic,
         "CLAMP": config.clamp is not None,
         "GAIN": gain,
+        "POST": config.normalize and config.norm_time == "post",
     }
 
 

@@ -108,7 +108,12 @@ def test_matches_reference_float64(
 @pytest.mark.usefixtures("column_chunks")
 @pytest.mark.parametrize(
     "options",
-    [{"rule": "oja", "clamp": 0.4, "plastic_bias": True}, {"normalize": False}, {"rule": "oja", "normalize": False}],
+    [
+        {"rule": "oja", "clamp": 0.4, "plastic_bias": True},
+        {"normalize": False},
+        {"rule": "oja", "normalize": False},
+        {"norm_time": "post", "norm_gain": True, "rule": "oja"},
+    ],
 )
 def test_column_chunks(monkeypatch: pytest.MonkeyPatch, options: dict) -> None:
     assert_matches_reference(monkeypatch, **options)
@@ -122,17 +127,17 @@ def test_norm_gain(monkeypatch: pytest.MonkeyPatch, options: dict) -> None:
     assert_matches_reference(monkeypatch, norm_gain=True, **options)
 
 
-def test_post_update_normalisation_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    """norm_time="post" is not in the kernels yet: a clear error when forced, the torch path for auto."""
-    layer, (x, h0, fast0), starts = make_case(norm_time="post")
-    monkeypatch.setenv(KERNEL_ENV, "triton")
-    with pytest.raises(ValueError, match="norm_time='post'"):
-        layer(x, (h0, fast0), starts)
-    monkeypatch.setenv(KERNEL_ENV, "auto")
-    assert kernel_choice(types.SimpleNamespace(device=th.device("cuda"), dtype=th.float32), layer.config) == "torch"
-    # Without normalisation the option does nothing: the kernels run it
-    monkeypatch.setenv(KERNEL_ENV, "triton")
-    assert kernel_choice(x, make_case(normalize=False, norm_time="post")[0].config) == "triton"
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"rule": "oja", "clamp": 0.4, "plastic_bias": True},
+        {"recurrent": False, "norm_gain": True},
+        {"clamp": 0.4, "norm_gain": True},
+    ],
+)
+def test_post_update_normalisation(monkeypatch: pytest.MonkeyPatch, options: dict) -> None:
+    """norm_time="post": the new F divided by its own norm (one more pass forward and backward)."""
+    assert_matches_reference(monkeypatch, norm_time="post", **options)
 
 
 @pytest.mark.usefixtures("column_chunks")
@@ -144,7 +149,10 @@ def test_scalar_plasticity(monkeypatch: pytest.MonkeyPatch, options: dict) -> No
 
 
 @pytest.mark.usefixtures("column_chunks")
-@pytest.mark.parametrize("options", [{"clamp": 0.4, "rule": "oja", "plastic_bias": True}, {"recurrent": False}])
+@pytest.mark.parametrize(
+    "options",
+    [{"clamp": 0.4, "rule": "oja", "plastic_bias": True}, {"recurrent": False, "norm_time": "post", "norm_gain": True}],
+)
 def test_float32_close_to_float64(monkeypatch: pytest.MonkeyPatch, options: dict) -> None:
     assert_matches_reference(monkeypatch, th.float32, rtol=1e-4, atol=1e-5, **options)
 
@@ -155,9 +163,10 @@ def test_one_segment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert_matches_reference(monkeypatch, clamp=0.4, rule="oja", plastic_bias=True)
 
 
-def test_inference_without_grad(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("norm_time", ["pre", "post"])
+def test_inference_without_grad(monkeypatch: pytest.MonkeyPatch, norm_time: str) -> None:
     """Rollouts: no graph, no checkpoints; a whole sequence with resets, and one step."""
-    layer, (x, h0, fast0), starts = make_case(clamp=0.4, plastic_bias=True)
+    layer, (x, h0, fast0), starts = make_case(clamp=0.4, plastic_bias=True, norm_time=norm_time)
     layer.record_energy = True
     for steps in (STEPS, 1):
         results = {}
