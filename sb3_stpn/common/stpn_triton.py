@@ -31,6 +31,9 @@ first program has):
   ``benchmarks/layer.py``): in float32, 0.42 MB a sample and step at H=64, K=66 and 35 MB at H=128,
   K=2720. The per-sample parameter gradients (3 P a sample) are summed over the batch once per call,
   after the kernel.
+- ``norm_time="post"`` adds a pass that divides the new F by its norm (F read and written, ``2 S``,
+  forward and in the recompute) and, backward, a pass for that norm's gradient (F and dF read) and the
+  W gradient's read and write in pass 1: ``8 S`` more per training step.
 
 Extra memory on the device: the segment buffer B * (C - 1) * S and per-sample gradients 3 * B * H * K,
 so the segment length C is budgeted for the whole batch (``per_batch_segment``), as for ``torch``.
@@ -511,7 +514,7 @@ def _backward_kernel(
             squares = tl.load(sums_b + ((t - t0) * 2) * H + rows, mask=row_ok, other=0.0)
             drive = tl.load(sums_b + ((t - t0) * 2 + 1) * H + rows, mask=row_ok, other=0.0)
             inverse_norm = _inverse_norm(squares, gain, NORMALIZE)
-            d_h = tl.load(d_out + (t * B + b) * H + rows, mask=row_ok, other=0.0) + tl.load(carry, mask=row_ok)
+            d_h = tl.load(d_out + (t * B + b) * H + rows, mask=row_ok, other=0.0) + tl.load(carry, mask=row_ok, other=0.0)
             tl.debug_barrier()
             decay_factor = inverse_norm
             if POST:
@@ -587,7 +590,7 @@ def _backward_kernel(
                     d_old -= h[:, None] * d_trace[None, :]
                 tl.store(d_state + state, d_old, mask=inside)
                 tl.store(dz_b + cols, d_trace, mask=cols < K)
-            # Per neuron, through h = tanh(G z / n + b + F_bias) and n = ||G|| + eps
+            # Per neuron, through h = tanh(G z / n + b + F_bias) and n = g (||G|| + eps)
             d_h += s2 - s3
             if PLASTIC:
                 fast_bias = keep * tl.load(src + rows * Kp + K, mask=row_ok, other=0.0)
@@ -624,7 +627,7 @@ def _backward_kernel(
                 g = tl.load(W + param, mask=inside, other=0.0) + keep * tl.load(src + state, mask=inside, other=0.0)
                 z = _inputs(x, h0, out, t, b, B, T, IN, H, K, keep, cols, RECURRENT)
                 d_g = d_drive[:, None] * z[None, :] + coefficient[:, None] * g
-                tl.store(grad_wb + param, tl.load(grad_wb + param, mask=inside) + d_g, mask=inside)
+                tl.store(grad_wb + param, tl.load(grad_wb + param, mask=inside, other=0.0) + d_g, mask=inside)
                 d_old = tl.load(d_state + state, mask=inside, other=0.0) + d_g
                 tl.store(d_state + state, keep * d_old, mask=inside)
                 d_z = tl.load(dz_b + cols, mask=cols < K, other=0.0) + tl.sum(d_drive[:, None] * g, axis=0)
