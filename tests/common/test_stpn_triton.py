@@ -7,6 +7,7 @@ small sizes); with CUDA (``benchmarks/gpu_check.sh``) they are compiled and run 
 import itertools
 import logging
 import os
+import subprocess
 import sys
 import types
 
@@ -213,3 +214,31 @@ def test_fallback_when_triton_does_not_import(monkeypatch: pytest.MonkeyPatch, c
     finally:
         monkeypatch.undo()
         stpn_kernel._triton_ops.cache_clear()
+
+
+# Compiles both kernels with every option on, as on a GPU: float32, H=64 in tiles of 16 columns on 8 warps
+COMPILE_FOR_SM90 = """
+from triton import compile
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from sb3_stpn.common import stpn_triton as kernels
+
+flags = dict(RECURRENT=True, NORMALIZE=True, OJA=True, PLASTIC=True, CLAMP=True, GAIN=True, POST=True)
+flags.update(BLOCK_H=64, BLOCK_K=16)
+forward = (kernels._forward_kernel, dict(flags, ENERGY=True, CHECKPOINT=True))
+for kernel, constexprs in [forward, (kernels._backward_kernel, flags)]:
+    names = kernel.arg_names
+    signature = {n: "constexpr" if n in constexprs else "i32" if n in kernels._SIZES else "*fp32" for n in names}
+    source = ASTSource(kernel, signature, constexprs)
+    assert compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8}).asm["cubin"]
+"""
+
+
+@pytest.mark.skipif(CUDA, reason="a GPU runs the compiled kernels in the tests above")
+def test_compiles_for_a_gpu() -> None:
+    """The interpreter skips Triton's code generation: compile for sm_90 (no GPU needed), in a process without it."""
+    environment = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"TRITON_DEFAULT_FP_FUSION": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", COMPILE_FOR_SM90], env=environment, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
