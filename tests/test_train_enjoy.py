@@ -58,7 +58,7 @@ def test_record_video(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_saves_the_model(tmp_path: Path) -> None:
-    """rl_zoo3 saves on KeyboardInterrupt; a SIGINT once training runs must leave the model on disk."""
+    """rl_zoo3 saves on KeyboardInterrupt; a SIGINT once training runs must leave the model on disk, then exit 130."""
     process = subprocess.Popen(
         [sys.executable, "-u", str(REPO / "train.py"), "--env", ENV, "-n", "1000000", *SHRINK, "--eval-freq", "-1"],
         cwd=tmp_path, env=ONE_THREAD, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -69,5 +69,15 @@ def test_ctrl_c_saves_the_model(tmp_path: Path) -> None:
             break
     process.send_signal(signal.SIGINT)
     out, _ = process.communicate(timeout=120)
-    assert process.returncode == 0, out[-3000:]
+    assert process.returncode == 130, out[-3000:]
     assert (tmp_path / "logs" / "ppo_stpn" / f"{ENV}_1" / f"{ENV}.zip").is_file()
+
+
+def test_env_without_entry_with_a_text_mission(tmp_path: Path) -> None:
+    """MiniGrid (Dict observation: a Text mission, a 7x7 image) trains and replays through the `default` entry."""
+    minigrid = ["--env", "MiniGrid-Empty-5x5-v0", "--gym-packages", "minigrid"]
+    run_script("train.py", *minigrid, "-n", "64", "--eval-freq", "-1",
+               "--hyperparams", "n_envs:1", "n_steps:32", "batch_size:32", "n_epochs:1", cwd=tmp_path)  # fmt: skip
+    assert (tmp_path / "logs" / "ppo_stpn" / "MiniGrid-Empty-5x5-v0_1" / "MiniGrid-Empty-5x5-v0.zip").is_file()
+    out = run_script("enjoy.py", *minigrid, "--no-render", "-n", "20", cwd=tmp_path).stdout
+    assert "STPN energy per step over 20 steps" in out
