@@ -20,7 +20,8 @@ SHRINK = ["--hyperparams", "n_envs:2", "n_steps:64", "batch_size:128", "n_epochs
 
 
 def run_script(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(REPO / script), *args]
+    """Run one of the repository's scripts, or with script "-m" a module, and check that it succeeds."""
+    command = [sys.executable, *(["-m"] if script == "-m" else [str(REPO / script)]), *args]
     result = subprocess.run(command, cwd=cwd, env=ONE_THREAD, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -48,6 +49,11 @@ def test_train_then_enjoy(algo: str, memory: str, tmp_path: Path) -> None:
 
     best = run_script("enjoy.py", "--algo", algo, "--env", ENV, "--no-render", "-n", "50", "--load-best", cwd=tmp_path)
     assert "best_model.zip" in best.stdout
+
+    # rl_zoo3's evaluation plots (seaborn, scipy: the zoo extra) read the run's evaluations
+    plots = ["-m", "rl_zoo3.plots.all_plots", "-a", algo, "-e", ENV, "-f", "logs", "--no-display", "-o", "results"]
+    run_script(*plots, cwd=tmp_path)
+    assert (tmp_path / "results.pkl").is_file()
 
 
 def test_record_video(tmp_path: Path) -> None:
