@@ -9,8 +9,8 @@ STPNf entry's PPO settings (no memory). Only ``n_timesteps`` differs from the co
 
 Each run evaluates the deterministic policy on a separate, single evaluation env (normalisation
 statistics synced from training) at step 0 and evenly through training, and records the actor's
-synaptic energy per step (``sb3_stpn.common.energy``) during the final evaluation. GridMaze-v0
-also gets the random policy and the shortest-path oracle as reference rows.
+synaptic energy per step (``sb3_stpn.common.energy``) during the final evaluation. The mazes also
+get reference rows: the random policy, a memoryless wall-avoider and the shortest-path oracle.
 
 Writes to ``--out``: ``learning.md`` (the table), ``learning.json`` (all curves) and one
 ``<task>.png`` learning-curve plot per task (mean over seeds, shaded +- std).
@@ -35,17 +35,26 @@ from typing import Any
 
 import numpy as np
 
-TASKS = ("CartPoleNoVel-v1", "PendulumNoVel-v1", "GridMaze-v0", "MiniGrid-MemoryS7-v0", "InvertedPendulum-v5")
+TASKS = (
+    "CartPoleNoVel-v1",
+    "PendulumNoVel-v1",
+    "GridMaze9x9-v0",
+    "GridMaze-v0",
+    "MiniGrid-MemoryS7-v0",
+    "InvertedPendulum-v5",
+)
 # Steps per run that fit a shared 2-core machine (a few minutes per run); the configs' n_timesteps are 1e5 to 1e7
 DEFAULT_STEPS = {
     "CartPoleNoVel-v1": 30_000,
     "PendulumNoVel-v1": 40_000,
+    "GridMaze9x9-v0": 1_024_000,
     "GridMaze-v0": 48_000,
     "MiniGrid-MemoryS7-v0": 50_000,
     "InvertedPendulum-v5": 20_000,
 }
 # One rollout of each config (StpnPPO/RecurrentPPO round the budget up to whole rollouts)
 QUICK_STEPS = {"CartPoleNoVel-v1": 256, "PendulumNoVel-v1": 4096, "GridMaze-v0": 1600, "MiniGrid-MemoryS7-v0": 1024}
+QUICK_STEPS["GridMaze9x9-v0"] = 12_800
 QUICK_STEPS["InvertedPendulum-v5"] = 64
 # Policy kwargs that only the STPN policies take (dropped for the memory-less MLP PPO)
 STPN_ONLY_KWARGS = ("stpn_hidden_size", "stpn_kwargs", "enable_critic_stpn", "shared_stpn")
@@ -147,8 +156,15 @@ def seed_band(curves: Sequence[tuple[Sequence[float], Sequence[float]]]) -> tupl
     return grid, stacked.mean(axis=0), stacked.std(axis=0, ddof=1) if len(curves) > 1 else np.zeros_like(grid)
 
 
-def evaluate(model: Any, eval_env: Any, n_episodes: int) -> tuple[float, float | None]:
-    """Mean deterministic episode return on ``eval_env`` (one env) and the actor's mean energy per step (None: no memory)."""
+def evaluate(model: Any, eval_env: Any, n_episodes: int) -> dict[str, float | None]:
+    """
+    Mean episode return of the deterministic and of the sampled policy on ``eval_env`` (one env), and the
+    actor's mean energy per step during the deterministic episodes (None: no memory).
+
+    Both are reported because they tell different things: a near-uniform policy that has learned little
+    may walk into a wall forever when deterministic, which hides learning the sampled policy shows (the
+    paper reports the sampled policy).
+    """
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.vec_env import sync_envs_normalization
 
@@ -163,7 +179,7 @@ def evaluate(model: Any, eval_env: Any, n_episodes: int) -> tuple[float, float |
         energies.append(recorder.last_energy.mean().item())
 
     try:
-        returns, _ = evaluate_policy(
+        deterministic, _ = evaluate_policy(
             model,
             eval_env,
             n_eval_episodes=n_episodes,
@@ -174,11 +190,21 @@ def evaluate(model: Any, eval_env: Any, n_episodes: int) -> tuple[float, float |
     finally:
         if recorder is not None:
             recorder.close()
-    return float(np.mean(returns)), statistics.fmean(energies) if energies else None
+    sampled, _ = evaluate_policy(model, eval_env, n_eval_episodes=n_episodes, deterministic=False, return_episode_rewards=True)
+    return {
+        "return": float(np.mean(deterministic)),
+        "return_sampled": float(np.mean(sampled)),
+        "energy_per_step": statistics.fmean(energies) if energies else None,
+    }
 
 
 def make_curve_callback(eval_env: Any, n_evals: int, n_episodes: int, steps: int) -> Any:
-    """An SB3 callback evaluating at step 0, every ``steps / n_evals`` steps and at the end; results in ``.curve``."""
+    """
+    An SB3 callback evaluating at step 0, every ``steps / n_evals`` steps and at the end; results in ``.curve``.
+
+    Each point also holds ``train_seconds``, the wall time spent so far outside evaluations: the clock of
+    the equal-wall-clock comparison.
+    """
     from stable_baselines3.common.callbacks import BaseCallback
 
     class CurveCallback(BaseCallback):
@@ -186,13 +212,18 @@ def make_curve_callback(eval_env: Any, n_evals: int, n_episodes: int, steps: int
             super().__init__()
             self.curve: list[dict[str, float | None]] = []
             self.next_eval = 0
+            self.eval_seconds = 0.0
+            self.start = time.perf_counter()
 
         def _evaluate(self) -> None:
-            mean_return, energy = evaluate(self.model, eval_env, n_episodes)
-            self.curve.append({"timesteps": self.num_timesteps, "return": mean_return, "energy_per_step": energy})
+            started = time.perf_counter()
+            point = {"timesteps": self.num_timesteps, "train_seconds": started - self.start - self.eval_seconds}
+            self.curve.append({**point, **evaluate(self.model, eval_env, n_episodes)})
+            self.eval_seconds += time.perf_counter() - started
             self.next_eval = self.num_timesteps + max(steps // n_evals, 1)
 
         def _on_training_start(self) -> None:
+            self.start = time.perf_counter()
             self._evaluate()
 
         def _on_step(self) -> bool:
@@ -254,32 +285,23 @@ def run_one(
         "parameters": sum(p.numel() for p in model.policy.parameters() if p.requires_grad),
         "steps": model.num_timesteps,
         "wall_seconds": time.perf_counter() - start,
+        "eval_episodes": n_episodes,
         "curve": callback.curve,
     }
 
 
 def reference_returns(task: str, n_episodes: int, seed: int = 0) -> dict[str, list[float]]:
-    """Episode returns of the random policy and of the shortest-path oracle on GridMaze-v0 (reference rows)."""
-    if task != "GridMaze-v0":
-        return {}
+    """Returns of the maze's reference policies (random, memoryless wall-avoider, shortest-path oracle) on its mazes."""
     import gymnasium as gym
 
-    import sb3_stpn  # noqa: F401  (registers GridMaze-v0)
+    from sb3_stpn.envs import GRID_MAZE_IDS
+    from sb3_stpn.envs.grid_maze_vec import REFERENCE_POLICIES
+    from sb3_stpn.envs.grid_maze_vec import reference_returns as maze_returns
 
-    env = gym.make(task)
-    env.action_space.seed(seed)
-    policies = {"random": lambda: env.action_space.sample(), "oracle": lambda: env.unwrapped.shortest_path_action()}
-    results: dict[str, list[float]] = {}
-    for name, act in policies.items():
-        results[name] = []
-        for episode in range(n_episodes):
-            env.reset(seed=seed + episode)
-            total, done = 0.0, False
-            while not done:
-                _, reward, terminated, truncated, _ = env.step(act())
-                total, done = total + float(reward), terminated or truncated
-            results[name].append(total)
-    return results
+    if task not in GRID_MAZE_IDS:
+        return {}
+    maze_kwargs = gym.spec(task).kwargs
+    return {name: maze_returns(policy, n_episodes, seed, **maze_kwargs) for name, policy in REFERENCE_POLICIES.items()}
 
 
 def model_label(run: dict[str, Any]) -> str:
@@ -293,27 +315,63 @@ def model_label(run: dict[str, Any]) -> str:
     return f"{name} h={run['hidden_size']} ({why})"
 
 
+def _groups(runs: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Runs grouped by task and row label (model and its changes), in the order they came."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["task"], model_label(run)), []).append(run)
+    return groups
+
+
+def _curve(run: dict[str, Any], clock: str = "timesteps", value: str = "return") -> tuple[list[float], list[float]]:
+    return [p[clock] for p in run["curve"]], [p[value] for p in run["curve"]]
+
+
+def equal_time_budget(runs: list[dict[str, Any]], task: str) -> float:
+    """Seconds of training every model of ``task`` got: the smallest mean training time of its rows."""
+    return min(
+        statistics.fmean(run["curve"][-1]["train_seconds"] for run in group)
+        for (t, _), group in _groups(runs).items()
+        if t == task
+    )
+
+
+def area_within(seconds: Sequence[float], returns: Sequence[float], budget: float) -> float:
+    """Mean return over the first ``budget`` seconds of training (the curve cut, interpolated, at ``budget``)."""
+    t, r = np.asarray(seconds, dtype=float), np.asarray(returns, dtype=float)
+    inside = t < budget
+    return area_under_curve([*t[inside], budget], [*r[inside], float(np.interp(budget, t, r))])
+
+
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (task, model): mean +- std over seeds of final return, AUC/steps and energy; mean wall time."""
+    """
+    One row per (task, model): mean +- std over seeds of the final return and of the area under the curve
+    (deterministic and sampled policy), the sampled area within the task's equal-wall-clock budget, energy
+    per step, mean wall time.
+    """
+    budgets = {task: equal_time_budget(runs, task) for task in dict.fromkeys(run["task"] for run in runs)}
     rows = []
-    for task, model in dict.fromkeys((run["task"], run["model"]) for run in runs):
-        group = [run for run in runs if run["task"] == task and run["model"] == model]
-        curves = [([p["timesteps"] for p in run["curve"]], [p["return"] for p in run["curve"]]) for run in group]
+    for (task, label), group in _groups(runs).items():
         energies = [run["curve"][-1]["energy_per_step"] for run in group]
-        rows.append(
-            {
-                "task": task,
-                "model": model,
-                "label": model_label(group[0]),
-                "parameters": group[0]["parameters"],
-                "seeds": len(group),
-                "steps": group[0]["steps"],
-                "final_return": mean_std([r[-1] for _, r in curves]),
-                "auc": mean_std([area_under_curve(t, r) for t, r in curves]),
-                "energy_per_step": mean_std(energies) if None not in energies else None,
-                "wall_seconds": statistics.fmean(run["wall_seconds"] for run in group),
-            }
-        )
+        row = {
+            "task": task,
+            "model": group[0]["model"],
+            "label": label,
+            "parameters": group[0]["parameters"],
+            "seeds": len(group),
+            "steps": group[0]["steps"],
+            "energy_per_step": mean_std(energies) if None not in energies else None,
+            "wall_seconds": statistics.fmean(run["wall_seconds"] for run in group),
+            "equal_time_budget": budgets[task],
+            "auc_equal_time_sampled": mean_std(
+                [area_within(*_curve(run, "train_seconds", "return_sampled"), budgets[task]) for run in group]
+            ),
+        }
+        for value, suffix in (("return", ""), ("return_sampled", "_sampled")):
+            curves = [_curve(run, value=value) for run in group]
+            row["final_return" + suffix] = mean_std([r[-1] for _, r in curves])
+            row["auc" + suffix] = mean_std([area_under_curve(t, r) for t, r in curves])
+        rows.append(row)
     return rows
 
 
@@ -324,42 +382,55 @@ def _pm(value: tuple[float, float] | None, digits: int = 1) -> str:
 def table(rows: list[dict[str, Any]], references: dict[str, dict[str, list[float]]]) -> str:
     """Markdown table of the summary rows, with each task's reference policies (mean ± std over episodes) after it."""
     lines = [
-        "| task | model | params | seeds | steps | final eval return | AUC / steps | energy / step | wall s / run |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| task | model | params | seeds | steps | final return (sampled) | final return (deterministic) "
+        "| AUC / steps (sampled) | AUC / steps (deterministic) | AUC within equal wall-clock (sampled) | energy / step "
+        "| wall s / run |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for task in dict.fromkeys(row["task"] for row in rows):
         for row in (row for row in rows if row["task"] == task):
             lines.append(
                 f"| {task} | {row['label']} | {row['parameters']} | {row['seeds']} | {row['steps']} "
-                f"| {_pm(row['final_return'])} | {_pm(row['auc'])} | {_pm(row['energy_per_step'], 2)} "
-                f"| {row['wall_seconds']:.0f} |"
+                f"| {_pm(row['final_return_sampled'])} | {_pm(row['final_return'])} | {_pm(row['auc_sampled'])} "
+                f"| {_pm(row['auc'])} | {_pm(row['auc_equal_time_sampled'])} (first {row['equal_time_budget']:.0f} s) "
+                f"| {_pm(row['energy_per_step'], 2)} | {row['wall_seconds']:.0f} |"
             )
         for name, returns in references.get(task, {}).items():
             lines.append(
-                f"| {task} | {name} policy (reference, {len(returns)} episodes) | | | | {_pm(mean_std(returns))} | | | |"
+                f"| {task} | {name} policy (reference, {len(returns)} episodes) | | | | {_pm(mean_std(returns))} | | | | | | |"
             )
     return "\n".join(lines)
 
 
 def plot(task: str, runs: list[dict[str, Any]], references: dict[str, list[float]], path: Path) -> None:
-    """Learning curves of ``task``: mean eval return over seeds per model, shaded +- std, references dashed."""
+    """
+    Learning curves of ``task``, mean over seeds per model shaded +- std, references dashed: sampled and
+    deterministic eval return against env steps, and sampled return against training wall time.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(5.5, 3.4), dpi=80)
-    for model in dict.fromkeys(run["model"] for run in runs if run["task"] == task):
-        group = [run for run in runs if run["task"] == task and run["model"] == model]
-        curves = [([p["timesteps"] for p in run["curve"]], [p["return"] for p in run["curve"]]) for run in group]
-        grid, mean, std = seed_band(curves)
-        (line,) = axes.plot(grid, mean, label=model_label(group[0]))
-        axes.fill_between(grid, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-    for name, returns in references.items():
-        axes.axhline(statistics.fmean(returns), linestyle="--", color="grey" if name == "random" else "black", label=name)
-    axes.set(title=f"{task} (deterministic eval, mean ± std over seeds)", xlabel="env steps", ylabel="eval return")
-    axes.title.set_fontsize(9)
-    axes.legend(fontsize=7)
+    panels = (
+        ("timesteps", "return_sampled", "sampled policy", "env steps"),
+        ("timesteps", "return", "deterministic policy", "env steps"),
+        ("train_seconds", "return_sampled", "sampled policy, equal wall-clock", "training seconds"),
+    )
+    figure, all_axes = plt.subplots(1, len(panels), figsize=(15, 3.6), dpi=80, sharey=True)
+    for axes, (clock, value, title, xlabel) in zip(all_axes, panels, strict=True):
+        for (group_task, label), group in _groups(runs).items():
+            if group_task != task:
+                continue
+            grid, mean, std = seed_band([_curve(run, clock, value) for run in group])
+            (line,) = axes.plot(grid, mean, label=label)
+            axes.fill_between(grid, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        for name, returns in references.items():
+            color = {"random": "grey", "oracle": "black"}.get(name, "tab:brown")
+            axes.axhline(statistics.fmean(returns), linestyle="--", color=color, label=name)
+        axes.set(title=f"{task}: {title}", xlabel=xlabel, ylabel="eval return (mean ± std over seeds)")
+        axes.title.set_fontsize(9)
+    all_axes[0].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
@@ -387,10 +458,42 @@ def parse_changes(values: list[str] | None) -> dict[str, Any]:
     return changes
 
 
+RUNS_FILE = "runs.jsonl"
+
+
+def write_report(runs: list[dict[str, Any]], out: Path, header: str, settings: dict[str, Any]) -> str:
+    """Print and write the table (``learning.md``), all curves (``learning.json``) and one plot per task."""
+    tasks = list(dict.fromkeys(run["task"] for run in runs))
+    n_reference = max(50, max(run.get("eval_episodes", 0) for run in runs))
+    references = {task: refs for task in tasks if (refs := reference_returns(task, n_reference))}
+    rows = summarise(runs)
+    text = table(rows, references)
+    print(f"\n{header}\n\n{text}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "learning.md").write_text(text + "\n")
+    for task in tasks:
+        plot(task, runs, references.get(task, {}), out / f"{task}.png")
+    report = {**settings, "table": text, "rows": rows, "references": references, "runs": runs}
+    (out / "learning.json").write_text(json.dumps(report, indent=1))
+    return text
+
+
+def read_runs(folders: Sequence[Path]) -> list[dict[str, Any]]:
+    """The runs recorded in ``runs.jsonl`` of each folder, in order."""
+    runs = []
+    for folder in folders:
+        path = folder / RUNS_FILE
+        if not path.is_file():
+            raise SystemExit(f"--report: {path} not found; pass folders that a benchmark run wrote (its --out)")
+        runs += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return runs
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=None, help="tasks (default: all)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per model (default 3, --quick 1)")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ...")
     parser.add_argument("--steps", nargs="+", default=None, help="steps per run: N for all tasks or TASK=N pairs")
     parser.add_argument("--models", nargs="+", choices=list(VARIANTS), default=None, help="models (default: all of a task's)")
     parser.add_argument(
@@ -405,8 +508,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-episodes", type=int, default=None, help="episodes per evaluation (default 5, --quick 1)")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (1 torch thread each)")
     parser.add_argument("--quick", action="store_true", help="one seed, one rollout per run: checks the script works")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for learning.md, learning.json and PNGs")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"folder for {RUNS_FILE} (each run as it ends), learning.md/json, PNGs"
+    )
+    parser.add_argument(
+        "--report", nargs="+", type=Path, default=None, metavar="FOLDER",
+        help=f"train nothing: rebuild the table and plots in --out from the {RUNS_FILE} of these folders (merged)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    settings: dict[str, Any] = {"argv": sys.argv[1:] if argv is None else argv}
+    if args.report:
+        write_report(read_runs(args.report), args.out, f"Runs of {', '.join(map(str, args.report))}", settings)
+        return
 
     tasks = args.tasks or list(TASKS)
     seeds = args.seeds or (1 if args.quick else 3)
@@ -417,46 +530,35 @@ def main(argv: list[str] | None = None) -> None:
     jobs = [
         (task, variant.key, seed, steps[task], n_evals, n_episodes, stpn_changes)
         for task in tasks
-        for seed in range(seeds)
+        for seed in range(args.first_seed, args.first_seed + seeds)
         for variant in variants_for(task)
         if args.models is None or variant.key in args.models
     ]
+    args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     runs = []
     with (
         ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"))
         if args.jobs > 1
-        else contextlib.nullcontext() as pool
+        else contextlib.nullcontext() as pool,
+        (args.out / RUNS_FILE).open("a") as runs_file,
     ):
-        # Printed as each run (in order) finishes, so that a long benchmark shows its progress
+        # Printed and saved as each run (in order) finishes, so that a long benchmark shows its progress
+        # and a stopped one keeps what it finished (--report rebuilds the table from it)
         for run in (pool.map if pool else map)(run_one, *zip(*jobs, strict=True)):
             final = run["curve"][-1]
             print(
-                f"{run['task']} {run['model']} seed {run['seed']}: return {final['return']:.1f}, {run['wall_seconds']:.0f} s",
+                f"{run['task']} {run['model']} seed {run['seed']}: return {final['return_sampled']:.1f} sampled, "
+                f"{final['return']:.1f} deterministic, {run['wall_seconds']:.0f} s",
                 flush=True,
             )
+            runs_file.write(json.dumps(run) + "\n")
+            runs_file.flush()
             runs.append(run)
-    references = {task: reference_returns(task, n_episodes * seeds) for task in tasks}
-    references = {task: refs for task, refs in references.items() if refs}
-    rows = summarise(runs)
-    text = table(rows, references)
     total = time.perf_counter() - start
-    print(f"\nStpnPPO vs RecurrentPPO, zoo configs, {seeds} seed(s), {args.jobs} job(s), {total:.0f} s in all\n")
-    print(text)
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "learning.md").write_text(text + "\n")
-    for task in tasks:
-        plot(task, runs, references.get(task, {}), args.out / f"{task}.png")
-    report = {
-        "argv": sys.argv[1:] if argv is None else argv,
-        "seeds": seeds,
-        "eval_episodes": n_episodes,
-        "steps": steps,
-        "total_seconds": total,
-    }
-    report.update(table=text, rows=rows, references=references, runs=runs)
-    (args.out / "learning.json").write_text(json.dumps(report, indent=1))
+    header = f"StpnPPO vs RecurrentPPO, zoo configs, {seeds} seed(s), {args.jobs} job(s), {total:.0f} s in all"
+    settings.update(seeds=seeds, eval_episodes=n_episodes, steps=steps, total_seconds=total)
+    write_report(runs, args.out, header, settings)
 
 
 if __name__ == "__main__":

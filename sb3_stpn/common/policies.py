@@ -32,8 +32,9 @@ class StpnActorCriticPolicy(RecurrentActorCriticPolicy):
     :param shared_stpn: One STPN for actor and critic (the critic's gradient does not reach it).
     :param enable_critic_stpn: A separate STPN for the critic (the default, as for the LSTM).
         With neither, the critic sees the features through a linear layer.
-    :param stpn_kwargs: Passed to :class:`~sb3_stpn.STPN` (``recurrent``, ``normalize``, ``clamp``,
-        ``scalar_plasticity``, ``plastic_bias``, ``rule``, ``lambda_init``, ``gamma_init``).
+    :param stpn_kwargs: Passed to :class:`~sb3_stpn.STPN` (``recurrent``, ``normalize``, ``norm_time``,
+        ``norm_gain``, ``clamp``, ``scalar_plasticity``, ``plastic_bias``, ``rule``, ``lambda_init``,
+        ``gamma_init``).
     """
 
     def __init__(

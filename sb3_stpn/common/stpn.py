@@ -16,6 +16,7 @@ from torch import nn
 from sb3_stpn.common.stpn_kernel import StpnConfig, stpn_sequence
 
 PlasticityRule = Literal["hebbian", "oja"]
+NormTime = Literal["pre", "post"]
 StpnState = tuple[th.Tensor, th.Tensor]
 
 
@@ -28,12 +29,19 @@ class STPN(nn.Module):
     :param recurrent: STPNr (default) feeds the previous output back as presynaptic input,
         ``z_t = [x_t, h_{t-1}]``; ``False`` gives the feed-forward STPNf, ``z_t = x_t``.
     :param normalize: Divide each neuron's efficacies by their L2 norm (the paper's default).
+    :param norm_time: When ``F`` is divided by the norm (with ``normalize`` only). ``"pre"`` (default;
+        the paper's ART, Pong and most ablations): the old ``F`` is divided by ``n_t = ||W + F_{t-1}||``
+        before the Hebbian term is added. ``"post"`` (the paper's maze): the new ``F`` is divided by its
+        own norm after the update and the clamp, ``F_t = F' / ||W + F'||``, so ``W + F_t`` keeps a bounded norm.
+    :param norm_gain: Learn a per-neuron gain ``norm_gain`` (H,), initialised to 1, that multiplies the
+        norm wherever it is used (the drive and the division of ``F``), so that a neuron's drive is no
+        longer bounded by ``||z_t||`` (with ``normalize`` only; the paper's ``learn_weight_norm``, off by default).
     :param clamp: If set, clamp ``F`` to ``[-clamp, clamp]`` after every update.
     :param scalar_plasticity: One scalar ``weight_lambda`` and ``weight_gamma`` for the whole
         layer instead of one per synapse (the paper's scalar-STP ablation).
     :param plastic_bias: Give the bias a fast component with its own ``bias_lambda`` and
         ``bias_gamma``. It is carried as one extra last column of ``F``, so the state keeps
-        two tensors; it is not part of the normalisation.
+        two tensors; it is never part of a norm.
     :param rule: ``"hebbian"``: dF = h z^T; ``"oja"``: dF = h (z - F^T h)^T.
     :param lambda_init: Bounds of the uniform initialisation of ``weight_lambda``.
     :param gamma_init: ``weight_gamma`` is drawn from U(-a, a) with a = gamma_init / sqrt(H).
@@ -45,6 +53,8 @@ class STPN(nn.Module):
         hidden_size: int,
         recurrent: bool = True,
         normalize: bool = True,
+        norm_time: NormTime = "pre",
+        norm_gain: bool = False,
         clamp: float | None = None,
         scalar_plasticity: bool = False,
         plastic_bias: bool = False,
@@ -57,12 +67,15 @@ class STPN(nn.Module):
             raise ValueError(f"STPN sizes must be positive, got input_size={input_size}, hidden_size={hidden_size}")
         if rule not in ("hebbian", "oja"):
             raise ValueError(f"Unknown plasticity rule {rule!r}: use 'hebbian' or 'oja'")
+        if norm_time not in ("pre", "post"):
+            raise ValueError(f"Unknown norm_time {norm_time!r}: use 'pre' or 'post'")
         if clamp is not None and clamp <= 0:
             raise ValueError(f"clamp must be positive or None, got {clamp}")
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.recurrent = recurrent
         self.normalize = normalize
+        self.norm_time = norm_time
         self.clamp = clamp
         self.scalar_plasticity = scalar_plasticity
         self.plastic_bias = plastic_bias
@@ -83,6 +96,7 @@ class STPN(nn.Module):
             bias_plasticity_shape = () if scalar_plasticity else (hidden_size,)
             self.bias_lambda = nn.Parameter(th.empty(bias_plasticity_shape))
             self.bias_gamma = nn.Parameter(th.empty(bias_plasticity_shape))
+        self.norm_gain = nn.Parameter(th.empty(hidden_size)) if norm_gain else None
         self.reset_parameters()
 
     @property
@@ -97,13 +111,17 @@ class STPN(nn.Module):
 
     @property
     def config(self) -> StpnConfig:
-        return StpnConfig(recurrent=self.recurrent, normalize=self.normalize, clamp=self.clamp, rule=self.rule)
+        return StpnConfig(
+            recurrent=self.recurrent, normalize=self.normalize, clamp=self.clamp, rule=self.rule, norm_time=self.norm_time
+        )
 
     def reset_parameters(self) -> None:
         """The paper's initialisation (see the table in ``shared/STPN.md``)."""
         bound = 1.0 / math.sqrt(self.hidden_size)
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
+        if self.norm_gain is not None:
+            nn.init.ones_(self.norm_gain)
         plasticity = [(self.weight_lambda, self.weight_gamma)]
         if self.plastic_bias:
             plasticity.append((self.bias_lambda, self.bias_gamma))
@@ -153,6 +171,7 @@ class STPN(nn.Module):
             bias_plasticity,
             self.config,
             self.record_energy,
+            norm_gain=self.norm_gain,
         )
         self.last_energy = energy
         return outputs, (h, fast)
@@ -160,6 +179,10 @@ class STPN(nn.Module):
     def extra_repr(self) -> str:
         variant = "STPNr" if self.recurrent else "STPNf"
         options = [f"{self.input_size}, {self.hidden_size}", variant, f"normalize={self.normalize}", f"rule={self.rule}"]
+        if self.normalize and self.norm_time != "pre":
+            options.append(f"norm_time={self.norm_time!r}")
+        if self.norm_gain is not None:
+            options.append("norm_gain=True")
         if self.clamp is not None:
             options.append(f"clamp={self.clamp}")
         if self.scalar_plasticity:

@@ -62,6 +62,14 @@ class StpnConfig:
     normalize: bool = True
     clamp: float | None = None
     rule: str = "hebbian"
+    # "pre": divide F_{t-1} by n_t before the Hebbian term; "post": divide the new F by its own norm
+    norm_time: str = "pre"
+
+
+def row_norm(efficacy: th.Tensor, norm_gain: th.Tensor | None) -> th.Tensor:
+    """n = g * (||efficacy||_2 over K + eps), per row and sample; g = 1 without a learned gain."""
+    norm = th.linalg.vector_norm(efficacy, dim=-1) + NORM_EPS
+    return norm if norm_gain is None else norm * norm_gain
 
 
 def stpn_step(
@@ -75,9 +83,10 @@ def stpn_step(
     bias_plasticity: tuple[th.Tensor, th.Tensor] | None,
     config: StpnConfig,
     record_energy: bool = False,
+    norm_gain: th.Tensor | None = None,
 ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
     """
-    One step of the STPN: ``x`` (B, I), ``h`` (B, H), ``fast`` (B, H, K[+1]).
+    One step of the STPN: ``x`` (B, I), ``h`` (B, H), ``fast`` (B, H, K[+1]), ``norm_gain`` (H,) or None.
 
     :return: the new ``h``, the new ``F`` and, if asked, the energy per sample (B,).
     """
@@ -86,12 +95,13 @@ def stpn_step(
     synaptic_fast = fast[..., :presynaptic]
     efficacy = weight + synaptic_fast
     drive = th.bmm(efficacy, z.unsqueeze(-1)).squeeze(-1)
+    post_norm = config.normalize and config.norm_time == "post"
+    decayed = synaptic_fast
     if config.normalize:
-        norm = th.linalg.vector_norm(efficacy, dim=-1) + NORM_EPS
+        norm = row_norm(efficacy, norm_gain)
         drive = drive / norm
-        decayed = synaptic_fast / norm.unsqueeze(-1)
-    else:
-        decayed = synaptic_fast
+        if not post_norm:
+            decayed = synaptic_fast / norm.unsqueeze(-1)
     drive = drive + bias
     if bias_plasticity is not None:
         drive = drive + fast[..., presynaptic]
@@ -102,19 +112,23 @@ def stpn_step(
     else:
         presynaptic_trace = z
     fast_new = weight_lambda * decayed + weight_gamma * (h_new.unsqueeze(-1) * presynaptic_trace.unsqueeze(1))
+    if config.clamp is not None:
+        fast_new = fast_new.clamp(-config.clamp, config.clamp)
+    if post_norm:
+        fast_new = fast_new / row_norm(weight + fast_new, norm_gain).unsqueeze(-1)
     if bias_plasticity is not None:
         bias_lambda, bias_gamma = bias_plasticity
         fast_bias = bias_lambda * fast[..., presynaptic] + bias_gamma * h_new
+        if config.clamp is not None:
+            fast_bias = fast_bias.clamp(-config.clamp, config.clamp)
         fast_new = th.cat([fast_new, fast_bias.unsqueeze(-1)], dim=-1)
-    if config.clamp is not None:
-        fast_new = fast_new.clamp(-config.clamp, config.clamp)
 
     energy = None
     if record_energy:
         with th.no_grad():
             magnitude = efficacy.abs()
             if config.normalize:
-                magnitude = magnitude / norm.unsqueeze(-1)
+                magnitude = magnitude / norm.abs().unsqueeze(-1)
             energy = (magnitude * z.square().unsqueeze(1)).sum(dim=(1, 2))
     return h_new, fast_new, energy
 
@@ -131,6 +145,7 @@ def stpn_sequence_reference(
     bias_plasticity: tuple[th.Tensor, th.Tensor] | None,
     config: StpnConfig,
     record_energy: bool = False,
+    norm_gain: th.Tensor | None = None,
 ) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor | None]:
     """
     Run the STPN over ``x`` (T, B, I) from state ``(h0, fast0)``, one autograd-recorded step at a time.
@@ -147,7 +162,7 @@ def stpn_sequence_reference(
             h = h * keep.unsqueeze(-1)
             fast = fast * keep.view(-1, 1, 1)
         h_new, fast, energy = stpn_step(
-            x[t], h, fast, weight, bias, weight_lambda, weight_gamma, bias_plasticity, config, record_energy
+            x[t], h, fast, weight, bias, weight_lambda, weight_gamma, bias_plasticity, config, record_energy, norm_gain
         )
         # STPNf has no recurrent input: its carried h is just the last output
         h = h_new
@@ -182,7 +197,7 @@ def _torch_forward(
     every: int,
 ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None, th.Tensor]:
     """The reference loop, segment by segment, keeping F at each segment start (none if ``every`` is 0)."""
-    weight, bias, weight_lambda, weight_gamma, bias_lambda, bias_gamma = params
+    weight, bias, weight_lambda, weight_gamma, bias_lambda, bias_gamma, norm_gain = params
     bias_plasticity = None if bias_lambda is None else (bias_lambda, bias_gamma)
     steps = x.shape[0]
     every = every or steps
@@ -203,11 +218,26 @@ def _torch_forward(
             bias_plasticity,
             config,
             record_energy,
+            norm_gain,
         )
         outputs.append(out)
         energies.append(energy)
     energy = th.cat(energies) if record_energy else None
     return th.cat(outputs), fast, energy, th.stack(checkpoints)
+
+
+def _norm_backward(
+    d_norm: th.Tensor, efficacy: th.Tensor, raw_norm: th.Tensor, norm_gain: th.Tensor | None, grads: list
+) -> th.Tensor:
+    """
+    Through n = g * (||efficacy|| + eps): the gradient of ``efficacy`` given that of n, adding g's to ``grads``.
+
+    ``raw_norm`` is ||efficacy|| without eps; its gradient efficacy / ||efficacy|| is zero for a zero row, as in torch.
+    """
+    if norm_gain is not None:
+        grads[6] += (d_norm * (raw_norm + NORM_EPS)).sum(0)
+        d_norm = d_norm * norm_gain
+    return th.where(raw_norm > 0, d_norm / raw_norm, 0.0).unsqueeze(-1) * efficacy
 
 
 def _torch_step_backward(
@@ -217,17 +247,17 @@ def _torch_step_backward(
     d_fast: th.Tensor,
     dh: th.Tensor,
     params: tuple[th.Tensor | None, ...],
-    grads: list[th.Tensor],
+    grads: list[th.Tensor | None],
     config: StpnConfig,
 ) -> tuple[th.Tensor, th.Tensor]:
     """
     Hand-derived backward of ``stpn_step`` for a batch: ``fast`` is F entering the step (after a reset).
 
     :param d_fast: gradient of F after the step; ``dh``: the whole gradient of the step's output ``h``.
-    :param grads: the parameter gradients, accumulated in place.
+    :param grads: the parameter gradients (None for absent parameters), accumulated in place.
     :return: the gradients of ``z`` and of F entering the step.
     """
-    weight, _, weight_lambda, weight_gamma, bias_lambda, bias_gamma = params
+    weight, _, weight_lambda, weight_gamma, bias_lambda, bias_gamma, norm_gain = params
     presynaptic = z.shape[-1]
     synaptic = fast[..., :presynaptic]
     d_new = d_fast[..., :presynaptic]
@@ -235,21 +265,37 @@ def _torch_step_backward(
     h_col = h.unsqueeze(-1)
     trace = z - th.bmm(h.unsqueeze(1), synaptic).squeeze(1) if config.rule == "oja" else z
     trace_row = trace.unsqueeze(1)
+    post_norm = config.normalize and config.norm_time == "post"
+    decayed = synaptic
     if config.normalize:
-        norm = th.linalg.vector_norm(efficacy, dim=-1)
-        inv_norm = 1.0 / (norm + NORM_EPS)
-        decayed = synaptic * inv_norm.unsqueeze(-1)
-    else:
-        decayed = synaptic
+        raw_norm = th.linalg.vector_norm(efficacy, dim=-1)
+        inv_norm = 1.0 / (raw_norm + NORM_EPS)
+        if norm_gain is not None:
+            inv_norm = inv_norm / norm_gain
+        if not post_norm:
+            decayed = synaptic * inv_norm.unsqueeze(-1)
+    updated = weight_lambda * decayed + weight_gamma * h_col * trace_row
+    if post_norm:
+        # Through F_t = P / m with P the (clamped) update and m = g * (||W + P|| + eps)
+        clamped = updated if config.clamp is None else updated.clamp(-config.clamp, config.clamp)
+        new_efficacy = weight + clamped
+        new_raw_norm = th.linalg.vector_norm(new_efficacy, dim=-1)
+        inv_new_norm = 1.0 / (new_raw_norm + NORM_EPS)
+        if norm_gain is not None:
+            inv_new_norm = inv_new_norm / norm_gain
+        d_new_norm = -(d_new * clamped).sum(-1) * inv_new_norm.square()
+        d_new_efficacy = _norm_backward(d_new_norm, new_efficacy, new_raw_norm, norm_gain, grads)
+        grads[0] += d_new_efficacy.sum(0)
+        d_new = d_new * inv_new_norm.unsqueeze(-1) + d_new_efficacy
     if config.clamp is not None:
-        d_new = d_new * ((weight_lambda * decayed + weight_gamma * h_col * trace_row).abs() <= config.clamp)
+        d_new = d_new * (updated.abs() <= config.clamp)
     grads[2] += (d_new * decayed).sum(0)
     grads[3] += (d_new * h_col * trace_row).sum(0)
     d_gamma_new = d_new * weight_gamma
     d_trace = (d_gamma_new * h_col).sum(1)
     dh = dh + (d_gamma_new * trace_row).sum(-1)
     d_synaptic = d_new * weight_lambda
-    if config.normalize:
+    if config.normalize and not post_norm:
         d_synaptic = d_synaptic * inv_norm.unsqueeze(-1)
     if config.rule == "oja":
         d_synaptic = d_synaptic - h_col * d_trace.unsqueeze(1)
@@ -269,9 +315,9 @@ def _torch_step_backward(
     if config.normalize:
         drive = th.bmm(efficacy, z.unsqueeze(-1)).squeeze(-1)
         d_raw = d_drive * inv_norm
-        d_norm = -((d_new * weight_lambda * synaptic).sum(-1) + d_drive * drive) * inv_norm.square()
-        # The gradient of ||G|| is G / ||G||, zero for a zero row as in torch
-        d_efficacy = th.where(norm > 0, d_norm / norm, 0.0).unsqueeze(-1) * efficacy
+        d_decayed_norm = 0.0 if post_norm else (d_new * weight_lambda * synaptic).sum(-1)
+        d_norm = -(d_decayed_norm + d_drive * drive) * inv_norm.square()
+        d_efficacy = _norm_backward(d_norm, efficacy, raw_norm, norm_gain, grads)
     d_efficacy = d_efficacy + d_raw.unsqueeze(-1) * z.unsqueeze(1)
     grads[0] += d_efficacy.sum(0)
     d_synaptic = d_synaptic + d_efficacy
@@ -295,10 +341,10 @@ def _torch_backward(
     d_fast: th.Tensor,
 ) -> tuple[th.Tensor | None, ...]:
     """BPTT with torch ops: per segment, recompute the states entering its steps, then walk it in reverse."""
-    weight, bias, weight_lambda, weight_gamma, bias_lambda, bias_gamma = params
+    weight, bias, weight_lambda, weight_gamma, bias_lambda, bias_gamma, norm_gain = params
     bias_plasticity = None if bias_lambda is None else (bias_lambda, bias_gamma)
     steps, _, inputs = x.shape
-    grads = [th.zeros_like(p) for p in params if p is not None]
+    grads = [None if p is None else th.zeros_like(p) for p in params]
     dx = th.empty_like(x)
     dh_carry = th.zeros_like(h0)
     keep = None if starts is None else (1.0 - starts).unsqueeze(-1)
@@ -319,7 +365,16 @@ def _torch_backward(
             states.append(fast)
             if t + 1 < t1:
                 _, fast, _ = stpn_step(
-                    x[t], step_input(t)[1], fast, weight, bias, weight_lambda, weight_gamma, bias_plasticity, config
+                    x[t],
+                    step_input(t)[1],
+                    fast,
+                    weight,
+                    bias,
+                    weight_lambda,
+                    weight_gamma,
+                    bias_plasticity,
+                    config,
+                    norm_gain=norm_gain,
                 )
         for t in reversed(range(t0, t1)):
             z, _ = step_input(t)
@@ -331,8 +386,6 @@ def _torch_backward(
             if keep is not None:
                 d_fast = d_fast * keep[t].unsqueeze(-1)
                 dh_carry = dh_carry * keep[t]
-    if bias_lambda is None:
-        grads += [None, None]
     return (dx, dh_carry, d_fast, *grads)
 
 
@@ -419,8 +472,9 @@ def _ninja_on_path() -> Iterator[None]:
         os.environ["PATH"] = path
 
 
-def _cpp_flags(config: StpnConfig) -> tuple[bool, bool, bool, float]:
-    return config.recurrent, config.normalize, config.rule == "oja", -1.0 if config.clamp is None else float(config.clamp)
+def _cpp_flags(config: StpnConfig) -> tuple[bool, bool, bool, bool, float]:
+    clamp = -1.0 if config.clamp is None else float(config.clamp)
+    return config.recurrent, config.normalize, config.rule == "oja", config.norm_time == "post", clamp
 
 
 def _cpp_forward(
@@ -452,9 +506,8 @@ def _cpp_backward(
     d_fast: th.Tensor,
 ) -> tuple[th.Tensor | None, ...]:
     grads = _cpp_ops().backward(x, h0, starts, checkpoints, outputs, *params, *_cpp_flags(config), every, d_outputs, d_fast)
-    if params[4] is None:
-        grads[-2:] = [None, None]
-    return tuple(grads)
+    # The kernel returns an empty tensor for each absent parameter (bias lambda and gamma, norm gain)
+    return tuple(grads[:3]) + tuple(None if p is None else g for p, g in zip(params, grads[3:], strict=True))
 
 
 BACKENDS = {
@@ -532,19 +585,31 @@ def stpn_sequence(
     bias_plasticity: tuple[th.Tensor, th.Tensor] | None,
     config: StpnConfig,
     record_energy: bool = False,
+    norm_gain: th.Tensor | None = None,
 ) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor | None]:
     """
     Run the STPN over ``x`` (T, B, I) from state ``(h0, fast0)`` on the path chosen by :func:`kernel_choice`.
 
-    ``episode_starts`` (T, B) zeroes the state of a row before the step it marks. Same results and
-    gradients as :func:`stpn_sequence_reference`.
+    ``episode_starts`` (T, B) zeroes the state of a row before the step it marks; ``norm_gain`` (H,) scales
+    the row norms (None: no gain). Same results and gradients as :func:`stpn_sequence_reference`.
 
     :return: outputs (T, B, H), final ``h``, final ``F`` and, if asked, energy (T, B).
     """
     choice = kernel_choice(x)
     if choice == "reference":
         return stpn_sequence_reference(
-            x, h0, fast0, episode_starts, weight, bias, weight_lambda, weight_gamma, bias_plasticity, config, record_energy
+            x,
+            h0,
+            fast0,
+            episode_starts,
+            weight,
+            bias,
+            weight_lambda,
+            weight_gamma,
+            bias_plasticity,
+            config,
+            record_energy,
+            norm_gain,
         )
     bias_lambda, bias_gamma = (None, None) if bias_plasticity is None else bias_plasticity
     # Scalar plasticity is broadcast here, so that autograd sums its gradient. Rollouts call this once
@@ -556,6 +621,7 @@ def stpn_sequence(
         _broadcast(weight_gamma, weight),
         None if bias_lambda is None else _broadcast(bias_lambda, bias),
         None if bias_gamma is None else _broadcast(bias_gamma, bias),
+        norm_gain,
     )
     starts = None if episode_starts is None else episode_starts.to(x.dtype)
     backend = BACKENDS[choice]

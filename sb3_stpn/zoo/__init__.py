@@ -2,7 +2,8 @@
 
 rl_zoo3 looks algorithms up by name in ``ALGOS`` (train, enjoy, record_video), Optuna samplers in
 ``HYPERPARAMS_SAMPLER`` and trial converters in ``HYPERPARAMS_CONVERTER``; ``ppo_stpn`` is added
-to all three. Importing ``sb3_stpn`` also registers ``GridMaze-v0``.
+to all three, and ``ppo_lstm`` gets the matching learning-rate space (see ``hyperparams_opt``), so
+that both memory models are tuned alike. Importing ``sb3_stpn`` also registers ``GridMaze-v0``.
 """
 
 from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER
@@ -10,10 +11,17 @@ from rl_zoo3.utils import ALGOS
 
 from sb3_stpn import StpnPPO
 from sb3_stpn.zoo.exp_manager import CONFIG_DIR, StpnExperimentManager, ZooError
-from sb3_stpn.zoo.hyperparams_opt import convert_ppo_stpn_params, sample_ppo_stpn_params
+from sb3_stpn.zoo.hyperparams_opt import (
+    convert_ppo_lstm_params,
+    convert_ppo_stpn_params,
+    sample_ppo_lstm_params,
+    sample_ppo_stpn_params,
+)
 
 ALGOS["ppo_stpn"] = StpnPPO
 HYPERPARAMS_SAMPLER["ppo_stpn"] = sample_ppo_stpn_params
 HYPERPARAMS_CONVERTER["ppo_stpn"] = convert_ppo_stpn_params
+HYPERPARAMS_SAMPLER["ppo_lstm"] = sample_ppo_lstm_params
+HYPERPARAMS_CONVERTER["ppo_lstm"] = convert_ppo_lstm_params
 
 __all__ = ["CONFIG_DIR", "StpnExperimentManager", "ZooError"]

@@ -6,6 +6,7 @@
   built, so a typo gives one line naming the key instead of a traceback from deep inside SB3.
 - Every environment is wrapped to stop on NaN/inf observations or actions instead of silently
   training on them.
+- GridMaze ids step their ``n_envs`` mazes in one vectorised :class:`~sb3_stpn.envs.GridMazeVecEnv`.
 - Recurrent PPO runs (``ppo_stpn``, ``ppo_lstm``) log energy and plasticity diagnostics
   (:class:`~sb3_stpn.common.callbacks.StpnDiagnosticsCallback`).
 - ``policy: auto`` also adds :func:`~sb3_stpn.zoo.wrappers.fit_observation_to_sb3` to the env
@@ -28,6 +29,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import gymnasium as gym
+import optuna
+import rl_zoo3.exp_manager
 import yaml
 from gymnasium import spaces
 from rl_zoo3.exp_manager import ExperimentManager
@@ -39,6 +43,8 @@ from stable_baselines3.common.vec_env import VecCheckNan, VecEnv
 
 from sb3_stpn.common.callbacks import StpnDiagnosticsCallback
 from sb3_stpn.common.stpn import STPN
+from sb3_stpn.envs import GRID_MAZE_IDS, make_grid_maze_vec_env
+from sb3_stpn.zoo.hyperparams_opt import tuning_entry
 
 AUTO_POLICY = "auto"
 # The env wrapper ``policy: auto`` adds (rl_zoo3 imports wrappers by name, also in enjoy from the saved config)
@@ -256,7 +262,45 @@ class StpnExperimentManager(ExperimentManager):
             self.callbacks.insert(0, StpnDiagnosticsCallback())
 
     def create_envs(self, n_envs: int, eval_env: bool = False, no_log: bool = False) -> VecEnv:
+        if self.env_name.gym_id in GRID_MAZE_IDS and self.env_wrapper is None:
+            return VecCheckFinite(self._create_grid_maze_envs(n_envs, eval_env, no_log))
         return VecCheckFinite(super().create_envs(n_envs, eval_env, no_log))
+
+    def _create_grid_maze_envs(self, n_envs: int, eval_env: bool, no_log: bool) -> VecEnv:
+        """rl_zoo3's envs, with the ``n_envs`` mazes in one :class:`GridMazeVecEnv` instead of a DummyVecEnv.
+
+        rl_zoo3 hands ``self.vec_env_class`` the per-env constructors, then seeds, normalises and wraps what it returns;
+        swapping in a class that builds the vectorised mazes (options from the registered spec and env_kwargs, episodes
+        logged to rl_zoo3's monitor file) keeps all of that. (Gym ``env_wrapper``s need single envs: those runs stay on
+        rl_zoo3's path.)
+        """
+        maze_kwargs = {**gym.spec(self.env_name.gym_id).kwargs, **(self.eval_env_kwargs if eval_env else self.env_kwargs)}
+        monitor_dir = None if eval_env or no_log else self.save_path
+
+        def grid_maze_vec_env(env_fns: list, **_vec_env_kwargs: Any) -> VecEnv:
+            return make_grid_maze_vec_env(len(env_fns), monitor_dir=monitor_dir, **maze_kwargs)
+
+        vec_env_class, self.vec_env_class = self.vec_env_class, grid_maze_vec_env
+        try:
+            return super().create_envs(n_envs, eval_env, no_log)
+        finally:
+            self.vec_env_class = vec_env_class
+
+    def objective(self, trial: optuna.Trial) -> float:
+        # The ppo_stpn/ppo_lstm spaces tune the memory on top of the entry: they merge into its policy_kwargs
+        with tuning_entry(self._hyperparams.get("policy_kwargs") or {}):
+            return super().objective(trial)
+
+    def load_trial(self, storage: str, study_name: str, trial_id: int | None = None, convert: bool = True) -> dict[str, Any]:
+        # --trial-id: the trial's options merged into the entry's policy_kwargs, as when the trial ran
+        params = super().load_trial(storage, study_name, trial_id, convert=False)
+        if not convert:
+            return params
+        policy_kwargs = load_config_entry(Path(self.config), self.env_name.gym_id, self._is_atari).get("policy_kwargs") or {}
+        if isinstance(policy_kwargs, str):
+            policy_kwargs = eval(policy_kwargs, vars(rl_zoo3.exp_manager))  # as rl_zoo3 reads it
+        with tuning_entry(policy_kwargs):
+            return super().load_trial(storage, study_name, trial_id, convert=True)
 
     def _load_pretrained_agent(self, hyperparams: dict[str, Any], env: VecEnv) -> BaseAlgorithm:
         try:

@@ -1,53 +1,101 @@
-"""Optuna search space for ``ppo_stpn``: rl_zoo3's PPO space plus the STPN's own knobs.
+"""Optuna search spaces for ``ppo_stpn`` and ``ppo_lstm``: a memory model's own knobs on top of its zoo entry.
 
-rl_zoo3 calls the sampler for every trial and the converter to rebuild a trial's hyperparameters
-from its stored raw parameters (``--trial-id``); both go through :func:`_add_stpn_params` so
-that the two can never disagree.
+rl_zoo3's PPO space re-samples a dozen PPO settings; a study of a few dozen short trials, which is what
+these machines afford, cannot search that well. The zoo's recurrent entries already hold PPO settings
+tuned for a memory policy on each task, so these spaces keep them and search what differs between
+memory models: the learning rate (the paper tuned it per model, e.g. Pong STPN 7e-4 vs LSTM 1e-4) and,
+for the STPN, its own options (weight normalisation, when it applies and a learned norm gain, the
+clamp of ``F``, the variant and the plasticity initialisation). The LSTM gets the same number of
+trials over its learning rate and entropy bonus, so both models are compared each at its own best.
+
+rl_zoo3 replaces an entry's ``policy_kwargs`` with the sampled ones; :func:`tuning_entry` tells the
+samplers the entry's, which the STPN options are merged into (``StpnExperimentManager.objective``
+sets it). rl_zoo3 calls the converter to rebuild a trial's hyperparameters from its stored raw
+parameters; it goes through the same functions as the samplers, so the two can never disagree.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import optuna
-from rl_zoo3.hyperparams_opt import convert_onpolicy_params, sample_ppo_params
 
-STPN_PARAM_NAMES = ("stpn_hidden_size", "stpn_variant", "lambda_low", "gamma_init", "clamp", "sequence_length")
+# The policy_kwargs of the zoo entry a study runs on (see tuning_entry)
+_ENTRY_POLICY_KWARGS: ContextVar[dict[str, Any] | None] = ContextVar("entry_policy_kwargs", default=None)
 
 
-def _add_stpn_params(hyperparams: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
-    """Put the raw STPN trial parameters into the (converted) PPO hyperparameters."""
-    hyperparams["sequence_length"] = raw["sequence_length"]
-    hyperparams["policy_kwargs"].update(
-        stpn_hidden_size=raw["stpn_hidden_size"],
-        stpn_kwargs=dict(
-            recurrent=raw["stpn_variant"] == "STPNr",
-            lambda_init=(raw["lambda_low"], 1.0),
-            gamma_init=raw["gamma_init"],
-            clamp=raw["clamp"],
-        ),
+@contextmanager
+def tuning_entry(policy_kwargs: dict[str, Any]) -> Iterator[None]:
+    """Within this block the samplers and converters merge the STPN options into ``policy_kwargs``."""
+    token = _ENTRY_POLICY_KWARGS.set(dict(policy_kwargs))
+    try:
+        yield
+    finally:
+        _ENTRY_POLICY_KWARGS.reset(token)
+
+
+def _common_params(raw: dict[str, Any]) -> dict[str, Any]:
+    return {"learning_rate": raw["learning_rate"], "ent_coef": raw["ent_coef"]}
+
+
+def _stpn_hyperparams(raw: dict[str, Any]) -> dict[str, Any]:
+    """StpnPPO hyperparameters from the raw trial parameters, the STPN options merged into the entry's."""
+    stpn_kwargs = dict(
+        recurrent=raw["stpn_variant"] == "STPNr",
+        normalize=raw["normalize"],
+        clamp=raw["clamp"],
+        lambda_init=(raw["lambda_low"], 1.0),
+        gamma_init=raw["gamma_init"],
     )
-    return hyperparams
+    if raw["normalize"]:
+        stpn_kwargs.update(norm_time=raw["norm_time"], norm_gain=raw["norm_gain"])
+    policy_kwargs = dict(_ENTRY_POLICY_KWARGS.get() or {})
+    policy_kwargs["stpn_kwargs"] = {**policy_kwargs.get("stpn_kwargs", {}), **stpn_kwargs}
+    return {**_common_params(raw), "policy_kwargs": policy_kwargs}
+
+
+def _sample_common(trial: optuna.Trial) -> dict[str, Any]:
+    return {
+        "learning_rate": trial.suggest_float("learning_rate", 1e-4, 5e-3, log=True),
+        "ent_coef": trial.suggest_float("ent_coef", 1e-6, 3e-2, log=True),
+    }
 
 
 def sample_ppo_stpn_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
     """
-    Sample StpnPPO hyperparameters: rl_zoo3's PPO ones, the STPN size and variant and its plasticity initialisation.
+    Sample the STPN's options and the learning rate and entropy bonus; other settings stay the entry's.
 
     ``lambda_init`` is ``U(lambda_low, 1)``: a higher floor starts with slower-forgetting synapses
     (the paper uses ``U(0, 1)``); ``gamma_init`` scales the initial plasticity rates (paper: 1e-3).
+    ``norm_time`` and ``norm_gain`` are sampled only when the weights are normalised (else they do nothing).
     """
-    raw = {
-        "stpn_hidden_size": trial.suggest_categorical("stpn_hidden_size", [32, 64, 128]),
-        "stpn_variant": trial.suggest_categorical("stpn_variant", ["STPNr", "STPNf"]),
-        "lambda_low": trial.suggest_float("lambda_low", 0.0, 0.9),
-        "gamma_init": trial.suggest_float("gamma_init", 1e-4, 1e-1, log=True),
-        "clamp": trial.suggest_categorical("clamp", [None, 1.0, 10.0]),
-        "sequence_length": trial.suggest_categorical("sequence_length", [16, 64, 256]),
-    }
-    return _add_stpn_params(sample_ppo_params(trial, n_actions, n_envs, additional_args), raw)
+    raw = _sample_common(trial)
+    raw.update(
+        stpn_variant=trial.suggest_categorical("stpn_variant", ["STPNr", "STPNf"]),
+        normalize=trial.suggest_categorical("normalize", [True, False]),
+        clamp=trial.suggest_categorical("clamp", [None, 0.1, 1.0]),
+        lambda_low=trial.suggest_float("lambda_low", 0.0, 0.9),
+        gamma_init=trial.suggest_float("gamma_init", 1e-4, 1.0, log=True),
+    )
+    if raw["normalize"]:
+        raw.update(
+            norm_time=trial.suggest_categorical("norm_time", ["pre", "post"]),
+            norm_gain=trial.suggest_categorical("norm_gain", [False, True]),
+        )
+    return _stpn_hyperparams(raw)
 
 
 def convert_ppo_stpn_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Hyperparameters of a finished trial from its raw Optuna parameters."""
-    raw = {name: params[name] for name in STPN_PARAM_NAMES}
-    ppo_params = {name: value for name, value in params.items() if name not in STPN_PARAM_NAMES}
-    return _add_stpn_params(convert_onpolicy_params(ppo_params), raw)
+    """Hyperparameters of a finished ``ppo_stpn`` trial from its raw Optuna parameters."""
+    return _stpn_hyperparams(params)
+
+
+def sample_ppo_lstm_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
+    """Sample the LSTM's learning rate and entropy bonus; other settings (its size included) stay the entry's."""
+    return _common_params(_sample_common(trial))
+
+
+def convert_ppo_lstm_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Hyperparameters of a finished ``ppo_lstm`` trial from its raw Optuna parameters."""
+    return _common_params(params)

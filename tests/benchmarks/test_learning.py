@@ -11,6 +11,8 @@ from benchmarks.learning import (
     MLP,
     STPN,
     area_under_curve,
+    area_within,
+    equal_time_budget,
     main,
     mean_std,
     parse_changes,
@@ -28,6 +30,21 @@ def test_area_under_curve_is_the_mean_return_over_training() -> None:
     assert area_under_curve([10, 20, 50], [1, 3, 3]) == pytest.approx((10 * 2 + 30 * 3) / 40)
     with pytest.raises(ValueError):
         area_under_curve([0], [1])
+
+
+def test_area_within_a_wall_clock_budget_cuts_the_curve() -> None:
+    # A ramp 0 -> 10 over 100 s, cut at 50 s (value 5 there, interpolated): mean 2.5 over those 50 s
+    assert area_within([0, 100], [0, 10], 50) == pytest.approx(2.5)
+    # A budget past the last point holds the last value (np.interp): (50 * 5 + 50 * 10) / 100
+    assert area_within([0, 50], [0, 10], 100) == pytest.approx(7.5)
+
+
+def test_equal_time_budget_is_the_fastest_rows_mean_training_time() -> None:
+    def run(model: str, seconds: float, task: str = "T") -> dict:
+        return {"task": task, "model": model, "changes": {}, "hidden_size": 8, "curve": [{"train_seconds": seconds}]}
+
+    runs = [run("stpn", 10), run("stpn", 30), run("lstm_params", 50), run("lstm_params", 70), run("stpn", 1, "other")]
+    assert equal_time_budget(runs, "T") == pytest.approx(20)
 
 
 def test_mean_std_over_seeds() -> None:
@@ -68,7 +85,10 @@ def test_stpn_changes_are_merged_into_the_stpn_entry_only() -> None:
     stpn = variant_entry(STPN, "InvertedPendulum-v5", 1000, changes)
     assert stpn["learning_rate"] == 3e-4
     # Merged, not replaced: the entry's STPNf setting and hidden size stay
-    assert stpn["policy_kwargs"] == {"stpn_hidden_size": 64, "stpn_kwargs": {"recurrent": False, "clamp": 1.0}}
+    assert stpn["policy_kwargs"] == {
+        "stpn_hidden_size": 64,
+        "stpn_kwargs": {"recurrent": False, "normalize": False, "clamp": 1.0},
+    }
     assert variant_entry(LSTM_HIDDEN, "InvertedPendulum-v5", 1000, changes)["learning_rate"] != 3e-4
     with pytest.raises(SystemExit):
         parse_changes(["learning_rate"])
@@ -88,9 +108,18 @@ def test_benchmark_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
         # Evaluated at step 0 and at the end of the one rollout, with the memory's energy recorded
         assert run["curve"][0]["timesteps"] == 0 and run["curve"][-1]["timesteps"] == run["steps"] > 0
         assert all(point["energy_per_step"] > 0 for point in run["curve"])
+        # Both policies evaluated; the training clock excludes the evaluations and grows
+        assert all(isinstance(point["return_sampled"], float) for point in run["curve"])
+        clock = [point["train_seconds"] for point in run["curve"]]
+        assert clock == sorted(clock) and 0 < clock[-1] < run["wall_seconds"]
     sizes = {(run["task"], run["model"]): (run["hidden_size"], run["parameters"]) for run in report["runs"]}
     # The zoo configs' sizes and parameter counts (their comments), and the equal-hidden LSTM
     assert sizes[("GridMaze-v0", "stpn")] == (55, 24150) and sizes[("GridMaze-v0", "lstm_params")] == (47, 25056)
     assert sizes[("GridMaze-v0", "lstm_hidden")][0] == 55
     assert "| GridMaze-v0 | oracle policy" in printed and "| GridMaze-v0 | random policy" in printed
-    assert set(report["references"]["GridMaze-v0"]) == {"random", "oracle"}
+    assert set(report["references"]["GridMaze-v0"]) == {"random", "wall_avoider", "oracle"}
+    # Every run was saved as it finished, and --report rebuilds the same table from those lines
+    saved = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert saved == report["runs"]
+    main(["--report", str(tmp_path), "--out", str(tmp_path / "again")])
+    assert (tmp_path / "again" / "learning.md").read_text() == (tmp_path / "learning.md").read_text()

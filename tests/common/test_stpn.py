@@ -42,11 +42,23 @@ def test_variants_change_parameter_shapes() -> None:
     plastic_bias = STPN(INPUT, HIDDEN, plastic_bias=True)
     assert plastic_bias.bias_lambda.shape == (HIDDEN,) and plastic_bias.bias_gamma.shape == (HIDDEN,)
     assert plastic_bias.state_shape == ((HIDDEN,), (HIDDEN, INPUT + HIDDEN + 1))
+    gain = STPN(INPUT, HIDDEN, norm_gain=True)
+    assert th.equal(gain.norm_gain.detach(), th.ones(HIDDEN))
+    assert "norm_gain" not in dict(STPN(INPUT, HIDDEN).named_parameters())
+
+
+def test_norm_options_have_no_effect_without_normalisation() -> None:
+    th.manual_seed(0)
+    plain = STPN(INPUT, HIDDEN, normalize=False)
+    with_options = STPN(INPUT, HIDDEN, normalize=False, norm_time="post", norm_gain=True)
+    with_options.load_state_dict({**plain.state_dict(), "norm_gain": th.full((HIDDEN,), 3.0)})
+    x = th.randn(STEPS, BATCH, INPUT)
+    th.testing.assert_close(with_options(x), plain(x), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"rule": "bcm"}, {"clamp": 0.0}, {"clamp": -1.0}],
+    [{"rule": "bcm"}, {"clamp": 0.0}, {"clamp": -1.0}, {"norm_time": "during"}],
 )
 def test_invalid_options_are_rejected(kwargs: dict) -> None:
     with pytest.raises(ValueError):
@@ -121,7 +133,7 @@ def test_recording_energy_does_not_change_the_forward() -> None:
 
 @pytest.mark.parametrize("dtype", [th.float32, th.float64])
 def test_gradients_reach_every_parameter_the_input_and_the_initial_state(dtype: th.dtype) -> None:
-    layer = STPN(INPUT, HIDDEN, plastic_bias=True).to(dtype)
+    layer = STPN(INPUT, HIDDEN, plastic_bias=True, norm_gain=True).to(dtype)
     x = th.randn(STEPS, BATCH, INPUT, dtype=dtype, requires_grad=True)
     h0, fast0 = layer.initial_state(BATCH)
     h0 = (0.1 * th.randn_like(h0)).requires_grad_()
@@ -139,11 +151,15 @@ def test_gradients_reach_every_parameter_the_input_and_the_initial_state(dtype: 
         {},
         {"recurrent": False, "normalize": False},
         {"clamp": 0.05, "rule": "oja", "plastic_bias": True, "scalar_plasticity": True},
+        {"norm_time": "post", "norm_gain": True, "clamp": 0.5, "plastic_bias": True},
     ],
 )
 def test_layer_matches_the_float64_spec(kwargs: dict) -> None:
     """The module hands its parameters and options to the kernel as the spec reads them."""
     layer = _strongly_plastic(**kwargs).double()
+    if layer.norm_gain is not None:
+        with th.no_grad():
+            layer.norm_gain.uniform_(0.5, 2.0)
     x = th.randn(STEPS, BATCH, INPUT, dtype=th.float64)
     starts = (th.rand(STEPS, BATCH) < 0.2).double()
     h0, fast0 = (0.3 * th.randn_like(part) for part in layer.initial_state(BATCH))
@@ -159,6 +175,7 @@ def test_layer_matches_the_float64_spec(kwargs: dict) -> None:
         layer.weight_lambda,
         layer.weight_gamma,
         *bias_plasticity,
+        layer.norm_gain,
         starts=starts,
         config=layer.config,
     )

@@ -27,9 +27,15 @@ def kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, cpp_
     return request.param
 
 
-def spec_sequence(x, h0, fast0, weight, bias, lam, gam, bias_lam, bias_gam, *, starts, config):
+def spec_sequence(x, h0, fast0, weight, bias, lam, gam, bias_lam, bias_gam, norm_gain=None, *, starts, config):
     """shared/STPN.md, step by step with einsum: outputs, final h and F, energy."""
     presynaptic = weight.shape[1]
+    gain = 1.0 if norm_gain is None else norm_gain
+
+    def row_norm(efficacy: th.Tensor) -> th.Tensor:
+        return gain * (efficacy.square().sum(-1).sqrt() + 1e-16) if config.normalize else th.ones_like(h0[:, :1])
+
+    post = config.normalize and config.norm_time == "post"
     h, fast = h0, fast0
     outputs, energies = [], []
     for t in range(x.shape[0]):
@@ -39,44 +45,58 @@ def spec_sequence(x, h0, fast0, weight, bias, lam, gam, bias_lam, bias_gam, *, s
         z = th.cat([x[t], h], dim=1) if config.recurrent else x[t]
         synaptic = fast[:, :, :presynaptic]
         efficacy = weight + synaptic
-        norm = efficacy.square().sum(-1).sqrt() + 1e-16 if config.normalize else th.ones_like(h[:, :1])
+        norm = row_norm(efficacy)
         drive = th.einsum("bik,bk->bi", efficacy, z) / norm + bias
         if bias_lam is not None:
             drive = drive + fast[:, :, presynaptic]
         h = th.tanh(drive)
         trace = z - th.einsum("bik,bi->bk", synaptic, h) if config.rule == "oja" else z
-        new_fast = lam * synaptic / norm[..., None] + gam * th.einsum("bi,bk->bik", h, trace)
-        if bias_lam is not None:
-            new_bias = bias_lam * fast[:, :, presynaptic] + bias_gam * h
-            new_fast = th.cat([new_fast, new_bias[..., None]], dim=-1)
+        decayed = synaptic if post else synaptic / norm[..., None]
+        new_fast = lam * decayed + gam * th.einsum("bi,bk->bik", h, trace)
         if config.clamp is not None:
             new_fast = th.clamp(new_fast, -config.clamp, config.clamp)
-        energies.append(th.einsum("bik,bk->b", efficacy.abs() / norm[..., None], z.square()).detach())
+        if post:
+            new_fast = new_fast / row_norm(weight + new_fast)[..., None]
+        if bias_lam is not None:
+            new_bias = bias_lam * fast[:, :, presynaptic] + bias_gam * h
+            if config.clamp is not None:
+                new_bias = th.clamp(new_bias, -config.clamp, config.clamp)
+            new_fast = th.cat([new_fast, new_bias[..., None]], dim=-1)
+        energies.append(th.einsum("bik,bk->b", (efficacy / norm[..., None]).abs(), z.square()).detach())
         outputs.append(h)
         fast = new_fast
     return th.stack(outputs), h, fast, th.stack(energies)
 
 
-def make_problem(config: StpnConfig, plastic_bias: bool, scalar: bool, dtype: th.dtype = th.float64, seed: int = 0):
+def make_problem(
+    config: StpnConfig,
+    plastic_bias: bool,
+    scalar: bool,
+    norm_gain: bool = False,
+    dtype: th.dtype = th.float64,
+    seed: int = 0,
+    hidden: int = HIDDEN,
+):
     """Random inputs, nonzero state, parameters and resets mid-sequence (all but the resets require grad)."""
     generator = th.Generator().manual_seed(seed)
-    presynaptic = INPUTS + (HIDDEN if config.recurrent else 0)
+    presynaptic = INPUTS + (hidden if config.recurrent else 0)
 
-    def rand(*shape: int, scale: float = 1.0) -> th.Tensor:
-        return (scale * th.randn(shape, generator=generator, dtype=th.float64)).to(dtype).requires_grad_()
+    def rand(*shape: int, scale: float = 1.0, mean: float = 0.0) -> th.Tensor:
+        return (mean + scale * th.randn(shape, generator=generator, dtype=th.float64)).to(dtype).requires_grad_()
 
-    plastic_shape = () if scalar else (HIDDEN, presynaptic)
-    bias_shape = () if scalar else (HIDDEN,)
+    plastic_shape = () if scalar else (hidden, presynaptic)
+    bias_shape = () if scalar else (hidden,)
     tensors = {
         "x": rand(STEPS, BATCH, INPUTS),
-        "h0": rand(BATCH, HIDDEN, scale=0.5),
-        "fast0": rand(BATCH, HIDDEN, presynaptic + int(plastic_bias), scale=0.3),
-        "weight": rand(HIDDEN, presynaptic, scale=0.5),
-        "bias": rand(HIDDEN, scale=0.5),
+        "h0": rand(BATCH, hidden, scale=0.5),
+        "fast0": rand(BATCH, hidden, presynaptic + int(plastic_bias), scale=0.3),
+        "weight": rand(hidden, presynaptic, scale=0.5),
+        "bias": rand(hidden, scale=0.5),
         "lam": rand(*plastic_shape),
         "gam": rand(*plastic_shape, scale=0.5),
         "bias_lam": rand(*bias_shape) if plastic_bias else None,
         "bias_gam": rand(*bias_shape, scale=0.5) if plastic_bias else None,
+        "norm_gain": rand(hidden, scale=0.3, mean=1.0) if norm_gain else None,
     }
     starts = th.zeros(STEPS, BATCH, dtype=dtype)
     starts[2, 0] = starts[4, 1] = starts[5, 0] = 1
@@ -87,30 +107,68 @@ def run_path(tensors: dict, starts: th.Tensor, config: StpnConfig) -> tuple:
     t = tensors
     bias_plasticity = None if t["bias_lam"] is None else (t["bias_lam"], t["bias_gam"])
     return stpn_sequence(
-        t["x"], t["h0"], t["fast0"], starts, t["weight"], t["bias"], t["lam"], t["gam"], bias_plasticity, config, True
+        t["x"],
+        t["h0"],
+        t["fast0"],
+        starts,
+        t["weight"],
+        t["bias"],
+        t["lam"],
+        t["gam"],
+        bias_plasticity,
+        config,
+        True,
+        norm_gain=t["norm_gain"],
     )
 
 
 def results_and_grads(outputs: tuple, tensors: dict) -> list[th.Tensor]:
     """The outputs, then the gradients of a loss on outputs, h_T and F_T w.r.t. every input (zero when unused)."""
     out, h, fast, energy = outputs
-    loss = (out * th.linspace(-1, 1, HIDDEN, dtype=out.dtype)).sum() + 0.3 * h.sum() + 0.7 * (fast * fast.detach()).sum()
+    loss = (
+        (out * th.linspace(-1, 1, out.shape[-1], dtype=out.dtype)).sum() + 0.3 * h.sum() + 0.7 * (fast * fast.detach()).sum()
+    )
     leaves = [v for v in tensors.values() if v is not None]
     grads = th.autograd.grad(loss, leaves, allow_unused=True)
     return [out, h, fast, energy] + [th.zeros_like(v) if g is None else g for g, v in zip(grads, leaves, strict=True)]
 
 
+# Every combination of the options; norm_time and norm_gain only where they act (with normalize),
+# scalar plasticity with the default norm options only (it changes the parameters' shapes, nothing else)
 CONFIGS = [
-    (StpnConfig(recurrent=recurrent, normalize=normalize, clamp=clamp, rule=rule), plastic_bias, scalar)
-    for recurrent, normalize, clamp, rule, plastic_bias, scalar in itertools.product(
-        (True, False), (True, False), (None, 0.4), ("hebbian", "oja"), (False, True), (False, True)
+    (
+        StpnConfig(recurrent=recurrent, normalize=normalize, clamp=clamp, rule=rule, norm_time=norm_time),
+        plastic_bias,
+        scalar,
+        norm_gain,
+        HIDDEN,
     )
+    for recurrent, normalize, clamp, rule, plastic_bias, scalar, norm_time, norm_gain in itertools.product(
+        (True, False),
+        (True, False),
+        (None, 0.4),
+        ("hebbian", "oja"),
+        (False, True),
+        (False, True),
+        ("pre", "post"),
+        (False, True),
+    )
+    if (normalize or (norm_time, norm_gain) == ("pre", False)) and (not scalar or (norm_time, norm_gain) == ("pre", False))
+]
+# More neurons than the C++ kernel's block of 16: whole blocks and a partial one
+WIDE_CONFIGS = [
+    (StpnConfig(), False, False, False, 20),
+    (StpnConfig(norm_time="post", clamp=0.4), True, False, True, 20),
+    (StpnConfig(norm_time="post", rule="oja", recurrent=False), True, False, True, 37),
+    (StpnConfig(clamp=0.4, rule="oja"), True, False, True, 20),
 ]
 
 
-@pytest.mark.parametrize(("config", "plastic_bias", "scalar"), CONFIGS)
-def test_matches_spec_float64(kernel: str, config: StpnConfig, plastic_bias: bool, scalar: bool) -> None:
-    tensors, starts = make_problem(config, plastic_bias, scalar)
+@pytest.mark.parametrize(("config", "plastic_bias", "scalar", "norm_gain", "hidden"), CONFIGS + WIDE_CONFIGS)
+def test_matches_spec_float64(
+    kernel: str, config: StpnConfig, plastic_bias: bool, scalar: bool, norm_gain: bool, hidden: int
+) -> None:
+    tensors, starts = make_problem(config, plastic_bias, scalar, norm_gain, hidden=hidden)
     expected = results_and_grads(spec_sequence(*tensors.values(), config=config, starts=starts), tensors)
     got = results_and_grads(run_path(tensors, starts, config), tensors)
     names = ["outputs", "h_T", "F_T", "energy", *(f"grad {k}" for k, v in tensors.items() if v is not None)]
@@ -119,14 +177,23 @@ def test_matches_spec_float64(kernel: str, config: StpnConfig, plastic_bias: boo
 
 
 @pytest.mark.parametrize(
-    "config",
-    [StpnConfig(), StpnConfig(rule="oja", recurrent=False), StpnConfig(normalize=False, rule="oja")],
+    ("config", "norm_gain", "plastic_bias"),
+    [
+        *(
+            (config, False, plastic_bias)
+            for config, plastic_bias in itertools.product(
+                [StpnConfig(), StpnConfig(rule="oja", recurrent=False), StpnConfig(normalize=False, rule="oja")],
+                [False, True],
+            )
+        ),
+        (StpnConfig(norm_time="post", clamp=0.4), True, True),
+        (StpnConfig(norm_time="post", rule="oja", recurrent=False), True, False),
+    ],
 )
-@pytest.mark.parametrize("plastic_bias", [False, True])
-def test_gradcheck_fused(kernel: str, config: StpnConfig, plastic_bias: bool) -> None:
+def test_gradcheck_fused(kernel: str, config: StpnConfig, norm_gain: bool, plastic_bias: bool) -> None:
     if kernel == "reference":
         pytest.skip("gradcheck targets the hand-derived backward of the fused paths")
-    tensors, starts = make_problem(config, plastic_bias, scalar=False)
+    tensors, starts = make_problem(config, plastic_bias, scalar=False, norm_gain=norm_gain)
     names = [k for k, v in tensors.items() if v is not None]
 
     def function(*leaves: th.Tensor) -> tuple[th.Tensor, ...]:
@@ -136,9 +203,11 @@ def test_gradcheck_fused(kernel: str, config: StpnConfig, plastic_bias: bool) ->
     assert th.autograd.gradcheck(function, [tensors[k] for k in names], eps=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("config", [StpnConfig(clamp=0.4, rule="oja"), StpnConfig(recurrent=False)])
+@pytest.mark.parametrize(
+    "config", [StpnConfig(clamp=0.4, rule="oja"), StpnConfig(recurrent=False), StpnConfig(norm_time="post", clamp=0.4)]
+)
 def test_float32_close_to_float64(kernel: str, config: StpnConfig) -> None:
-    tensors64, starts = make_problem(config, plastic_bias=True, scalar=False)
+    tensors64, starts = make_problem(config, plastic_bias=True, scalar=False, norm_gain=config.norm_time == "post")
     tensors32 = {k: None if v is None else v.detach().float().requires_grad_() for k, v in tensors64.items()}
     expected = results_and_grads(spec_sequence(*tensors64.values(), config=config, starts=starts), tensors64)
     got = results_and_grads(run_path(tensors32, starts.float(), config), tensors32)
@@ -147,10 +216,18 @@ def test_float32_close_to_float64(kernel: str, config: StpnConfig) -> None:
         th.testing.assert_close(have.double(), want, rtol=1e-4, atol=1e-5)
 
 
-def test_inference_without_grad_matches(kernel: str) -> None:
+@pytest.mark.parametrize(
+    ("config", "norm_gain", "hidden"),
+    [
+        (StpnConfig(clamp=0.4), False, HIDDEN),
+        (StpnConfig(clamp=0.4, norm_time="post"), True, HIDDEN),
+        (StpnConfig(norm_time="post", rule="oja"), False, 20),
+        (StpnConfig(rule="oja"), True, 20),
+    ],
+)
+def test_inference_without_grad_matches(kernel: str, config: StpnConfig, norm_gain: bool, hidden: int) -> None:
     """Rollouts run under no_grad, T=1, without checkpoints."""
-    config = StpnConfig(clamp=0.4)
-    tensors, starts = make_problem(config, plastic_bias=True, scalar=False)
+    tensors, starts = make_problem(config, plastic_bias=True, scalar=False, norm_gain=norm_gain, hidden=hidden)
     expected = spec_sequence(*tensors.values(), config=config, starts=starts)
     with th.no_grad():
         got = run_path(tensors, starts, config)

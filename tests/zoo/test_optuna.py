@@ -6,12 +6,19 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from sb3_stpn.cli import train_main
 from sb3_stpn.zoo import StpnExperimentManager
-from sb3_stpn.zoo.hyperparams_opt import convert_ppo_stpn_params, sample_ppo_stpn_params
+from sb3_stpn.zoo.hyperparams_opt import (
+    convert_ppo_lstm_params,
+    convert_ppo_stpn_params,
+    sample_ppo_lstm_params,
+    sample_ppo_stpn_params,
+    tuning_entry,
+)
 
 ENV = "CartPoleNoVel-v1"
 # Runs train_main with the sampled rollouts shrunk, so that a trial takes seconds
@@ -26,15 +33,38 @@ train_main(sys.argv[1:])
 """
 
 
-def test_converter_rebuilds_the_sampled_hyperparameters() -> None:
+@pytest.mark.parametrize(
+    ("sample", "convert"),
+    [(sample_ppo_stpn_params, convert_ppo_stpn_params), (sample_ppo_lstm_params, convert_ppo_lstm_params)],
+)
+def test_converter_rebuilds_the_sampled_hyperparameters(sample, convert) -> None:
     """rl_zoo3's --trial-id reloads a trial through the converter: it must give what the sampler gave."""
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    for _ in range(5):
+    for _ in range(8):
         trial = study.ask()
-        sampled = sample_ppo_stpn_params(trial, n_actions=0, n_envs=1, additional_args={})
-        assert convert_ppo_stpn_params(trial.params) == sampled
-        assert set(sampled["policy_kwargs"]["stpn_kwargs"]) == {"recurrent", "lambda_init", "gamma_init", "clamp"}
+        sampled = sample(trial, n_actions=0, n_envs=1, additional_args={})
+        assert convert(trial.params) == sampled
         study.tell(trial, 0.0)
+
+
+def test_spaces_tune_the_memory_on_top_of_the_entry() -> None:
+    """Only the learning rate, the entropy bonus and the STPN's options are sampled; the entry's policy_kwargs stay."""
+    entry = {"net_arch": dict(pi=[64], vf=[64]), "stpn_hidden_size": 55, "stpn_kwargs": dict(rule="oja")}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(8):
+        trial = study.ask()
+        with tuning_entry(entry):
+            stpn = sample_ppo_stpn_params(trial, n_actions=0, n_envs=1, additional_args={})
+        assert set(stpn) == {"learning_rate", "ent_coef", "policy_kwargs"}
+        kwargs = stpn["policy_kwargs"]
+        assert kwargs["net_arch"] == entry["net_arch"] and kwargs["stpn_hidden_size"] == 55
+        assert kwargs["stpn_kwargs"]["rule"] == "oja"  # the entry's own STPN options are kept
+        assert {"recurrent", "normalize", "clamp", "lambda_init", "gamma_init"} <= set(kwargs["stpn_kwargs"])
+        assert ("norm_time" in kwargs["stpn_kwargs"]) == kwargs["stpn_kwargs"]["normalize"]
+        study.tell(trial, 0.0)
+    assert entry["stpn_kwargs"] == {"rule": "oja"}  # not modified in place
+    lstm = sample_ppo_lstm_params(study.ask(), n_actions=0, n_envs=1, additional_args={})
+    assert set(lstm) == {"learning_rate", "ent_coef"}
 
 
 @pytest.mark.parametrize("flag", ["-optimize", "--optimize", "--optimize-hyper", "--optimize-hyperparameters"])
@@ -66,4 +96,19 @@ def test_processes_share_one_study(tmp_path: Path) -> None:
     study = optuna.load_study(study_name=f"ppo_stpn_{ENV}", storage=storage)
     finished = study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
     assert len(finished) == len(workers)
-    assert all("stpn_hidden_size" in trial.params for trial in finished)
+    assert all("normalize" in trial.params for trial in finished)
+
+    # --trial-id trains with the trial's STPN options merged into the entry's policy_kwargs (net_arch kept)
+    # (rl_zoo3 ignores --trial-id 0: it tests the id for truth)
+    trial = max(finished, key=lambda trial: trial.number)
+    command = [sys.executable, "-c", "from sb3_stpn.cli import train_main; train_main()",
+               "--algo", "ppo_stpn", "--env", ENV, "-n", "32",
+               "--hyperparams", "n_envs:1", "n_steps:16", "batch_size:16", "n_epochs:1", "--num-threads", "1",
+               "--storage", str(tmp_path / "logs" / "optuna.log"), "--study-name", f"ppo_stpn_{ENV}",
+               "--trial-id", str(trial.number), "-f", str(tmp_path / "trained")]  # fmt: skip
+    out = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    config = dict(yaml.unsafe_load(next((tmp_path / "trained").rglob("config.yml")).read_text()))
+    assert config["policy_kwargs"]["net_arch"] == dict(pi=[64], vf=[64])  # the entry's, kept
+    assert config["policy_kwargs"]["stpn_kwargs"]["normalize"] == trial.params["normalize"]
+    assert config["learning_rate"] == trial.params["learning_rate"]

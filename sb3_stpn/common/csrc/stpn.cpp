@@ -20,6 +20,11 @@
 //
 // Backward recomputes the states of one checkpoint segment (C steps) into a per-thread buffer and
 // walks it in reverse.
+//
+// norm_time="post" (the new F divided by its own norm m = g ||W + F'||) adds one pass over F per step
+// to the forward (the division, with the next step's sums) and two to the backward (the update and
+// its norm recomputed, then the gradient through the division); the default "pre" runs as before. A
+// norm gain g only scales 1/n per neuron.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <torch/types.h>
@@ -41,7 +46,8 @@ constexpr double kNormEps = 1e-16;
 constexpr int64_t kLanes = 16;
 
 struct Options {
-  bool recurrent, normalize, oja, plastic;
+  // post: norm_time="post" with normalize (the new F is divided by its own norm; the old one is not)
+  bool recurrent, normalize, oja, plastic, post;
   double clamp;  // +inf without a clamp: clamping and its mask are then no-ops, with no branch in the loops
 };
 
@@ -64,7 +70,8 @@ using Buffer = std::vector<T, CacheLineAllocator<T>>;
 
 template <typename T>
 struct Params {
-  const T *W, *b, *L, *G, *bl, *bg;  // weight (H,K), bias (H), lambda/gamma (H,K), bias lambda/gamma (H)
+  // weight (H,K), bias (H), lambda/gamma (H,K), bias lambda/gamma (H), norm gain (H) or nullptr
+  const T *W, *b, *L, *G, *bl, *bg, *ng;
   int64_t H, I, K, Kp;
 };
 
@@ -106,9 +113,12 @@ inline void row_pass(const T* __restrict__ w, const T* __restrict__ f, const T* 
   a = d;
 }
 
+// 1/n of neuron i from its sum of squares: n = g_i (||G_i|| + eps), g_i = 1 without a norm gain.
 template <typename T>
-inline T inverse_norm(T ss, const Options& o) {
-  return o.normalize ? T(1) / (std::sqrt(ss) + T(kNormEps)) : T(1);
+inline T inverse_norm(T ss, int64_t i, const Params<T>& p, const Options& o) {
+  if (!o.normalize) return T(1);
+  const T norm = std::sqrt(ss) + T(kNormEps);
+  return T(1) / (p.ng ? p.ng[i] * norm : norm);
 }
 
 // e = z for Hebb; e = z - F^T h for Oja (F before the update).
@@ -153,10 +163,13 @@ inline void update_row(const T* src, T* dst, int64_t i, T invn, T hi, const T* _
 // Per-thread buffers of one sample's step (z_next: the next step's input, for the fused update).
 template <typename T>
 struct Scratch {
-  Buffer<T> z, z_next, z2, e, de, dz, dzp, invn, ss, a, u, h, dh, dhc, en;
-  Scratch(int64_t H, int64_t K)
+  // decay: what lambda F_{t-1} is multiplied by, 1/n ("pre", aliasing invn) or 1 ("post", ones);
+  // qq, qa, invm, coef: the sums, 1/m and the gradient coefficient of the "post" division by m
+  Buffer<T> z, z_next, z2, e, de, dz, dzp, invn, ss, a, u, h, dh, dhc, en, ones, qq, qa, invm, coef;
+  const T* decay;
+  Scratch(int64_t H, int64_t K, const Options& o)
       : z(K), z_next(K), z2(K), e(K), de(K), dz(K), dzp(K * kLanes), invn(H), ss(H), a(H), u(H), h(H), dh(H), dhc(H),
-        en(H) {}
+        en(H), ones(H, T(1)), qq(H), qa(H), invm(H), coef(H), decay(o.post ? ones.data() : invn.data()) {}
 };
 
 // tanh over n values. float: Eigen's rational approximation (within 4e-7 of tanh), which vectorises
@@ -189,7 +202,7 @@ T drive_pass(const T* F, const T* z, T* z2, bool record_energy, T* ss, T* a, con
   for (int64_t i = 0; i < p.H; ++i) {
     T en = 0;
     row_pass(p.W + i * p.K, F + i * p.Kp, z, z2, p.K, ss[i], a[i], record_energy ? &en : nullptr);
-    energy += en * inverse_norm(ss[i], o);
+    energy += en * std::abs(inverse_norm(ss[i], i, p, o));
   }
   return energy;
 }
@@ -202,7 +215,7 @@ void step_output(const T* fb, int64_t stride, const T* ss, const T* a, T* h, Scr
                  const Options& o) {
   T *invn = s.invn.data(), *u = s.u.data();
   for (int64_t i = 0; i < p.H; ++i) {
-    invn[i] = inverse_norm(ss[i], o);
+    invn[i] = inverse_norm(ss[i], i, p, o);
     u[i] = a[i] * invn[i] + p.b[i] + (o.plastic ? fb[i * stride] : T(0));
   }
   tanh_all(u, h, p.H);
@@ -210,18 +223,27 @@ void step_output(const T* fb, int64_t stride, const T* ss, const T* a, T* h, Scr
 
 // The update of one step after step_output: F_t into dst from F_{t-1} in src (may be dst). With z_next
 // (the next step's input, when no reset comes before it) it also writes the next step's sums into
-// ss_next, a_next (may be this step's: step_output has used them).
+// ss_next, a_next (may be this step's: step_output has used them). "post": the update P comes with the
+// sums of W + P, then F_t = P / m, m = g (||W + P|| + eps), on the row still in cache.
 template <typename T>
 void step_update(const T* src, T* dst, const T* z, const T* z_next, const T* h, T* ss_next, T* a_next, Scratch<T>& s,
                  const Params<T>& p, const Options& o) {
   presynaptic_trace(src, z, h, p, o, s.e.data());
   for (int64_t i = 0; i < p.H; ++i) {
     const int64_t row = i * p.Kp;
-    const T invn = s.invn[i];
-    if (z_next)
-      update_row<T, true>(src + row, dst + row, i, invn, h[i], s.e.data(), z_next, p, o, ss_next[i], a_next[i]);
-    else
-      update_row<T, false>(src + row, dst + row, i, invn, h[i], s.e.data(), z, p, o, ss_next[i], a_next[i]);
+    const T decay = s.decay[i];
+    if (o.post) {
+      update_row<T, true>(src + row, dst + row, i, decay, h[i], s.e.data(), z, p, o, s.qq[i], s.qa[i]);
+      const T invm = inverse_norm(s.qq[i], i, p, o);
+      T* __restrict__ f = dst + row;
+#pragma omp simd
+      for (int64_t k = 0; k < p.K; ++k) f[k] *= invm;
+      if (z_next) row_pass<T>(p.W + i * p.K, f, z_next, nullptr, p.K, ss_next[i], a_next[i], nullptr);
+    } else if (z_next) {
+      update_row<T, true>(src + row, dst + row, i, decay, h[i], s.e.data(), z_next, p, o, ss_next[i], a_next[i]);
+    } else {
+      update_row<T, false>(src + row, dst + row, i, decay, h[i], s.e.data(), z, p, o, ss_next[i], a_next[i]);
+    }
   }
 }
 
@@ -314,7 +336,7 @@ T drive_pass_t(const T* F, const T* z, bool record_energy, T* __restrict__ ss, T
     for (int64_t i = 0; i < H; ++i) en[i] += z2 * std::abs(w[i] + f[i]);
   }
   T energy = 0;
-  for (int64_t i = 0; i < H; ++i) energy += en[i] * inverse_norm(ss[i], o);
+  for (int64_t i = 0; i < H; ++i) energy += en[i] * std::abs(inverse_norm(ss[i], i, p, o));
   return energy;
 }
 
@@ -381,19 +403,38 @@ inline void update_block(const T* src, T* dst, const T* __restrict__ z_next, con
   }
 }
 
+// "post" on the transposed F: F_t = P / m with m = g (||W + P|| + eps) from the sums in s.qq (the
+// plastic bias row is not divided). With z_next, the next step's sums of W + F_t into ss, a.
+template <typename T>
+void divide_columns(T* F, const T* z_next, T* ss, T* a, Scratch<T>& s, const Params<T>& p, const Options& o) {
+  const int64_t H = p.H;
+  T* __restrict__ invm = s.invm.data();
+  for (int64_t i = 0; i < H; ++i) invm[i] = inverse_norm(s.qq[i], i, p, o);
+  for (int64_t k = 0; k < p.K; ++k) {
+    T* __restrict__ f = F + k * H;
+#pragma omp simd
+    for (int64_t i = 0; i < H; ++i) f[i] *= invm[i];
+  }
+  if (z_next) drive_pass_t(F, z_next, false, ss, a, s.en.data(), p, o);
+}
+
 // step_update on the transposed F: F_t into dst from F_{t-1} in src (may be dst). With z_next it also
-// writes the next step's sums into ss, a (this step's, already used by step_output).
+// writes the next step's sums into ss, a (this step's, already used by step_output). "post": the
+// update P comes with the sums of W + P (into s.qq), then divide_columns.
 template <typename T, bool Clamp>
 void step_update_t(const T* src, T* dst, const T* z, const T* z_next, const T* __restrict__ h, T* __restrict__ ss,
                    T* __restrict__ a, Scratch<T>& s, const Params<T>& p, const Options& o) {
   const int64_t H = p.H, K = p.K;
   presynaptic_trace_t(src, z, h, p, o, s.e.data());
-  const T* __restrict__ invn = s.invn.data();
-  if (z_next) {
+  const T* __restrict__ invn = s.decay;
+  const T* z_sums = o.post ? z : z_next;
+  T *ss_update = o.post ? s.qq.data() : ss, *a_update = o.post ? s.qa.data() : a;
+  if (z_sums) {
     int64_t i0 = 0;
     for (; i0 + kLanes <= H; i0 += kLanes)
-      update_block<T, Clamp, kLanes>(src, dst, z_next, h, ss, a, s.e.data(), invn, p, o, i0, kLanes);
-    if (i0 < H) update_block<T, Clamp, 0>(src, dst, z_next, h, ss, a, s.e.data(), invn, p, o, i0, H - i0);
+      update_block<T, Clamp, kLanes>(src, dst, z_sums, h, ss_update, a_update, s.e.data(), invn, p, o, i0, kLanes);
+    if (i0 < H)
+      update_block<T, Clamp, 0>(src, dst, z_sums, h, ss_update, a_update, s.e.data(), invn, p, o, i0, H - i0);
   } else {
     for (int64_t k = 0; k < K; ++k) {
       const T *__restrict__ l = p.L + k * H, *__restrict__ g = p.G + k * H;
@@ -404,6 +445,7 @@ void step_update_t(const T* src, T* dst, const T* z, const T* z_next, const T* _
       for (int64_t i = 0; i < H; ++i) d[i] = clamp_value<Clamp>(l[i] * f[i] * invn[i] + g[i] * h[i] * ek, o);
     }
   }
+  if (o.post) divide_columns(dst, z_next, ss, a, s, p, o);
   if (o.plastic)
     for (int64_t i = 0; i < H; ++i) dst[K * H + i] = clamp_value(p.bl[i] * src[K * H + i] + p.bg[i] * h[i], o);
 }
@@ -411,9 +453,63 @@ void step_update_t(const T* src, T* dst, const T* z, const T* z_next, const T* _
 // Per-thread parameter gradients, W, lambda, gamma transposed (K, H).
 template <typename T>
 struct Grads {
-  Buffer<T> W, L, G, b, bl, bg;
-  explicit Grads(const Params<T>& p) : W(p.H * p.K), L(p.H * p.K), G(p.H * p.K), b(p.H), bl(p.H), bg(p.H) {}
+  Buffer<T> W, L, G, b, bl, bg, ng;
+  explicit Grads(const Params<T>& p)
+      : W(p.H * p.K), L(p.H * p.K), G(p.H * p.K), b(p.H), bl(p.H), bg(p.H), ng(p.H) {}
 };
+
+// Through n = g_i (||G_i|| + eps), from dn and the sum of squares ss of the row G_i: adds g_i's gradient
+// and returns the coefficient c of dG = c G. The gradient of ||G|| is G / ||G||, zero for a zero row as
+// in torch.
+template <typename T>
+inline T norm_backward(T dn, T ss, int64_t i, Grads<T>& g, const Params<T>& p) {
+  const T norm = std::sqrt(ss);
+  if (p.ng) {
+    g.ng[i] += dn * (norm + T(kNormEps));
+    dn *= p.ng[i];
+  }
+  return norm > 0 ? dn / norm : T(0);
+}
+
+// "post" backward on the transposed F, before the rest of the step's backward: from dF, the gradient
+// of F_t = P / m, m = g (||W + P|| + eps), to that of the (clamped) update P, in place; adds the
+// gradients of W and g. P is recomputed from F_{t-1} (F) and the step's trace s.e.
+template <typename T, bool Clamp>
+void post_norm_backward(const T* F, T* dF, const T* __restrict__ h, Scratch<T>& s, Grads<T>& g, const Params<T>& p,
+                        const Options& o) {
+  const int64_t H = p.H, K = p.K;
+  T *__restrict__ qq = s.qq.data(), *__restrict__ dp = s.qa.data(), *__restrict__ invm = s.invm.data(),
+    *__restrict__ coef = s.coef.data();
+  std::fill_n(qq, H, T(0));
+  std::fill_n(dp, H, T(0));
+  for (int64_t k = 0; k < K; ++k) {
+    const T *__restrict__ f = F + k * H, *__restrict__ l = p.L + k * H, *__restrict__ gm = p.G + k * H,
+            *__restrict__ w = p.W + k * H, *__restrict__ d = dF + k * H;
+    const T ek = s.e[k];
+#pragma omp simd
+    for (int64_t i = 0; i < H; ++i) {
+      const T v = clamp_value<Clamp>(l[i] * f[i] + gm[i] * h[i] * ek, o), q = w[i] + v;
+      qq[i] += q * q;
+      dp[i] += d[i] * v;
+    }
+  }
+  for (int64_t i = 0; i < H; ++i) {
+    invm[i] = inverse_norm(qq[i], i, p, o);
+    coef[i] = norm_backward(-dp[i] * invm[i] * invm[i], qq[i], i, g, p);
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    const T *__restrict__ f = F + k * H, *__restrict__ l = p.L + k * H, *__restrict__ gm = p.G + k * H,
+            *__restrict__ w = p.W + k * H;
+    T *__restrict__ d = dF + k * H, *__restrict__ gW = g.W.data() + k * H;
+    const T ek = s.e[k];
+#pragma omp simd
+    for (int64_t i = 0; i < H; ++i) {
+      const T dq = coef[i] * (w[i] + clamp_value<Clamp>(l[i] * f[i] + gm[i] * h[i] * ek, o));
+      gW[i] += dq;
+      d[i] = d[i] * invm[i] + dq;
+    }
+  }
+}
 
 // Backward of one step for neurons [i0, i0 + n), n = N if N > 0, with the rows inner: the first pass
 // over the block's columns of F and dF, the per-neuron part, then the second pass over the same
@@ -426,7 +522,7 @@ inline void backward_block(const T* __restrict__ F, T* __restrict__ dF, const T*
                            int64_t n) {
   const int64_t m = N > 0 ? N : n, H = p.H, K = p.K;
   const bool far = far_columns(p);
-  const T *__restrict__ invn = s.invn.data() + i0, *__restrict__ hb = h + i0;
+  const T *__restrict__ invn = s.invn.data() + i0, *__restrict__ dec = s.decay + i0, *__restrict__ hb = h + i0;
   // Through F_t = lambda F / n + gamma h e: per neuron, the sums s1 (for dn) and s2, s3 (for dh)
   T s1[kLanes] = {}, s2[kLanes] = {}, s3[kLanes] = {};
   for (int64_t k = 0; k < K; ++k) {
@@ -440,17 +536,17 @@ inline void backward_block(const T* __restrict__ F, T* __restrict__ dF, const T*
     const T ek = s.e[k], dek = Oja ? s.de[k] : T(0);
 #pragma omp simd
     for (int64_t j = 0; j < m; ++j) {
-      const T dk = inside<Clamp>(l[j] * f[j] * invn[j] + gm[j] * hb[j] * ek, o) ? d[j] : T(0);
-      gL[j] += dk * f[j] * invn[j];
+      const T dk = inside<Clamp>(l[j] * f[j] * dec[j] + gm[j] * hb[j] * ek, o) ? d[j] : T(0);
+      gL[j] += dk * f[j] * dec[j];
       gG[j] += dk * hb[j] * ek;
       s1[j] += dk * l[j] * f[j];
       s2[j] += dk * gm[j] * ek;
       if constexpr (Oja) {
         s3[j] += dek * f[j];
-        d[j] = dk * l[j] * invn[j] - hb[j] * dek;
+        d[j] = dk * l[j] * dec[j] - hb[j] * dek;
       } else {
         zp[j] += dk * gm[j] * hb[j];
-        d[j] = dk * l[j] * invn[j];
+        d[j] = dk * l[j] * dec[j];
       }
     }
   }
@@ -477,9 +573,9 @@ inline void backward_block(const T* __restrict__ F, T* __restrict__ dF, const T*
     coef[j] = 0;
     if (o.normalize) {
       da[j] = du * invn[j];
-      const T norm = std::sqrt(ss[i]);
-      const T dn = -(s1[j] + du * a[i]) * invn[j] * invn[j];
-      coef[j] = norm > 0 ? dn / norm : T(0);
+      // n = g (||G|| + eps) enters the drive, and ("pre") the decay of F, whose part is s1
+      const T dn = -((o.post ? T(0) : s1[j]) + du * a[i]) * invn[j] * invn[j];
+      coef[j] = norm_backward(dn, ss[i], i, g, p);
     }
   }
   for (int64_t k = 0; k < K; ++k) {
@@ -509,7 +605,9 @@ void step_backward(const T* F, const T* __restrict__ h, const T* ss, const T* a,
   const int64_t H = p.H, K = p.K;
   T* __restrict__ invn = s.invn.data();
   presynaptic_trace_t(F, s.z.data(), h, p, o, s.e.data());
-  for (int64_t i = 0; i < H; ++i) invn[i] = inverse_norm(ss[i], o);
+  for (int64_t i = 0; i < H; ++i) invn[i] = inverse_norm(ss[i], i, p, o);
+  if (o.post) post_norm_backward<T, Clamp>(F, dF, h, s, g, p, o);
+  const T* __restrict__ dec = s.decay;
   if (Oja) {
     // Oja's trace couples the neurons: mask dF first and gather de_k = sum_i dF_ki gamma_ki h_i
     for (int64_t k = 0; k < K; ++k) {
@@ -517,7 +615,7 @@ void step_backward(const T* F, const T* __restrict__ h, const T* ss, const T* a,
       T* __restrict__ d = dF + k * H;
       const T ek = s.e[k];
       s.de[k] = sum_over_neurons<T>(H, [&](int64_t i, T& acc) {
-        d[i] = inside<Clamp>(l[i] * f[i] * invn[i] + gm[i] * h[i] * ek, o) ? d[i] : T(0);
+        d[i] = inside<Clamp>(l[i] * f[i] * dec[i] + gm[i] * h[i] * ek, o) ? d[i] : T(0);
         acc += d[i] * gm[i] * h[i];
       });
     }
@@ -532,11 +630,19 @@ void step_backward(const T* F, const T* __restrict__ h, const T* ss, const T* a,
 
 template <typename T>
 Params<T> make_params(const at::Tensor& W, const at::Tensor& b, const at::Tensor& L, const at::Tensor& G,
-                      const at::Tensor& bl, const at::Tensor& bg, int64_t I, int64_t Kp) {
+                      const at::Tensor& bl, const at::Tensor& bg, const at::Tensor& ng, int64_t I, int64_t Kp) {
   const bool plastic = bl.defined();
-  return Params<T>{W.data_ptr<T>(), b.data_ptr<T>(), L.data_ptr<T>(), G.data_ptr<T>(),
-                   plastic ? bl.data_ptr<T>() : nullptr, plastic ? bg.data_ptr<T>() : nullptr,
-                   W.size(0), I, W.size(1), Kp};
+  return Params<T>{W.data_ptr<T>(),
+                   b.data_ptr<T>(),
+                   L.data_ptr<T>(),
+                   G.data_ptr<T>(),
+                   plastic ? bl.data_ptr<T>() : nullptr,
+                   plastic ? bg.data_ptr<T>() : nullptr,
+                   ng.defined() ? ng.data_ptr<T>() : nullptr,
+                   W.size(0),
+                   I,
+                   W.size(1),
+                   Kp};
 }
 
 // z_t of sample b: x_t, then (STPNr) h_{t-1}, zero after a reset.
@@ -552,8 +658,8 @@ void gather_input(T* z, const T* x, const T* h0, const T* out, bool reset, int64
     std::copy_n(hprev, p.H, z + p.I);
 }
 
-Options make_options(bool recurrent, bool normalize, bool oja, bool plastic, double clamp) {
-  return Options{recurrent, normalize, oja, plastic, clamp > 0 ? clamp : INFINITY};
+Options make_options(bool recurrent, bool normalize, bool oja, bool plastic, bool post, double clamp) {
+  return Options{recurrent, normalize, oja, plastic, normalize && post, clamp > 0 ? clamp : INFINITY};
 }
 
 at::Tensor optional_contiguous(const std::optional<at::Tensor>& t) {
@@ -567,7 +673,7 @@ template <typename T>
 void forward_rows(int64_t begin, int64_t end, int64_t T_, int64_t B, const T* xp, const T* h0p, const T* sp,
                   const T* f0p, T* outp, T* fp, T* ep, bool record_energy, const Params<T>& p, const Options& o) {
   const int64_t H = p.H, state = H * p.Kp;
-  Scratch<T> s(H, p.K);
+  Scratch<T> s(H, p.K, o);
   for (int64_t bi = begin; bi < end; ++bi) {
     // F_0 is only read (the first update writes F), so it needs no copy
     const T* src = f0p + bi * state;
@@ -603,7 +709,7 @@ void forward_columns(int64_t begin, int64_t end, int64_t T_, int64_t B, const T*
                      const T* f0p, T* outp, T* fp, T* ep, T* cp, int64_t every, bool record_energy, const Params<T>& p,
                      const Options& o) {
   const int64_t H = p.H, state = H * p.Kp;
-  Scratch<T> s(H, p.K);
+  Scratch<T> s(H, p.K, o);
   Buffer<T> F(state);
   const auto update = o.clamp < INFINITY ? step_update_t<T, true> : step_update_t<T, false>;
   for (int64_t bi = begin; bi < end; ++bi) {
@@ -647,11 +753,11 @@ std::vector<at::Tensor> stpn_forward(const at::Tensor& x_, const at::Tensor& h0_
                                      const std::optional<at::Tensor>& starts_, const at::Tensor& W_,
                                      const at::Tensor& b_, const at::Tensor& L_, const at::Tensor& G_,
                                      const std::optional<at::Tensor>& bl_, const std::optional<at::Tensor>& bg_,
-                                     bool recurrent, bool normalize, bool oja, double clamp, bool record_energy,
-                                     int64_t every) {
+                                     const std::optional<at::Tensor>& ng_, bool recurrent, bool normalize, bool oja,
+                                     bool post, double clamp, bool record_energy, int64_t every) {
   const at::Tensor x = x_.contiguous(), h0 = h0_.contiguous(), W = W_.contiguous(), b = b_.contiguous(),
                    L = L_.contiguous(), G = G_.contiguous(), bl = optional_contiguous(bl_),
-                   bg = optional_contiguous(bg_), starts = optional_contiguous(starts_);
+                   bg = optional_contiguous(bg_), ng = optional_contiguous(ng_), starts = optional_contiguous(starts_);
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = W.size(0), Kp = fast0.size(2);
   at::Tensor out = at::empty({T, B, H}, x.options());
   const at::Tensor f0 = fast0.contiguous();
@@ -661,10 +767,10 @@ std::vector<at::Tensor> stpn_forward(const at::Tensor& x_, const at::Tensor& h0_
   at::Tensor ckpt = at::empty({n_ckpt, B, Kp, H}, x.options());
   const at::Tensor WT = every > 0 ? transposed(W) : W, LT = every > 0 ? transposed(L) : L,
                    GT = every > 0 ? transposed(G) : G;
-  const Options o = make_options(recurrent, normalize, oja, bl.defined(), clamp);
+  const Options o = make_options(recurrent, normalize, oja, bl.defined(), post, clamp);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "stpn_forward", [&] {
     using T_ = scalar_t;
-    const Params<T_> p = make_params<T_>(W, b, L, G, bl, bg, I, Kp);
+    const Params<T_> p = make_params<T_>(W, b, L, G, bl, bg, ng, I, Kp);
     const T_ *xp = x.data_ptr<T_>(), *h0p = h0.data_ptr<T_>(), *sp = starts.defined() ? starts.data_ptr<T_>() : nullptr;
     const T_* f0p = f0.data_ptr<T_>();
     T_ *outp = out.data_ptr<T_>(), *fp = fast.data_ptr<T_>(), *ep = energy.data_ptr<T_>(), *cp = ckpt.data_ptr<T_>();
@@ -681,38 +787,40 @@ std::vector<at::Tensor> stpn_forward(const at::Tensor& x_, const at::Tensor& h0_
 
 // BPTT through the sequence from the forward's checkpoints. d_out (T,B,H) holds the gradient of
 // every output (that of h_T included), d_fast (B,H,Kp) that of F_T. Returns the gradients of
-// x, h0, F0, weight, bias, lambda, gamma, bias lambda, bias gamma (the last two empty without a
-// plastic bias).
+// x, h0, F0, weight, bias, lambda, gamma, bias lambda, bias gamma, norm gain (each of the last three
+// empty when absent).
 std::vector<at::Tensor> stpn_backward(const at::Tensor& x_, const at::Tensor& h0_,
                                       const std::optional<at::Tensor>& starts_, const at::Tensor& ckpt_,
                                       const at::Tensor& out_, const at::Tensor& W_, const at::Tensor& b_,
                                       const at::Tensor& L_, const at::Tensor& G_, const std::optional<at::Tensor>& bl_,
-                                      const std::optional<at::Tensor>& bg_, bool recurrent, bool normalize, bool oja,
-                                      double clamp, int64_t every, const at::Tensor& d_out_, const at::Tensor& d_fast_) {
+                                      const std::optional<at::Tensor>& bg_, const std::optional<at::Tensor>& ng_,
+                                      bool recurrent, bool normalize, bool oja, bool post, double clamp, int64_t every,
+                                      const at::Tensor& d_out_, const at::Tensor& d_fast_) {
   const at::Tensor x = x_.contiguous(), h0 = h0_.contiguous(), ckpt = ckpt_.contiguous(), out = out_.contiguous(),
                    W = W_.contiguous(), b = b_.contiguous(), L = L_.contiguous(), G = G_.contiguous(),
-                   bl = optional_contiguous(bl_), bg = optional_contiguous(bg_), starts = optional_contiguous(starts_),
-                   d_out = d_out_.contiguous(), d_fast = d_fast_.contiguous();
+                   bl = optional_contiguous(bl_), bg = optional_contiguous(bg_), ng = optional_contiguous(ng_),
+                   starts = optional_contiguous(starts_), d_out = d_out_.contiguous(), d_fast = d_fast_.contiguous();
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = W.size(0), K = W.size(1), Kp = ckpt.size(2);
   TORCH_CHECK(every > 0 && ckpt.size(0) == (T + every - 1) / every, "stpn_backward: checkpoints do not match every");
   at::Tensor dx = at::empty_like(x), dh0 = at::empty_like(h0), dF = at::empty_like(d_fast);
   at::Tensor dW = at::zeros_like(W), db = at::zeros_like(b), dL = at::zeros_like(L), dG = at::zeros_like(G);
   at::Tensor dbl = bl.defined() ? at::zeros_like(bl) : at::empty({0}, x.options());
   at::Tensor dbg = bl.defined() ? at::zeros_like(bg) : at::empty({0}, x.options());
+  at::Tensor dng = ng.defined() ? at::zeros_like(ng) : at::empty({0}, x.options());
   const at::Tensor WT = transposed(W), LT = transposed(L), GT = transposed(G);
-  const Options o = make_options(recurrent, normalize, oja, bl.defined(), clamp);
+  const Options o = make_options(recurrent, normalize, oja, bl.defined(), post, clamp);
   std::mutex reduce;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "stpn_backward", [&] {
     using T_ = scalar_t;
     std::vector<std::pair<int64_t, Grads<T_>>> parts;  // per thread: its first sample, its sums
-    const Params<T_> p = columns(make_params<T_>(W, b, L, G, bl, bg, I, Kp), WT, LT, GT);
+    const Params<T_> p = columns(make_params<T_>(W, b, L, G, bl, bg, ng, I, Kp), WT, LT, GT);
     const T_ *xp = x.data_ptr<T_>(), *h0p = h0.data_ptr<T_>(), *sp = starts.defined() ? starts.data_ptr<T_>() : nullptr;
     const T_ *outp = out.data_ptr<T_>(), *cp = ckpt.data_ptr<T_>(), *dop = d_out.data_ptr<T_>();
     const T_* dfin = d_fast.data_ptr<T_>();
     T_ *dxp = dx.data_ptr<T_>(), *dh0p = dh0.data_ptr<T_>(), *dfp = dF.data_ptr<T_>();
     const int64_t state = H * Kp;
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-      Scratch<T_> s(H, K);
+      Scratch<T_> s(H, K, o);
       Grads<T_> g(p);
       const bool clamped = o.clamp < INFINITY;
       const auto update = clamped ? step_update_t<T_, true> : step_update_t<T_, false>;
@@ -778,7 +886,8 @@ std::vector<at::Tensor> stpn_backward(const at::Tensor& x_, const at::Tensor& h0
         for (int64_t i = 0; i < H; ++i)
           for (int64_t k = 0; k < K; ++k) tp[i * K + k] += (*part)[k * H + i];
       }
-      const std::pair<at::Tensor*, const Buffer<T_>*> sums[] = {{&db, &g.b}, {&dbl, &g.bl}, {&dbg, &g.bg}};
+      const std::pair<at::Tensor*, const Buffer<T_>*> sums[] = {
+          {&db, &g.b}, {&dbl, &g.bl}, {&dbg, &g.bg}, {&dng, &g.ng}};
       for (const auto& [total, part] : sums) {
         T_* tp = total->data_ptr<T_>();
         const int64_t n = total->numel();
@@ -786,7 +895,7 @@ std::vector<at::Tensor> stpn_backward(const at::Tensor& x_, const at::Tensor& h0
       }
     }
   });
-  return {dx, dh0, dF, dW, db, dL, dG, dbl, dbg};
+  return {dx, dh0, dF, dW, db, dL, dG, dbl, dbg, dng};
 }
 
 TORCH_LIBRARY(sb3_stpn, m) {
