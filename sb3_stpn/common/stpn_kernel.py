@@ -31,10 +31,15 @@ thread). The recompute costs one extra forward pass and is exact: it repeats the
 """
 
 import functools
+import hashlib
 import logging
 import math
 import os
-from collections.abc import Callable
+import platform
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -404,17 +409,72 @@ def cpp_kernel_available() -> bool:
     return _cpp_ops() is not None
 
 
-def _build_cpp_extension() -> object:
+CPP_CFLAGS = ["-O3", "-march=native", "-fopenmp-simd"]
+
+
+def _cpu_instruction_set() -> str:
+    """What ``-march=native`` compiles for: the CPU's feature flags (Linux), else the processor's name."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+    flags = next((line for line in cpuinfo.splitlines() if line.startswith(("flags", "Features"))), "")
+    return f"{platform.machine()} {flags}"
+
+
+def cpp_build_directory() -> Path:
+    """
+    Where the C++ kernel is built and cached: one folder per source, compiler flags, torch and Python
+    version and CPU instruction set, under torch's extension root (``TORCH_EXTENSIONS_DIR``, default
+    ``~/.cache/torch_extensions``). Two machines sharing a home directory never load a binary built for
+    another CPU, and checkouts of the same source share one build instead of rebuilding each other's.
+    """
     from torch.utils import cpp_extension
 
-    cpp_extension.load(
-        name="sb3_stpn_kernel",
-        sources=[str(CPP_SOURCE)],
-        extra_cflags=["-O3", "-march=native", "-fopenmp-simd"],
-        is_python_module=False,
-        verbose=False,
-    )
+    key = "\n".join([CPP_SOURCE.read_text(), " ".join(CPP_CFLAGS), th.__version__, sys.version, _cpu_instruction_set()])
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
+    return Path(root) / f"sb3_stpn_kernel_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def _build_cpp_extension() -> object:
+    """Load the C++ kernel, building it first (about a minute, said in one line) if its cache folder has none."""
+    from torch.utils import cpp_extension
+
+    build_directory = cpp_build_directory()
+    name = build_directory.name
+    source = build_directory / CPP_SOURCE.name  # built from a copy, so that every checkout's build is the same
+    if not source.is_file():
+        build_directory.mkdir(parents=True, exist_ok=True)
+        partial = source.with_suffix(f".{os.getpid()}.tmp")
+        shutil.copyfile(CPP_SOURCE, partial)
+        partial.replace(source)
+    if not (build_directory / f"{name}{cpp_extension.LIB_EXT}").is_file():
+        print(f"sb3_stpn: building the C++ STPN kernel in {build_directory} (about a minute, once)", file=sys.stderr)
+    with _ninja_on_path():
+        cpp_extension.load(
+            name=name,
+            sources=[str(source)],
+            extra_cflags=CPP_CFLAGS,
+            build_directory=str(build_directory),
+            is_python_module=False,
+            verbose=False,
+        )
     return th.ops.sb3_stpn
+
+
+@contextmanager
+def _ninja_on_path() -> Iterator[None]:
+    """torch's extension loader runs ``ninja`` from PATH: add the ``ninja`` package's binary when the
+    environment is used without being activated (``.venv/bin/python train.py``)."""
+    path = os.environ.get("PATH", "")
+    if shutil.which("ninja") is None:
+        import ninja
+
+        os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, path])
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = path
 
 
 def _cpp_flags(config: StpnConfig) -> tuple[bool, bool, bool, bool, float]:
