@@ -4,10 +4,11 @@ StpnPPO vs sb3-contrib's RecurrentPPO (LSTM): environment steps per second and p
 Each (env, algo) run trains from the project's zoo config (``zoo_configs/<algo>.yml``, the same
 settings and matched parameter counts) for the same number of steps, in a fresh child process
 so that its peak resident memory (RSS) is its own. Runs alternate between the two algorithms, and
-steps per second count only ``learn`` (env creation and imports excluded). Prints a markdown table
-and writes JSON.
+steps per second count only ``learn`` (env creation and imports excluded). On CUDA one rollout and
+update run first, untimed, so that Triton's kernel compilation and cuDNN's set-up are not counted.
+Prints a markdown table and writes JSON.
 
-Usage: ``python -m benchmarks.end_to_end [--envs CartPoleNoVel-v1 ...] [--steps N] [--quick]``
+Usage: ``python -m benchmarks.end_to_end [--envs CartPoleNoVel-v1 ...] [--steps N] [--device cuda] [--quick]``
 """
 
 import argparse
@@ -27,8 +28,8 @@ DEFAULT_STEPS = {"CartPoleNoVel-v1": 8192, "PongNoFrameskip-v4": 4096, "Inverted
 QUICK_STEPS = {"CartPoleNoVel-v1": 512}
 
 
-def run_child(algo: str, env_id: str, steps: int) -> dict:
-    """Train ``algo`` on ``env_id`` for ``steps`` steps from its zoo config; return speed and peak RSS."""
+def run_child(algo: str, env_id: str, steps: int, device: str) -> dict:
+    """Train ``algo`` on ``env_id`` for ``steps`` steps from its zoo config on ``device``; return speed and peak RSS."""
     from sb3_stpn.common.stpn_kernel import KERNEL_ENV, cpp_kernel_available
     from sb3_stpn.zoo import CONFIG_DIR, StpnExperimentManager
 
@@ -44,21 +45,27 @@ def run_child(algo: str, env_id: str, steps: int) -> dict:
             verbose=0,
             seed=0,
             log_interval=-1,
+            device=device,
         )
         model, _ = manager.setup_experiment()
         # Build or load the C++ kernel now, so that its one-off compilation is not timed
         cpp_kernel_available()
+        warmup = model.n_steps * model.n_envs if model.device.type == "cuda" else 0
+        if warmup:
+            model.learn(warmup)
         start = time.perf_counter()
-        model.learn(steps)
+        model.learn(steps, reset_num_timesteps=not warmup)
         seconds = time.perf_counter() - start
     import torch as th
 
+    timed_steps = model.num_timesteps - warmup
     return {
         "algo": algo,
         "env": env_id,
-        "steps": model.num_timesteps,
+        "device": str(model.device),
+        "steps": timed_steps,
         "seconds": seconds,
-        "steps_per_second": model.num_timesteps / seconds,
+        "steps_per_second": timed_steps / seconds,
         # Linux reports kilobytes
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "threads": th.get_num_threads(),
@@ -66,8 +73,9 @@ def run_child(algo: str, env_id: str, steps: int) -> dict:
     }
 
 
-def run_in_child(algo: str, env_id: str, steps: int, threads: int) -> dict:
-    command = [sys.executable, "-m", "benchmarks.end_to_end", "--child", algo, env_id, str(steps), "--threads", str(threads)]
+def run_in_child(algo: str, env_id: str, steps: int, threads: int, device: str) -> dict:
+    command = [sys.executable, "-m", "benchmarks.end_to_end", "--child", algo, env_id, str(steps)]
+    command += ["--threads", str(threads), "--device", device]
     completed = subprocess.run(command, capture_output=True, text=True, check=False)
     if completed.returncode != 0:
         raise RuntimeError(f"{algo} on {env_id} failed:\n{completed.stderr[-3000:]}")
@@ -97,6 +105,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default: per env, see DEFAULT_STEPS)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each algo per env (median speed is reported)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in each run")
+    parser.add_argument("--device", default="auto", help="torch device of the models: auto (default, as SB3), cpu, cuda")
     parser.add_argument("--quick", action="store_true", help="a tiny run, to check the script works")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/end_to_end.json"))
     parser.add_argument("--child", nargs=3, metavar=("ALGO", "ENV", "STEPS"), help=argparse.SUPPRESS)
@@ -107,7 +116,7 @@ def main() -> None:
     th.set_num_threads(args.threads)
     if args.child:
         algo, env_id, steps = args.child
-        print(json.dumps(run_child(algo, env_id, int(steps))))
+        print(json.dumps(run_child(algo, env_id, int(steps), args.device)))
         return
 
     defaults = QUICK_STEPS if args.quick else DEFAULT_STEPS
@@ -117,13 +126,14 @@ def main() -> None:
         steps = args.steps or defaults.get(env_id, 4096)
         for _ in range(args.repeats):
             for algo in ALGOS:
-                row = run_in_child(algo, env_id, steps, args.threads)
+                row = run_in_child(algo, env_id, steps, args.threads, args.device)
                 rows.append(row)
                 print(f"{algo} {env_id}: {row['steps_per_second']:.0f} steps/s, {row['peak_rss_mib']:.0f} MiB", flush=True)
-    print(f"\nStpnPPO vs RecurrentPPO (LSTM), zoo configs, {args.threads} torch thread(s), kernel {rows[0]['kernel']}\n")
+    settings = f"{args.threads} torch thread(s), device {rows[0]['device']}, kernel {rows[0]['kernel']}"
+    print(f"\nStpnPPO vs RecurrentPPO (LSTM), zoo configs, {settings}\n")
     print(table(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"threads": args.threads, "runs": rows}, indent=2))
+    args.out.write_text(json.dumps({"threads": args.threads, "device": rows[0]["device"], "runs": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -2,17 +2,22 @@
 Time the STPN layer on each kernel path against ``torch.nn.LSTM``; print a markdown table, write JSON.
 
 Training cases time forward + backward of a whole (T, B) batch; rollout cases (T=1) time one forward
-step without grad. LSTMs are timed at the STPN's hidden size and at an equal parameter count.
+step without grad. LSTMs are timed at the STPN's hidden size and at an equal parameter count (on CUDA
+they run on cuDNN).
 
-Bytes the fused kernel moves per sample and step, with S = H * K elements of F and K = I + H:
-forward + backward ``7 S + 15 H K``: F read and written once by the forward and once by the backward's
-recompute (one fused pass each), F read and dF read and written once by the backward (its two passes
-run block by block of 16 neurons, the second on the block's columns still in cache); W, lambda, gamma
-read three times in all and their three gradients read and written. Forward only (inference)
-``2 S + 3 H K``. The implied bandwidth (bytes / time) sits next to
-the machine's copy bandwidth, measured on a large tensor in the same run.
+Bytes the fused kernels move per sample and step, with S = H * K elements of F and K = I + H:
+- ``cpp``: forward + backward ``7 S + 15 H K``: F read and written once by the forward and once by the
+  backward's recompute (one fused pass each), F read and dF read and written once by the backward (its
+  two passes run block by block of 16 neurons, the second on the block's columns still in cache); W,
+  lambda, gamma read three times in all and their three gradients read and written. Forward only
+  (inference) ``2 S + 3 H K``.
+- ``triton``: forward + backward ``16 S + 9 H K`` (see ``sb3_stpn.common.stpn_triton``: the backward's
+  two passes each read F again and the per-sample gradients of W, lambda, gamma are read and written
+  at every step; W, lambda, gamma are read nine times in all, from L2). A rollout step ``3 S + 4 H K``.
+The implied bandwidth (bytes / time) sits next to the device's copy bandwidth, measured on a large
+tensor in the same run.
 
-Usage: ``python -m benchmarks.layer [--threads 1] [--quick] [--out benchmarks/results/layer.json]``
+Usage: ``python -m benchmarks.layer [--device cpu|cuda] [--threads 1] [--quick] [--out benchmarks/results/layer.json]``
 """
 
 import argparse
@@ -31,28 +36,45 @@ from sb3_stpn.common.stpn import STPN
 
 TRAIN_CASES = [(256, 32, 4, 64), (8, 128, 512, 128), (64, 32, 32, 64)]
 ROLLOUT_CASES = [(8, 1, 512, 128), (8, 1, 4, 64)]
+# (B, T, I, H) on a GPU: CartPoleNoVel's minibatch (256 steps in sequences of 32, 2 inputs) and a larger
+# batch, GridMaze's (16 inputs, H=55) and the paper's maze batch, Atari with NatureCNN's 512 features and
+# with the paper's 2592 conv features and H=128 (64 workers x 50 steps); rollouts at each env count
+CUDA_TRAIN_CASES = [
+    (8, 32, 2, 64),
+    (256, 32, 4, 64),
+    (4, 200, 16, 55),
+    (512, 200, 16, 55),
+    (8, 32, 512, 64),
+    (64, 50, 2592, 128),
+]
+CUDA_ROLLOUT_CASES = [(8, 1, 2, 64), (512, 1, 16, 55), (8, 1, 512, 64), (64, 1, 2592, 128)]
 QUICK_TRAIN_CASES = [(16, 8, 4, 16)]
 QUICK_ROLLOUT_CASES = [(4, 1, 4, 16)]
+# Bytes each fused path moves per sample and step, in units of H * K elements: (training, rollout)
+KERNEL_TRAFFIC = {"cpp": (22, 5), "triton": (25, 7)}
 # Rollout steps per timing: one step alone is too short to time
 ROLLOUT_STEPS = 20
 
 
-def timings(fn: Callable[[], None], repeats: int) -> list[float]:
-    """Seconds per call after one warm-up call."""
+def timings(fn: Callable[[], None], repeats: int, device: th.device) -> list[float]:
+    """Seconds per call after one warm-up call; on CUDA each call ends when the GPU has done its work."""
+    synchronize = th.cuda.synchronize if device.type == "cuda" else lambda: None
     fn()
+    synchronize()
     result = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        synchronize()
         result.append(time.perf_counter() - start)
     return result
 
 
-def copy_bandwidth(repeats: int, megabytes: int) -> float:
-    """Bytes per second of a large tensor copy (read + write)."""
-    source = th.ones(megabytes * 2**20 // 4)
+def copy_bandwidth(repeats: int, megabytes: int, device: th.device) -> float:
+    """Bytes per second of a large tensor copy (read + write) on ``device``."""
+    source = th.ones(megabytes * 2**20 // 4, device=device)
     target = th.empty_like(source)
-    best = min(timings(lambda: target.copy_(source), repeats))
+    best = min(timings(lambda: target.copy_(source), repeats, device))
     return 2 * source.numel() * 4 / best
 
 
@@ -68,7 +90,7 @@ def step_function(module: th.nn.Module, x: th.Tensor, train: bool) -> Callable[[
     if isinstance(module, STPN):
         state = module.initial_state(batch)
     else:
-        state = tuple(th.zeros(1, batch, module.hidden_size) for _ in range(2))
+        state = tuple(th.zeros(1, batch, module.hidden_size, device=x.device) for _ in range(2))
 
     def run() -> None:
         if train:
@@ -82,25 +104,26 @@ def step_function(module: th.nn.Module, x: th.Tensor, train: bool) -> Callable[[
     return run
 
 
-def bench_case(batch: int, steps: int, inputs: int, hidden: int, train: bool, repeats: int, paths: list[str]) -> list[dict]:
-    stpn = STPN(inputs, hidden)
+def bench_case(
+    batch: int, steps: int, inputs: int, hidden: int, train: bool, repeats: int, paths: list[str], device: th.device
+) -> list[dict]:
+    stpn = STPN(inputs, hidden).to(device)
     params = sum(p.numel() for p in stpn.parameters())
-    x = th.randn(steps, batch, inputs, requires_grad=train)
-    presynaptic = inputs + hidden
-    state = hidden * presynaptic
-    per_step = 7 * state + 15 * hidden * presynaptic if train else 2 * state + 3 * hidden * presynaptic
-    kernel_bytes = 4 * batch * steps * per_step
+    x = th.randn(steps, batch, inputs, device=device, requires_grad=train)
     rows = []
     lstm_sizes = {"LSTM same H": hidden, "LSTM same params": lstm_hidden_for_params(params, inputs)}
     for name, lstm_hidden in lstm_sizes.items():
-        lstm = th.nn.LSTM(inputs, lstm_hidden)
-        rows.append({"model": f"{name} (H={lstm_hidden})", "seconds": timings(step_function(lstm, x, train), repeats)})
+        lstm = th.nn.LSTM(inputs, lstm_hidden).to(device)
+        seconds = timings(step_function(lstm, x, train), repeats, device)
+        rows.append({"model": f"{name} (H={lstm_hidden})", "seconds": seconds})
     for path in paths:
         os.environ[stpn_kernel.KERNEL_ENV] = path
         # The per-step reference loop is slow: fewer repeats
         count = max(2, repeats // 4) if path == "reference" else repeats
-        seconds = timings(step_function(stpn, x, train), count)
-        rows.append({"model": f"STPN {path}", "seconds": seconds, "bytes": kernel_bytes if path == "cpp" else None})
+        seconds = timings(step_function(stpn, x, train), count, device)
+        traffic = KERNEL_TRAFFIC.get(path)
+        kernel_bytes = traffic and 4 * batch * steps * hidden * (inputs + hidden) * traffic[0 if train else 1]
+        rows.append({"model": f"STPN {path}", "seconds": seconds, "bytes": kernel_bytes})
     if not train:
         for row in rows:
             row["seconds"] = [s / ROLLOUT_STEPS for s in row["seconds"]]
@@ -135,6 +158,7 @@ def markdown(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: the GPU cases, Triton vs cuDNN")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, few repeats")
     parser.add_argument("--repeats", type=int, default=None)
@@ -143,15 +167,31 @@ def main() -> None:
     th.set_num_threads(args.threads)
     th.manual_seed(0)
     repeats = args.repeats or (3 if args.quick else 9)
-    paths = ["reference", "torch"] + (["cpp"] if stpn_kernel.cpp_kernel_available() else [])
-    cases = [(c, True) for c in (QUICK_TRAIN_CASES if args.quick else TRAIN_CASES)]
-    cases += [(c, False) for c in (QUICK_ROLLOUT_CASES if args.quick else ROLLOUT_CASES)]
-    bandwidth = copy_bandwidth(repeats, 64 if args.quick else 512)
-    rows = [row for (case, train) in cases for row in bench_case(*case, train, repeats, paths)]
-    print(f"threads: {th.get_num_threads()}, torch {th.__version__}, copy bandwidth {bandwidth / 1e9:.1f} GB/s\n")
+    device = th.device(args.device)
+    if device.type == "cuda":
+        # The per-step reference loop would launch thousands of tiny kernels per call
+        paths = ["torch"] + (["triton"] if stpn_kernel.triton_kernel_available() else [])
+        train_cases, rollout_cases = CUDA_TRAIN_CASES, CUDA_ROLLOUT_CASES
+        name = th.cuda.get_device_name(device)
+    else:
+        paths = ["reference", "torch"] + (["cpp"] if stpn_kernel.cpp_kernel_available() else [])
+        train_cases, rollout_cases = TRAIN_CASES, ROLLOUT_CASES
+        name = f"CPU, {th.get_num_threads()} thread(s)"
+    if args.quick:
+        train_cases, rollout_cases = QUICK_TRAIN_CASES, QUICK_ROLLOUT_CASES
+    cases = [(c, True) for c in train_cases] + [(c, False) for c in rollout_cases]
+    bandwidth = copy_bandwidth(repeats, 64 if args.quick else 512, device)
+    rows = [row for (case, train) in cases for row in bench_case(*case, train, repeats, paths, device)]
+    print(f"{name}, torch {th.__version__}, copy bandwidth {bandwidth / 1e9:.1f} GB/s\n")
     print(markdown(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"threads": th.get_num_threads(), "torch": th.__version__, "copy_bandwidth_gbps": bandwidth / 1e9, "rows": rows}
+    report = {
+        "device": name,
+        "threads": th.get_num_threads(),
+        "torch": th.__version__,
+        "copy_bandwidth_gbps": bandwidth / 1e9,
+        "rows": rows,
+    }
     args.out.write_text(json.dumps(report, indent=2))
     print(f"\nwritten to {args.out}")
 

@@ -1,12 +1,14 @@
 """``stpn-train`` and ``stpn-enjoy``: rl_zoo3's train and enjoy scripts with ``ppo_stpn`` registered.
 
-Every rl_zoo3 flag keeps its meaning; on top of the zoo these commands
+rl_zoo3's own parser reads the command line, so every flag, abbreviation and default keeps the zoo's
+meaning. On top of the zoo these commands
 - default to ``--algo ppo_stpn`` and to the project's ``zoo_configs/<algo>.yml`` (``-conf`` overrides),
 - default Optuna runs to a shared journal file ``<log folder>/optuna.log`` and the study name
   ``<algo>_<env>``, so that several processes started alike work on one study,
-- make ``enjoy`` read ``-f logs`` by default, print the actor memory's energy per step, and record
-  a video with ``--record`` (rl_zoo3's record_video),
-- turn bad input into one ``error:`` line naming the fix and a non-zero exit.
+- make ``enjoy`` read ``-f logs`` by default and load the latest run that holds a model, print the
+  actor memory's energy per step, and record a video with ``--record`` (rl_zoo3's record_video),
+- turn bad input into one ``error:`` line naming the fix and a non-zero exit (130 after Ctrl-C,
+  once the model is saved).
 """
 
 import argparse
@@ -14,10 +16,11 @@ import difflib
 import importlib
 import runpy
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from unittest import mock
 
 import gymnasium as gym
@@ -35,63 +38,100 @@ from sb3_stpn.zoo.exp_manager import check_trained_agent, default_config, load_c
 
 DEFAULT_ALGO = "ppo_stpn"
 DEFAULT_LOG_FOLDER = "logs"
-ZOO_DEFAULT_ENV = "CartPole-v1"  # rl_zoo3's own default for --env
 
 
-def _pre_parser() -> argparse.ArgumentParser:
-    """The few flags checked before rl_zoo3 parses the full command line (unknown ones are left to it)."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument("--algo")
-    parser.add_argument("--env", default=ZOO_DEFAULT_ENV)
-    parser.add_argument("--gym-packages", nargs="+", default=[])
-    parser.add_argument("-f", "--log-folder", "--folder", dest="folder")
-    parser.add_argument("-conf", "--conf-file")
-    parser.add_argument("-i", "--trained-agent", default="")
-    parser.add_argument("-optimize", "--optimize-hyperparameters", action="store_true")
-    parser.add_argument("--storage")
-    parser.add_argument("--study-name")
-    return parser
+@contextmanager
+def _zoo_parser(defaults: dict[str, Any], check: Callable[[argparse.Namespace], None]) -> Iterator[None]:
+    """
+    Let the rl_zoo3 script run next parse its own command line, with our ``defaults`` and checks.
+
+    The script's parser is the first one to parse: it gets ``defaults``, reports a bad flag or value
+    as a :class:`ZooError` instead of usage text, and ``check`` completes and validates its result
+    before the script uses it. Not re-declaring the zoo's flags keeps every spelling it accepts.
+    """
+    parse_args = argparse.ArgumentParser.parse_args
+
+    def parse_zoo_args(
+        parser: argparse.ArgumentParser, args: list[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        def error(message: str) -> NoReturn:
+            raise ZooError(f"{message}; see {parser.prog} -h")
+
+        argparse.ArgumentParser.parse_args = parse_args  # type: ignore[method-assign]  # the script's parser only
+        parser.set_defaults(**defaults)
+        parser.error = error  # type: ignore[method-assign]
+        parsed = parse_args(parser, args, namespace)
+        check(parsed)
+        return parsed
+
+    argparse.ArgumentParser.parse_args = parse_zoo_args  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        argparse.ArgumentParser.parse_args = parse_args  # type: ignore[method-assign]
 
 
-def _parse_known(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    """Parse our flags, import ``--gym-packages`` and check the env id; return them and argv with the algo default."""
-    known, _ = _pre_parser().parse_known_args(argv)
-    for module in known.gym_packages:
+def _check_env(gym_packages: list[str], env_id: str) -> None:
+    """Import ``--gym-packages`` and check that the env id is registered."""
+    for module in gym_packages:
         try:
             importlib.import_module(module)
         except ImportError as error:
             raise ZooError(f"cannot import --gym-packages {module} ({error}); install it or fix the name") from error
-    if known.env not in gym.registry:
-        close = difflib.get_close_matches(known.env, gym.registry, n=1)
+    if env_id not in gym.registry:
+        close = difflib.get_close_matches(env_id, gym.registry, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise ZooError(
-            f"unknown environment {known.env}{hint}; pass a registered Gymnasium id, "
+            f"unknown environment {env_id}{hint}; pass a registered Gymnasium id, "
             "or --gym-packages MODULE for a package that registers it"
         )
-    if known.algo is None:
-        known.algo = DEFAULT_ALGO
-        argv = ["--algo", DEFAULT_ALGO, *argv]
-    return known, argv
+
+
+def _check_log_folder(folder: str) -> None:
+    """Make the log folder and write in it now, so that an unusable ``-f`` fails before any run folder is made."""
+    if Path(folder).is_file():
+        raise ZooError(f"-f {folder} is a file; pass a folder for the logs")
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ZooError(f"cannot write logs to -f {folder} ({error.strerror}); pass a writable folder") from error
+
+
+def _check_train_args(args: argparse.Namespace) -> None:
+    """Validate rl_zoo3 train's arguments and fill in the project's defaults (config, Optuna storage and study)."""
+    _check_env(args.gym_packages, args.env)
+    if args.n_timesteps is None:
+        args.n_timesteps = -1  # the zoo's "use the config's n_timesteps"
+    elif args.n_timesteps <= 0:
+        raise ZooError(f"-n must be a positive number of steps, got {args.n_timesteps}; omit it for the config's n_timesteps")
+    if args.conf_file is None:
+        args.conf_file = str(default_config(args.algo))
+    config = Path(args.conf_file)
+    if config.suffix in (".yml", ".yaml"):
+        load_config_entry(config, args.env, ExperimentManager.is_atari(args.env))
+    elif config.is_file() and config.suffix != ".py":
+        raise ZooError(
+            f"-conf {config}: rl_zoo3 reads .yml/.yaml files, .py files and module names, not {config.suffix} files; "
+            "convert it to YAML"
+        )
+    if args.trained_agent:
+        check_trained_agent(args.trained_agent)
+    if args.optimize_hyperparameters:
+        if args.storage is None:
+            args.storage = f"{args.log_folder}/optuna.log"
+        if args.study_name is None:
+            args.study_name = f"{args.algo}_{args.env}"
+    _check_log_folder(args.log_folder)
 
 
 def _train(argv: list[str]) -> None:
-    known, argv = _parse_known(argv)
-    folder = known.folder or DEFAULT_LOG_FOLDER
-    if known.conf_file is None:
-        config = default_config(known.algo)
-        argv += ["--conf-file", str(config)]
-    else:
-        config = Path(known.conf_file)
-    if config.suffix in (".yml", ".yaml"):
-        load_config_entry(config, known.env, ExperimentManager.is_atari(known.env))
-    if known.trained_agent:
-        check_trained_agent(known.trained_agent)
-    if known.optimize_hyperparameters:
-        if known.storage is None:
-            argv += ["--storage", f"{folder}/optuna.log"]
-        if known.study_name is None:
-            argv += ["--study-name", f"{known.algo}_{known.env}"]
-    with mock.patch.object(rl_zoo3.train, "ExperimentManager", StpnExperimentManager), _argv("stpn-train", argv):
+    with (
+        mock.patch.object(rl_zoo3.train, "ExperimentManager", StpnExperimentManager),
+        _zoo_parser({"algo": DEFAULT_ALGO, "n_timesteps": None}, _check_train_args),
+        _argv("stpn-train", argv),
+    ):
         rl_zoo3.train.train()
 
 
@@ -150,31 +190,50 @@ class MeteredLoader:
         return model
 
 
-def _checked_get_model_path(exp_id: int, folder: str, algo: str, env_name: Any, *args: Any, **kwargs: Any) -> Any:
-    """rl_zoo3's get_model_path, with a missing run or model reported as a :class:`ZooError`."""
-    try:
-        return _zoo_get_model_path(exp_id, folder, algo, env_name, *args, **kwargs)
-    except (AssertionError, ValueError) as error:
-        raise ZooError(
-            f"no trained {algo} agent for {env_name} in {folder} ({error}); train one with "
-            f"`stpn-train --algo {algo} --env {env_name} -f {folder}` or pass the right -f/--exp-id"
-        ) from error
+def _run_ids(folder: str, algo: str, env_name: str) -> list[int]:
+    """The ids of the runs ``<folder>/<algo>/<env>_<id>``, latest first."""
+    prefix = f"{env_name}_"
+    names = (path.name.removeprefix(prefix) for path in Path(folder, algo).glob(f"{prefix}*") if path.is_dir())
+    return sorted((int(name) for name in names if name.isdigit()), reverse=True)
+
+
+def _latest_model_path(exp_id: int, folder: str, algo: str, env_name: Any, *args: Any, **kwargs: Any) -> Any:
+    """
+    rl_zoo3's get_model_path, where ``--exp-id 0`` (the default) means the latest run that holds the
+    requested model, not merely the latest run folder; nothing found is a :class:`ZooError`.
+    """
+    error: Exception | None = None
+    for run_id in _run_ids(folder, algo, env_name) if exp_id == 0 else [exp_id]:
+        try:
+            return _zoo_get_model_path(run_id, folder, algo, env_name, *args, **kwargs)
+        except (AssertionError, ValueError) as run_error:
+            error = error or run_error
+    found = f" ({error})" if error else ""
+    raise ZooError(
+        f"no trained {algo} agent for {env_name} in {folder}{found}; train one with "
+        f"`stpn-train --algo {algo} --env {env_name} -f {folder}` or pass the right -f/--exp-id"
+    )
 
 
 _zoo_get_model_path = rl_zoo3.utils.get_model_path
 
 
+def _check_enjoy_args(args: argparse.Namespace) -> None:
+    """Validate the arguments of rl_zoo3's enjoy or record_video (which has no --gym-packages)."""
+    _check_env(getattr(args, "gym_packages", []), args.env.gym_id)
+    if args.n_timesteps <= 0:
+        raise ZooError(f"-n must be a positive number of steps, got {args.n_timesteps}")
+
+
 def _enjoy(argv: list[str]) -> None:
     record = "--record" in argv
     argv = [arg for arg in argv if arg != "--record"]
-    known, argv = _parse_known(argv)
-    if known.folder is None:
-        argv += ["-f", DEFAULT_LOG_FOLDER]
     meter = EnergyMeter()
     script = "rl_zoo3.record_video" if record else "rl_zoo3.enjoy"
     with (
-        mock.patch.object(rl_zoo3.utils, "get_model_path", _checked_get_model_path),
-        mock.patch.dict(ALGOS, {known.algo: MeteredLoader(ALGOS[known.algo], meter)}),
+        mock.patch.object(rl_zoo3.utils, "get_model_path", _latest_model_path),
+        mock.patch.dict(ALGOS, {name: MeteredLoader(algo_class, meter) for name, algo_class in ALGOS.items()}),
+        _zoo_parser({"algo": DEFAULT_ALGO, "folder": DEFAULT_LOG_FOLDER}, _check_enjoy_args),
         _argv("stpn-enjoy", argv),
     ):
         # Both scripts import get_model_path and ALGOS from rl_zoo3.utils when run, so they see the patches

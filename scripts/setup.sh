@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet "torch==2.13.0" -e ".[all]"
-# Build the C++ STPN kernel now (cached under ~/.cache/torch_extensions) rather than at the first
-# forward; without a compiler the layer logs one line and runs its plain PyTorch path instead.
+.venv/bin/python -m pip install --quiet "torch==2.13.0" -e ".[all,test]"
+# Build the C++ STPN kernel now (cached under ~/.cache/torch_extensions, one folder per source, torch
+# version and CPU) rather than at the first forward; without a compiler the layer logs one line and runs
+# its plain PyTorch path instead.
 .venv/bin/python -c "from sb3_stpn.common.stpn_kernel import cpp_kernel_available; print('C++ STPN kernel:', 'ready' if cpp_kernel_available() else 'unavailable, using PyTorch ops')"

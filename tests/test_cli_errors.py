@@ -4,9 +4,11 @@ import hashlib
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from rl_zoo3.utils import ALGOS
 
 from sb3_stpn.cli import enjoy_main, train_main
 
@@ -31,7 +33,17 @@ class NanEnv(gym.Env):
 
 
 gym.register("NanEnv-v0", entry_point=NanEnv, max_episode_steps=50)
+
+
+class CrashingEnv(NanEnv):
+    def step(self, action):
+        raise RuntimeError("the simulator crashed")
+
+
+gym.register("CrashingEnv-v0", entry_point=CrashingEnv, max_episode_steps=50)
 """
+# A Python config (rl_zoo3 reads a dict ``hyperparams``) whose entry lacks n_timesteps
+NO_BUDGET_CONFIG = f"hyperparams = {{'{ENV}': dict(policy='MlpStpnPolicy', n_steps=8)}}\n"
 
 
 @pytest.fixture
@@ -45,6 +57,8 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "list.yml").write_text("- just a list\n")
     (tmp_path / "corrupt.zip").write_bytes(b"not a zip")
     (tmp_path / "nan_env.py").write_text(NAN_ENV_MODULE)
+    (tmp_path / "no_budget.py").write_text(NO_BUDGET_CONFIG)
+    (tmp_path / "config.json").write_text("{}")
     monkeypatch.syspath_prepend(str(tmp_path))
     return tmp_path
 
@@ -68,6 +82,12 @@ TRAIN_CASES = {
     "missing -i": (["--env", ENV, *TINY, "-i", "missing.zip"], "trained agent missing.zip not found"),
     "corrupt -i": (["--env", ENV, *TINY, "-i", "corrupt.zip"], "corrupt.zip is not a model saved by SB3"),
     "nan observation": (["--env", "NanEnv-v0", "--gym-packages", "nan_env", *TINY], "found nan in observations"),
+    "negative -n": (["--env", ENV, "-n", "-5"], "-n must be a positive number of steps, got -5"),
+    "json config": (["--env", ENV, "-conf", "config.json"], "-conf config.json: rl_zoo3 reads .yml/.yaml files"),
+    "python config without n_timesteps": (["--env", ENV, "-conf", "no_budget.py"], "no n_timesteps in the CartPoleNoVel-v1"),
+    "-f a file": (["--env", ENV, *TINY, "-f", "bad.yml"], "-f bad.yml is a file"),
+    "-f below a file": (["--env", ENV, *TINY, "-f", "bad.yml/logs"], "cannot write logs to -f bad.yml/logs (Not a directory)"),
+    "negative n_steps": (["--env", ENV, *TINY, "n_steps:-5"], "n_steps must be a positive integer, got -5"),
 }
 
 
@@ -86,6 +106,40 @@ def test_train_rejects_bad_input(case: str, workdir: Path) -> None:
     assert snapshot(workdir / "logs") == before
 
 
+@pytest.fixture
+def unwritable_folder(tmp_path: Path) -> Path:
+    """A folder nobody may write in: read-only permissions, or for root (who ignores them) a path in sysfs."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read_only"
+        folder.mkdir(mode=0o555)
+        return folder / "logs"
+    if not Path("/sys/kernel").is_dir():
+        pytest.skip("running as root without sysfs: no folder is unwritable")
+    return Path("/sys/kernel/sb3_stpn_logs")
+
+
+def test_train_rejects_an_unwritable_log_folder(workdir: Path, unwritable_folder: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--env", ENV, *TINY, "-f", str(unwritable_folder)])
+    check_one_line_error(exit_info.value.code, f"cannot write logs to -f {unwritable_folder}")
+
+
+@pytest.mark.parametrize("main", [train_main, enjoy_main])
+def test_unknown_algo_lists_every_algo(main: Callable[[list[str]], None], workdir: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--algo", "ppo_stpm", "--env", ENV])
+    check_one_line_error(exit_info.value.code, "invalid choice: 'ppo_stpm'")
+    assert all(f"'{algo}'" in str(exit_info.value.code) for algo in ALGOS)
+
+
+def test_any_failure_removes_the_run_folder(workdir: Path) -> None:
+    """Not only the project's own errors: an env that crashes mid-training leaves no model-less run folder."""
+    before = snapshot(workdir / "logs")
+    with pytest.raises(RuntimeError, match="the simulator crashed"):
+        train_main(["--env", "CrashingEnv-v0", "--gym-packages", "nan_env", *TINY])
+    assert snapshot(workdir / "logs") == before
+
+
 def test_continue_from_another_algorithms_model(workdir: Path, tmp_path: Path) -> None:
     """A real ppo_stpn model given to ppo_lstm: refused in one line, the model and the log folders untouched."""
     train_main(["--env", ENV, *TINY, "-f", str(tmp_path / "other")])
@@ -101,6 +155,29 @@ def test_enjoy_without_trained_agent(workdir: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         enjoy_main(["--env", "Pendulum-v1", "--no-render"])
     check_one_line_error(exit_info.value.code, "no trained ppo_stpn agent for Pendulum-v1 in logs")
+
+
+ENJOY_CASES = {
+    "negative -n": (["--env", ENV, "-n", "-5"], "-n must be a positive number of steps, got -5"),
+    "unknown env": (["--env", "CartPoleNoVel-v9"], "unknown environment CartPoleNoVel-v9"),
+}
+
+
+@pytest.mark.parametrize("case", ENJOY_CASES)
+def test_enjoy_rejects_bad_input(case: str, workdir: Path) -> None:
+    argv, expected = ENJOY_CASES[case]
+    with pytest.raises(SystemExit) as exit_info:
+        enjoy_main([*argv, "--no-render"])
+    check_one_line_error(exit_info.value.code, expected)
+
+
+def test_enjoy_skips_runs_without_a_model(workdir: Path) -> None:
+    """A later run folder without a model (a failed or running run) is passed over for the latest one holding one."""
+    (workdir / "logs" / "ppo_stpn" / f"{ENV}_2").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        enjoy_main(["--env", ENV, "--no-render"])
+    # Run 1's (fake) model was the one picked
+    check_one_line_error(exit_info.value.code, f"cannot load logs/ppo_stpn/{ENV}_1/{ENV}.zip")
 
 
 def test_enjoy_corrupt_model(workdir: Path) -> None:

@@ -1,6 +1,6 @@
 """The STPN recurrence over a sequence: a fused autograd Function and the per-step reference loop.
 
-``stpn_sequence`` is the single entry point the layer uses. It runs one of three paths, chosen by the
+``stpn_sequence`` is the single entry point the layer uses. It runs one of four paths, chosen by the
 environment variable ``SB3_STPN_KERNEL``:
 
 - ``reference``: ``stpn_sequence_reference``, one ``stpn_step`` of plain differentiable ops per time
@@ -13,8 +13,12 @@ environment variable ``SB3_STPN_KERNEL``:
   passes over F, forward and backward. Training calls work on F transposed to (K, H) inside the
   kernel, so that per-neuron sums are vector accumulators; inference (rollout steps) on the public
   (H, K) rows, which needs no transpose at the boundary. CPU, float32/float64.
-- ``auto`` (default): ``cpp`` for CPU tensors when it builds, else ``torch``. A failed build is
-  logged once per process and the ``torch`` path taken.
+- ``triton``: ``_FusedStpn`` with the Triton kernels of ``stpn_triton`` (the same plan as ``cpp``, one
+  program per sample on the GPU). CUDA tensors, float32/float64; CPU tensors under Triton's interpreter
+  (``TRITON_INTERPRET=1``, for the tests).
+- ``auto`` (default): ``cpp`` for CPU tensors when it builds, ``triton`` for CUDA tensors when triton
+  imports, else ``torch``. A failed build or import is logged once per process and the ``torch`` path
+  taken.
 
 Memory of the fused paths (checkpointing instead of keeping T copies of F). With S = H * (K + plastic
 bias) elements per sample, the forward keeps the outputs (T, B, H), which backward needs anyway, and
@@ -27,12 +31,18 @@ thread). The recompute costs one extra forward pass and is exact: it repeats the
 """
 
 import functools
+import hashlib
 import logging
 import math
 import os
-from collections.abc import Callable
+import platform
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import NamedTuple
 
 import torch as th
@@ -41,9 +51,9 @@ logger = logging.getLogger(__name__)
 
 # Added to the row norms so that an all-zero row does not divide by zero (shared/STPN.md)
 NORM_EPS = 1e-16
-# Selects the path of stpn_sequence: auto (default), reference, torch or cpp
+# Selects the path of stpn_sequence: auto (default), reference, torch, cpp or triton
 KERNEL_ENV = "SB3_STPN_KERNEL"
-KERNELS = ("auto", "reference", "torch", "cpp")
+KERNELS = ("auto", "reference", "torch", "cpp", "triton")
 # Bound on the buffer holding a recomputed checkpoint segment (per thread for cpp, per call for torch)
 SEGMENT_BUDGET_BYTES = 32 * 2**20
 CPP_SOURCE = Path(__file__).parent / "csrc" / "stpn.cpp"
@@ -422,17 +432,72 @@ def cpp_kernel_available() -> bool:
     return _cpp_ops() is not None
 
 
-def _build_cpp_extension() -> object:
+CPP_CFLAGS = ["-O3", "-march=native", "-fopenmp-simd"]
+
+
+def _cpu_instruction_set() -> str:
+    """What ``-march=native`` compiles for: the CPU's feature flags (Linux), else the processor's name."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+    flags = next((line for line in cpuinfo.splitlines() if line.startswith(("flags", "Features"))), "")
+    return f"{platform.machine()} {flags}"
+
+
+def cpp_build_directory() -> Path:
+    """
+    Where the C++ kernel is built and cached: one folder per source, compiler flags, torch and Python
+    version and CPU instruction set, under torch's extension root (``TORCH_EXTENSIONS_DIR``, default
+    ``~/.cache/torch_extensions``). Two machines sharing a home directory never load a binary built for
+    another CPU, and checkouts of the same source share one build instead of rebuilding each other's.
+    """
     from torch.utils import cpp_extension
 
-    cpp_extension.load(
-        name="sb3_stpn_kernel",
-        sources=[str(CPP_SOURCE)],
-        extra_cflags=["-O3", "-march=native", "-fopenmp-simd"],
-        is_python_module=False,
-        verbose=False,
-    )
+    key = "\n".join([CPP_SOURCE.read_text(), " ".join(CPP_CFLAGS), th.__version__, sys.version, _cpu_instruction_set()])
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
+    return Path(root) / f"sb3_stpn_kernel_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def _build_cpp_extension() -> object:
+    """Load the C++ kernel, building it first (about a minute, said in one line) if its cache folder has none."""
+    from torch.utils import cpp_extension
+
+    build_directory = cpp_build_directory()
+    name = build_directory.name
+    source = build_directory / CPP_SOURCE.name  # built from a copy, so that every checkout's build is the same
+    if not source.is_file():
+        build_directory.mkdir(parents=True, exist_ok=True)
+        partial = source.with_suffix(f".{os.getpid()}.tmp")
+        shutil.copyfile(CPP_SOURCE, partial)
+        partial.replace(source)
+    if not (build_directory / f"{name}{cpp_extension.LIB_EXT}").is_file():
+        print(f"sb3_stpn: building the C++ STPN kernel in {build_directory} (about a minute, once)", file=sys.stderr)
+    with _ninja_on_path():
+        cpp_extension.load(
+            name=name,
+            sources=[str(source)],
+            extra_cflags=CPP_CFLAGS,
+            build_directory=str(build_directory),
+            is_python_module=False,
+            verbose=False,
+        )
     return th.ops.sb3_stpn
+
+
+@contextmanager
+def _ninja_on_path() -> Iterator[None]:
+    """torch's extension loader runs ``ninja`` from PATH: add the ``ninja`` package's binary when the
+    environment is used without being activated (``.venv/bin/python train.py``)."""
+    path = os.environ.get("PATH", "")
+    if shutil.which("ninja") is None:
+        import ninja
+
+        os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, path])
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = path
 
 
 def _cpp_flags(config: StpnConfig) -> tuple[bool, bool, bool, bool, float]:
@@ -474,9 +539,38 @@ def _cpp_backward(
     return tuple(grads[:3]) + tuple(None if p is None else g for p, g in zip(params, grads[3:], strict=True))
 
 
+@functools.cache
+def _triton_ops() -> ModuleType | None:
+    """The Triton kernels (imported on first use); None, logged once, when triton does not import."""
+    try:
+        from sb3_stpn.common import stpn_triton
+    except Exception as error:  # triton missing or broken must not stop the layer
+        logger.warning("sb3_stpn: the Triton STPN kernel is unavailable (%s); using the torch-op path", error)
+        return None
+    return stpn_triton
+
+
+def triton_kernel_available() -> bool:
+    """Whether the Triton kernels import here (they run on CUDA tensors, or on CPU ones under TRITON_INTERPRET=1)."""
+    return _triton_ops() is not None
+
+
+def _triton_forward(*args: object) -> tuple[th.Tensor, th.Tensor, th.Tensor | None, th.Tensor]:
+    outputs, fast, energy, checkpoints = _triton_ops().forward(*args)
+    # The Triton kernels have no divergence flag yet (the C++ one has): F_T is checked once per call
+    raise_if_diverged(th.isfinite(fast).all())
+    return outputs, fast, energy, checkpoints
+
+
+def _triton_backward(*args: object) -> tuple[th.Tensor | None, ...]:
+    return _triton_ops().backward(*args)
+
+
 BACKENDS = {
     "torch": _Backend(_torch_forward, _torch_backward, per_batch_segment=True),
     "cpp": _Backend(_cpp_forward, _cpp_backward, per_batch_segment=False),
+    # Every sample's segment is recomputed at once on the GPU
+    "triton": _Backend(_triton_forward, _triton_backward, per_batch_segment=True),
 }
 
 
@@ -523,12 +617,25 @@ def kernel_choice(x: th.Tensor) -> str:
     if choice not in KERNELS:
         raise ValueError(f"{KERNEL_ENV}={choice!r}: use one of {', '.join(KERNELS)}")
     cpp_fits = x.device.type == "cpu" and x.dtype in (th.float32, th.float64)
+    triton_fits = x.dtype in (th.float32, th.float64) and (
+        x.device.type == "cuda" or (x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
+    )
+    if choice == "triton":
+        if not triton_fits:
+            raise ValueError(
+                f"{KERNEL_ENV}=triton needs float32/float64 CUDA tensors (CPU ones only under TRITON_INTERPRET=1), "
+                f"got {x.dtype} on {x.device}"
+            )
+        if _triton_ops() is None:
+            raise RuntimeError(f"{KERNEL_ENV}=triton but triton does not import (see the log): pip install triton")
     if choice == "cpp":
         if not cpp_fits:
             raise ValueError(f"{KERNEL_ENV}=cpp needs float32/float64 CPU tensors, got {x.dtype} on {x.device}")
         if _cpp_ops() is None:
             raise RuntimeError(f"{KERNEL_ENV}=cpp but the C++ kernel could not be built (see the log)")
     if choice == "auto":
+        if x.device.type == "cuda" and triton_fits and _triton_ops() is not None:
+            return "triton"
         return "cpp" if cpp_fits and _cpp_ops() is not None else "torch"
     return choice
 

@@ -9,16 +9,24 @@
 - GridMaze ids step their ``n_envs`` mazes in one vectorised :class:`~sb3_stpn.envs.GridMazeVecEnv`.
 - Recurrent PPO runs (``ppo_stpn``, ``ppo_lstm``) log energy and plasticity diagnostics
   (:class:`~sb3_stpn.common.callbacks.StpnDiagnosticsCallback`).
-- A run that fails (bad input, NaN) removes its own fresh, model-less run folder, so that
-  ``enjoy`` keeps finding the latest trained agent.
+- ``policy: auto`` also adds :func:`~sb3_stpn.zoo.wrappers.fit_observation_to_sb3` to the env
+  wrappers: it drops Dict keys SB3 cannot take (a Text mission) and flattens images too small
+  for NatureCNN, so that the ``default`` entry fits envs such as MiniGrid's.
+- Errors SB3 raises while the run is set up (e.g. ``n_steps: -5``) become one line naming the fix.
+- A run that fails with any error removes its own fresh, model-less run folder; a run stopped by
+  Ctrl-C saves its model, then re-raises the interrupt so that the command exits 130.
 """
 
 import difflib
 import inspect
 import os
 import shutil
+import signal
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import gymnasium as gym
@@ -39,8 +47,14 @@ from sb3_stpn.envs import GRID_MAZE_IDS, make_grid_maze_vec_env
 from sb3_stpn.zoo.hyperparams_opt import tuning_entry
 
 AUTO_POLICY = "auto"
-# The project's configs: <repo>/zoo_configs/<algo>.yml next to the package
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "zoo_configs"
+# The env wrapper ``policy: auto`` adds (rl_zoo3 imports wrappers by name, also in enjoy from the saved config)
+FIT_OBSERVATION_WRAPPER = "sb3_stpn.zoo.wrappers.fit_observation_to_sb3"
+# Hyperparameters that only make sense as positive integers (rl_zoo3's and the on-policy algorithms')
+POSITIVE_INTEGERS = ("n_envs", "n_timesteps", "n_steps", "batch_size", "n_epochs", "sequence_length")
+_PACKAGE = Path(__file__).resolve().parents[1]
+# The project's configs, <algo>.yml: the repository's top-level zoo_configs/, which a wheel installs
+# as package data in sb3_stpn/zoo_configs/ (mapped in pyproject.toml, not copied)
+CONFIG_DIR = _PACKAGE / "zoo_configs" if (_PACKAGE / "zoo_configs").is_dir() else _PACKAGE.parent / "zoo_configs"
 
 
 class ZooError(Exception):
@@ -140,27 +154,74 @@ class StpnExperimentManager(ExperimentManager):
     def _fix(self) -> str:
         return f"fix the {self.env_name.gym_id} entry of {self.config} or the --hyperparams override"
 
+    interrupted = False  # set by Ctrl-C during learn
+
     def setup_experiment(self) -> tuple[BaseAlgorithm, dict[str, Any]] | None:
-        try:
-            return super().setup_experiment()
-        except ZooError:
-            self._remove_empty_run_folder()
-            raise
+        with self._removing_run_folder_on_failure():
+            try:
+                return super().setup_experiment()
+            except ZooError:
+                raise
+            except (AssertionError, ValueError) as error:  # SB3 checks its arguments with both
+                message = " ".join(str(error).split())
+                raise ZooError(f"cannot set up {self.algo} on {self.env_name.gym_id} ({message}); {self._fix}") from error
 
     def learn(self, model: BaseAlgorithm) -> None:
+        def note_interrupt(signum: int, frame: FrameType | None) -> None:
+            self.interrupted = True
+            raise KeyboardInterrupt  # rl_zoo3 catches it and saves the model
+
+        previous_handler = signal.signal(signal.SIGINT, note_interrupt)
         try:
-            super().learn(model)
-        except ZooError:
-            self._remove_empty_run_folder()
+            with self._removing_run_folder_on_failure():
+                super().learn(model)
+        finally:
+            signal.signal(signal.SIGINT, previous_handler)
+
+    def save_trained_model(self, model: BaseAlgorithm) -> None:
+        super().save_trained_model(model)
+        if self.interrupted:
+            raise KeyboardInterrupt  # saved: now stop as interrupted (exit status 130)
+
+    def hyperparameters_optimization(self) -> None:
+        with self._removing_run_folder_on_failure():
+            super().hyperparameters_optimization()
+
+    @contextmanager
+    def _removing_run_folder_on_failure(self) -> Iterator[None]:
+        """Remove this run's freshly made folder, unless a model was saved in it, when anything fails."""
+        try:
+            yield
+        except BaseException:
+            run_folder = Path(self.save_path)
+            if run_folder.is_dir() and not any(run_folder.rglob("*.zip")):
+                shutil.rmtree(run_folder)
             raise
 
-    def _remove_empty_run_folder(self) -> None:
-        """Remove this run's freshly made folder unless a model was saved in it."""
-        run_folder = Path(self.save_path)
-        if run_folder.is_dir() and not any(run_folder.rglob("*.zip")):
-            shutil.rmtree(run_folder)
+    def read_hyperparameters(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        try:
+            hyperparams, saved_hyperparams = super().read_hyperparameters()
+        except ZooError:
+            raise
+        except Exception as error:  # a Python config (file or module) fails in many ways
+            raise ZooError(
+                f"cannot read hyperparameters from -conf {self.config} ({type(error).__name__}: {error}); pass a .yml "
+                "file, a .py file or an importable module defining a dict `hyperparams` with an entry for the env"
+            ) from error
+        if hyperparams.get("policy", AUTO_POLICY) == AUTO_POLICY:
+            for entry in (hyperparams, saved_hyperparams):  # saved too: enjoy wraps its env from the saved config
+                wrappers = entry.get("env_wrapper") or []
+                wrappers = [wrappers] if isinstance(wrappers, (str, dict)) else wrappers
+                entry["env_wrapper"] = [*wrappers, FIT_OBSERVATION_WRAPPER]
+        return hyperparams, saved_hyperparams
 
     def _preprocess_hyperparams(self, hyperparams: dict[str, Any]) -> tuple[dict[str, Any], Any, Any, Any]:
+        if self.n_timesteps <= 0 and "n_timesteps" not in hyperparams:
+            raise ZooError(f"no n_timesteps in the {self.env_name.gym_id} entry of {self.config}; add it or pass -n STEPS")
+        for name in POSITIVE_INTEGERS:
+            value = hyperparams.get(name)
+            if value is not None and not (isinstance(value, (int, float)) and value >= 1 and value == int(value)):
+                raise ZooError(f"{name} must be a positive integer, got {value!r}; {self._fix}")
         hyperparams, *rest = super()._preprocess_hyperparams(hyperparams)
         self._check_hyperparameters(hyperparams)
         return (hyperparams, *rest)

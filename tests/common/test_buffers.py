@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import torch as th
+from gymnasium import spaces
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import SimpleMultiObsEnv
@@ -122,3 +124,26 @@ def test_padded_steps_are_masked() -> None:
     collect_one_rollout(model)
     batch = model.rollout_buffer._get_sequences(np.array([2]))
     np.testing.assert_array_equal(batch.mask.numpy(), [1, 1, 0, 0])
+
+
+def test_states_and_samples_stay_on_the_buffer_device() -> None:
+    """
+    StpnPPO gives the buffer the policy's device (CUDA in real use): on the meta device, where nothing
+    else lives, a state or sample made anywhere else would show.
+    """
+    n_envs, hidden, presynaptic = 2, 5, 8
+    buffer = StpnRolloutBuffer(4, spaces.Box(-1, 1, (3,)), spaces.Discrete(2), device="meta", n_envs=n_envs, sequence_length=2)
+    state = th.zeros(1, n_envs, hidden, device="meta"), th.zeros(1, n_envs, hidden, presynaptic, device="meta")
+    for _ in range(4):
+        # SB3 copies values and log-probabilities to numpy: CPU tensors
+        buffer.add(
+            np.zeros((n_envs, 3)), np.zeros((n_envs, 1)), np.zeros(n_envs), np.zeros(n_envs), th.zeros(n_envs),
+            th.zeros(n_envs), lstm_states=RNNStates(state, state),
+        )  # fmt: skip
+    buffer.compute_returns_and_advantage(th.zeros(n_envs), np.zeros(n_envs))
+    stored = [*buffer.actor_states, *buffer.critic_states]
+    assert [tuple(part.shape) for part in stored[:2]] == [(2, n_envs, hidden), (2, n_envs, hidden, presynaptic)]
+    for batch in buffer.get(batch_size=4):
+        sampled = [batch.observations, batch.actions, batch.advantages, batch.episode_starts, batch.mask]
+        sampled += [*batch.lstm_states.pi, *batch.lstm_states.vf]
+        assert all(tensor.device.type == "meta" for tensor in stored + sampled)

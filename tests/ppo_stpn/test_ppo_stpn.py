@@ -1,5 +1,6 @@
 """StpnPPO: learning runs with every policy and action space, save/load, predict and bad input."""
 
+import importlib.util
 import re
 
 import gymnasium as gym
@@ -20,6 +21,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 
 from sb3_stpn import StpnPPO
 from sb3_stpn.common.policies import StpnActorCriticPolicy
+from sb3_stpn.common.stpn_kernel import KERNEL_ENV
 
 TINY = dict(n_steps=32, batch_size=16, n_epochs=2, sequence_length=8, seed=0, policy_kwargs=dict(stpn_hidden_size=8))
 
@@ -188,3 +190,22 @@ def test_evaluate_policy_and_callbacks_work_unchanged(tmp_path) -> None:
     assert any(path.name.startswith("events.out.tfevents") for path in tmp_path.rglob("*"))
     mean_reward, _ = evaluate_policy(model, model.get_env(), n_eval_episodes=2)
     assert mean_reward > 0
+
+
+@pytest.mark.skipif(not th.cuda.is_available(), reason="needs a CUDA GPU")
+def test_trains_and_predicts_on_cuda(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every tensor on the GPU (policy, carried and stored states, kernel), with the CPU's results."""
+    if importlib.util.find_spec("triton") is not None:
+        # Forced: a CPU tensor reaching the kernel would then fail the run instead of taking another path
+        monkeypatch.setenv(KERNEL_ENV, "triton")
+    model = StpnPPO("MlpStpnPolicy", "CartPole-v1", device="cuda", **TINY).learn(64)
+    carried, buffer = model._last_lstm_states, model.rollout_buffer
+    states = [*carried.pi, *carried.vf, *buffer.actor_states, *buffer.critic_states]
+    assert all(tensor.is_cuda for tensor in [*model.policy.parameters(), *states])
+    model.save(tmp_path / "model")
+    obs = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    _, state = StpnPPO.load(tmp_path / "model", device="cuda").predict(obs, deterministic=True)
+    monkeypatch.setenv(KERNEL_ENV, "auto")
+    _, cpu_state = StpnPPO.load(tmp_path / "model", device="cpu").predict(obs, deterministic=True)
+    for part, cpu_part in zip(state, cpu_state, strict=True):
+        np.testing.assert_allclose(part, cpu_part, rtol=1e-4, atol=1e-5)

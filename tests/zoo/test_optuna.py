@@ -10,6 +10,8 @@ import yaml
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
+from sb3_stpn.cli import train_main
+from sb3_stpn.zoo import StpnExperimentManager
 from sb3_stpn.zoo.hyperparams_opt import (
     convert_ppo_lstm_params,
     convert_ppo_stpn_params,
@@ -65,9 +67,22 @@ def test_spaces_tune_the_memory_on_top_of_the_entry() -> None:
     assert set(lstm) == {"learning_rate", "ent_coef"}
 
 
+@pytest.mark.parametrize("flag", ["-optimize", "--optimize", "--optimize-hyper", "--optimize-hyperparameters"])
+def test_every_spelling_of_optimize_gets_the_shared_study(flag: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rl_zoo3's parser accepts the flag and its unambiguous abbreviations: each must get the journal and study defaults."""
+    studies = []
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(StpnExperimentManager, "setup_experiment", lambda self: None)  # None: go on to optimise
+    monkeypatch.setattr(
+        StpnExperimentManager, "hyperparameters_optimization", lambda self: studies.append((self.storage, self.study_name))
+    )
+    train_main(["--env", ENV, flag, "--n-trials", "1"])
+    assert studies == [("logs/optuna.log", f"ppo_stpn_{ENV}")]
+
+
 def test_processes_share_one_study(tmp_path: Path) -> None:
     """Started alike without --storage, workers meet in <log folder>/optuna.log under the study <algo>_<env>."""
-    command = [sys.executable, "-c", WORKER, "--algo", "ppo_stpn", "--env", ENV, "-optimize", "--n-trials", "1",
+    command = [sys.executable, "-c", WORKER, "--algo", "ppo_stpn", "--env", ENV, "--optimize", "--n-trials", "1",
                "-n", "32", "--n-evaluations", "1", "--eval-episodes", "1", "--no-optim-plots", "--num-threads", "1",
                "--hyperparams", "n_envs:1", "--sampler", "random", "--pruner", "none", "--seed", "0"]  # fmt: skip
     workers = [

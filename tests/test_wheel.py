@@ -1,0 +1,61 @@
+"""The wheel as a user gets it: `pip wheel .`, installed (not editable) into a fresh virtualenv, trains from elsewhere."""
+
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+import torch as th
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = "CartPoleNoVel-v1"
+# What a checkout holds besides the sources: never part of a build
+NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "logs", ".torch_ext", "__pycache__")
+
+
+# The fresh environment only: no PYTHONPATH leading to a checkout; one thread, as every test; no display
+ENVIRONMENT = {
+    **{name: value for name, value in os.environ.items() if name != "PYTHONPATH"},
+    "OMP_NUM_THREADS": "1",
+    "MPLBACKEND": "Agg",
+}
+
+
+def run(command: list[str], cwd: Path) -> str:
+    result = subprocess.run(command, cwd=cwd, env=ENVIRONMENT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+@pytest.mark.slow  # 1-2 minutes, mostly installing torch; .ci/run runs it after the default suite
+def test_wheel_installs_and_trains_from_another_folder(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, ignore=NOT_SOURCES)  # a clean tree: no stale build/ leaks into the wheel
+    run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-w", str(tmp_path / "dist")], cwd=source)
+    (wheel,) = (tmp_path / "dist").glob("sb3_stpn-*.whl")
+
+    environment = tmp_path / "venv"
+    venv.create(environment)  # without pip: this pip installs into it (--python), which saves seconds
+    python = environment / "bin" / "python"
+    # This torch first (pinned like scripts/setup.sh: a bare requirement may pull a CUDA build); pip's cache makes
+    # the installs quick, and skipping the bytecode compilation of torch saves most of the rest
+    torch_pin = f"torch=={th.__version__.split('+')[0]}"
+    install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-compile"]
+    run([*install, torch_pin], cwd=tmp_path)
+    run([*install, f"{wheel}[zoo]"], cwd=tmp_path)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # Not activated: the venv's bin is not on PATH, as for `.venv/bin/stpn-train`
+    out = run([str(environment / "bin" / "stpn-train"), "--env", ENV, "-n", "256", "--eval-freq", "-1",
+               "--hyperparams", "n_envs:1", "n_steps:64", "batch_size:64", "n_epochs:1"], cwd=elsewhere)  # fmt: skip
+    assert "site-packages/sb3_stpn/zoo_configs/ppo_stpn.yml" in out  # the installed configs, not the checkout's
+    assert (elsewhere / "logs" / "ppo_stpn" / f"{ENV}_1" / f"{ENV}.zip").is_file()
+    # rl_zoo3's plots need the zoo extra's seaborn and scipy (headless: matplotlib's Agg backend, nothing shown)
+    run([str(python), "-m", "rl_zoo3.plots.plot_train", "-a", "ppo_stpn", "-e", ENV, "-f", "logs/"], cwd=elsewhere)
+    if shutil.which("c++"):  # the kernel's source is in the wheel and builds (or loads from the shared cache)
+        kernel = "from sb3_stpn.common.stpn_kernel import cpp_kernel_available; assert cpp_kernel_available()"
+        run([str(python), "-c", kernel], cwd=elsewhere)
