@@ -169,10 +169,11 @@ def evaluate(model: Any, eval_env: Any, n_episodes: int) -> dict[str, float | No
     from stable_baselines3.common.vec_env import sync_envs_normalization
 
     from sb3_stpn.common.energy import ActorEnergyRecorder
+    from sb3_stpn.common.policies import actor_memory
 
     if model.get_vec_normalize_env() is not None:
         sync_envs_normalization(model.get_env(), eval_env)
-    recorder = ActorEnergyRecorder(model.policy) if hasattr(model.policy, "lstm_actor") else None
+    recorder = ActorEnergyRecorder(model.policy) if actor_memory(model.policy) is not None else None
     energies: list[float] = []
 
     def record(_locals: dict[str, Any], _globals: dict[str, Any]) -> None:

@@ -33,6 +33,7 @@ from rl_zoo3.utils import ALGOS
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from sb3_stpn.common.energy import ActorEnergyRecorder
+from sb3_stpn.common.policies import actor_memory
 from sb3_stpn.zoo import StpnExperimentManager, ZooError
 from sb3_stpn.zoo.exp_manager import check_trained_agent, default_config, load_config_entry
 
@@ -185,7 +186,7 @@ class MeteredLoader:
             model = self.algo_class.load(path, *args, **kwargs)
         except Exception as error:  # a corrupt or foreign zip fails in many ways inside SB3
             raise ZooError(f"cannot load {path} ({type(error).__name__}: {error}); retrain it or pick another run") from error
-        if hasattr(model.policy, "lstm_actor"):
+        if actor_memory(model.policy) is not None:
             self.meter.attach(model)
         return model
 

@@ -4,6 +4,7 @@ import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_stpn.common.energy import ActorEnergyRecorder
+from sb3_stpn.common.policies import actor_memory
 from sb3_stpn.common.stpn import STPN
 
 # Histograms would flood the text outputs: only TensorBoard draws them
@@ -51,9 +52,9 @@ class StpnDiagnosticsCallback(BaseCallback):
         self._recorder.close()
         if self._energy_count:
             self.logger.record("stpn/energy_per_step", self._energy_sum / self._energy_count)
-        actor = self.model.policy.lstm_actor
-        if isinstance(actor, STPN):
-            self._record_plasticity(actor, self.model._last_lstm_states.pi[1])
+        actor = actor_memory(self.model.policy)
+        if isinstance(actor, STPN):  # only StpnPPO drives an STPN policy
+            self._record_plasticity(actor, self.model.last_stpn_states.pi[1])
 
     def _on_training_end(self) -> None:
         # A rollout cut short by another callback never reaches _on_rollout_end

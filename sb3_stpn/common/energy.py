@@ -14,6 +14,7 @@ import torch as th
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from sb3_stpn.common.policies import actor_memory
 from sb3_stpn.common.stpn import STPN
 
 
@@ -65,17 +66,17 @@ class ActorEnergyRecorder:
     Records the energy of a recurrent SB3 policy's actor memory at each of its forward calls.
 
     Works with :class:`~sb3_stpn.common.policies.StpnActorCriticPolicy` (switches on the layer's
-    ``record_energy``) and sb3-contrib's ``RecurrentActorCriticPolicy`` (a forward hook on the
-    single-layer ``lstm_actor``). During a RecurrentPPO rollout the actor runs once per step on
+    ``record_energy``) and sb3-contrib's ``RecurrentActorCriticPolicy`` (a forward hook on its
+    single-layer LSTM). During a RecurrentPPO rollout the actor runs once per step on
     (1, n_envs, features) from the carried state, already reset by sb3-contrib where an episode
     starts, so :attr:`last_energy` after a step is that step's energy per environment.
     Call :meth:`close` to stop recording.
 
-    :param policy: The policy whose ``lstm_actor`` (the STPN actor for STPN policies) is recorded.
+    :param policy: The policy whose actor memory (:func:`~sb3_stpn.common.policies.actor_memory`) is recorded.
     """
 
     def __init__(self, policy: nn.Module):
-        memory = getattr(policy, "lstm_actor", None)
+        memory = actor_memory(policy)
         if not isinstance(memory, (STPN, nn.RNNBase)):
             raise TypeError(f"Expected a recurrent policy with an STPN or torch RNN actor, got {type(policy).__name__}")
         self.memory = memory

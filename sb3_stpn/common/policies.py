@@ -100,7 +100,8 @@ class StpnActorCriticPolicy(RecurrentActorCriticPolicy):
         # The optimizer made by ActorCriticPolicy predates the STPN layers
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 
-    # RecurrentActorCriticPolicy's sequence methods address the memory by these names
+    # Aliases for sb3-contrib only: the sequence methods inherited from RecurrentActorCriticPolicy address the
+    # memory by its LSTM's names. sb3_stpn's own code uses stpn_actor, stpn_critic, shared_stpn or actor_memory().
     @property
     def lstm_actor(self) -> STPN:
         return self.stpn_actor
@@ -184,6 +185,20 @@ class StpnActorCriticPolicy(RecurrentActorCriticPolicy):
                 "pass the state predict returned for these environments, or state=None to start from zero"
             )
         return super().predict(observation, state, episode_start, deterministic)
+
+
+def actor_memory(policy: nn.Module) -> nn.Module | None:
+    """
+    The actor's recurrent memory: an STPN policy's STPN, an sb3-contrib recurrent policy's LSTM.
+
+    :param policy: Any SB3 policy.
+    :return: The memory module, or None for a memoryless (feed-forward) policy.
+    """
+    if isinstance(policy, StpnActorCriticPolicy):
+        return policy.stpn_actor
+    if isinstance(policy, RecurrentActorCriticPolicy):
+        return policy.lstm_actor
+    return None
 
 
 class StpnActorCriticCnnPolicy(StpnActorCriticPolicy):

@@ -5,6 +5,7 @@ from typing import Any, ClassVar, TypeVar
 import torch as th
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule, TensorDict
 from stable_baselines3.common.utils import FloatSchedule
@@ -112,7 +113,7 @@ class StpnPPO(RecurrentPPO):
             use_sde=self.use_sde,
             **self.policy_kwargs,
         ).to(self.device)
-        # RecurrentPPO's rollout code carries the state under this name
+        # RecurrentPPO's rollout code carries the state under this name (sb3_stpn's own code reads last_stpn_states)
         self._last_lstm_states = self.policy.initial_state(self.n_envs)
 
         buffer_class = StpnDictRolloutBuffer if isinstance(self.observation_space, spaces.Dict) else StpnRolloutBuffer
@@ -133,6 +134,11 @@ class StpnPPO(RecurrentPPO):
             if isinstance(self.clip_range_vf, (float, int)) and self.clip_range_vf <= 0:
                 raise ValueError("`clip_range_vf` must be positive, pass `None` to deactivate vf clipping")
             self.clip_range_vf = FloatSchedule(self.clip_range_vf)
+
+    @property
+    def last_stpn_states(self) -> RNNStates:
+        """The actor and critic STPN states ``(h, F)`` (layer axis first) that the next rollout step starts from."""
+        return self._last_lstm_states
 
     def set_parameters(
         self,

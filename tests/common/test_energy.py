@@ -4,11 +4,13 @@ import math
 
 import pytest
 import torch as th
+from gymnasium import spaces
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from torch import nn
 
 from sb3_stpn import STPN
 from sb3_stpn.common.energy import ActorEnergyRecorder, rnn_energy, rnn_sequence_energy
+from sb3_stpn.common.policies import StpnActorCriticPolicy
 
 # A tiny STPNr: H=2 neurons, I=1 input, so z = [x, h1, h2] and K=3
 WEIGHT = [[3.0, 0.0, 4.0], [0.0, -1.0, 0.0]]
@@ -103,18 +105,17 @@ def test_multi_layer_rnn_is_rejected() -> None:
         rnn_energy(nn.LSTM(2, 3, num_layers=2), th.zeros(2), th.zeros(3))
 
 
-class LstmHolder(nn.Module):
-    """Stands in for a policy: the recorder only needs ``lstm_actor``."""
-
-    def __init__(self, lstm: nn.LSTM):
-        super().__init__()
-        self.lstm_actor = lstm
+def lstm_policy(features_dim: int, hidden_size: int) -> RecurrentActorCriticPolicy:
+    """An sb3-contrib LSTM policy on ``features_dim`` flat observations."""
+    space = spaces.Box(-1.0, 1.0, (features_dim,))
+    return RecurrentActorCriticPolicy(space, spaces.Discrete(2), lambda _: 1e-3, lstm_hidden_size=hidden_size)
 
 
 def test_recorder_sees_sb3_contrib_resets_and_stops_on_close() -> None:
     th.manual_seed(0)
-    lstm = nn.LSTM(3, 4)
-    recorder = ActorEnergyRecorder(LstmHolder(lstm))
+    policy = lstm_policy(3, 4)
+    lstm = policy.lstm_actor
+    recorder = ActorEnergyRecorder(policy)
     features, state = th.randn(2, 3), (th.randn(1, 2, 4), th.randn(1, 2, 4))
     starts = th.tensor([0.0, 1.0])
     # The rollout's call: one step for two envs, the second one starting an episode (state multiplied by 0)
@@ -130,13 +131,13 @@ def test_recorder_sees_sb3_contrib_resets_and_stops_on_close() -> None:
 
 
 def test_recorder_switches_stpn_recording() -> None:
-    holder = nn.Module()
-    holder.lstm_actor = STPN(2, 3)
-    recorder = ActorEnergyRecorder(holder)
-    holder.lstm_actor(th.randn(4, 2, 2))
+    space = spaces.Box(-1.0, 1.0, (2,))
+    policy = StpnActorCriticPolicy(space, spaces.Discrete(2), lambda _: 1e-3, stpn_hidden_size=3)
+    recorder = ActorEnergyRecorder(policy)
+    policy.stpn_actor(th.randn(4, 2, 2))
     assert recorder.last_energy.shape == (4, 2)
     recorder.close()
-    assert not holder.lstm_actor.record_energy
+    assert not policy.stpn_actor.record_energy
 
 
 def test_recorder_rejects_feed_forward_policies() -> None:
