@@ -389,11 +389,14 @@ def table(rows: list[dict[str, Any]], references: dict[str, dict[str, list[float
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for task in dict.fromkeys(row["task"] for row in rows):
-        for row in (row for row in rows if row["task"] == task):
+        task_rows = [row for row in rows if row["task"] == task]
+        # Returns within +-10 (MiniGrid's are in [0, 1]) need two decimals to be told apart
+        d = 2 if all(abs(row["final_return_sampled"][0]) < 10 for row in task_rows) else 1
+        for row in task_rows:
             lines.append(
                 f"| {task} | {row['label']} | {row['parameters']} | {row['seeds']} | {row['steps']} "
-                f"| {_pm(row['final_return_sampled'])} | {_pm(row['final_return'])} | {_pm(row['auc_sampled'])} "
-                f"| {_pm(row['auc'])} | {_pm(row['auc_equal_time_sampled'])} (first {row['equal_time_budget']:.0f} s) "
+                f"| {_pm(row['final_return_sampled'], d)} | {_pm(row['final_return'], d)} | {_pm(row['auc_sampled'], d)} "
+                f"| {_pm(row['auc'], d)} | {_pm(row['auc_equal_time_sampled'], d)} (first {row['equal_time_budget']:.0f} s) "
                 f"| {_pm(row['energy_per_step'], 2)} | {row['wall_seconds']:.0f} |"
             )
         for name, returns in references.get(task, {}).items():
