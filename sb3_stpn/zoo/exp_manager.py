@@ -293,9 +293,8 @@ class StpnExperimentManager(ExperimentManager):
 
     def load_trial(self, storage: str, study_name: str, trial_id: int | None = None, convert: bool = True) -> dict[str, Any]:
         # --trial-id: the trial's options merged into the entry's policy_kwargs, as when the trial ran
-        params = super().load_trial(storage, study_name, trial_id, convert=False)
         if not convert:
-            return params
+            return super().load_trial(storage, study_name, trial_id, convert=False)
         policy_kwargs = load_config_entry(Path(self.config), self.env_name.gym_id, self._is_atari).get("policy_kwargs") or {}
         if isinstance(policy_kwargs, str):
             policy_kwargs = eval(policy_kwargs, vars(rl_zoo3.exp_manager))  # as rl_zoo3 reads it
