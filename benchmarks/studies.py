@@ -36,7 +36,7 @@ def study_table(study: optuna.Study, top: int) -> str:
         "| --- | --- | " + " | ".join("---" for _ in names) + " |",
     ]
     lines += [
-        f"| {trial.number} | {trial.value:.1f} | " + " | ".join(_value(trial.params.get(name, "")) for name in names) + " |"
+        f"| {trial.number} | {trial.value:.4g} | " + " | ".join(_value(trial.params.get(name, "")) for name in names) + " |"
         for trial in best
     ]
     return "\n".join(lines)
