@@ -6,7 +6,8 @@
   built, so a typo gives one line naming the key instead of a traceback from deep inside SB3.
 - Every environment is wrapped to stop on NaN/inf observations or actions instead of silently
   training on them.
-- GridMaze ids step their ``n_envs`` mazes in one vectorised :class:`~sb3_stpn.envs.GridMazeVecEnv`.
+- GridMaze ids step their ``n_envs`` mazes in one vectorised :class:`~sb3_stpn.envs.GridMazeVecEnv`, and
+  are evaluated (during training and in studies) with the sampled policy, as rl_zoo3 does for Atari and MiniGrid.
 - Recurrent PPO runs (``ppo_stpn``, ``ppo_lstm``) log energy and plasticity diagnostics
   (:class:`~sb3_stpn.common.callbacks.StpnDiagnosticsCallback`).
 - ``policy: auto`` also adds :func:`~sb3_stpn.zoo.wrappers.fit_observation_to_sb3` to the env
@@ -155,6 +156,13 @@ class StpnExperimentManager(ExperimentManager):
         return f"fix the {self.env_name.gym_id} entry of {self.config} or the --hyperparams override"
 
     interrupted = False  # set by Ctrl-C during learn
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.env_name.gym_id in GRID_MAZE_IDS:
+            # The paper scores the maze with the sampled policy; a near-uniform deterministic one walks into a
+            # wall for the whole episode (return 0), which hides learning and gives a study nothing to rank
+            self.deterministic_eval = False
 
     def setup_experiment(self) -> tuple[BaseAlgorithm, dict[str, Any]] | None:
         with self._removing_run_folder_on_failure():

@@ -88,3 +88,10 @@ def test_stpn_ppo_trains_and_evaluates_on_the_vectorised_maze(tmp_path: Path) ->
     assert evaluations["results"].shape == (2, 2) and (evaluations["ep_lengths"] == 50).all()
     monitor_rows = (Path(manager.save_path) / "0.monitor.csv").read_text().splitlines()
     assert len(monitor_rows) == 2 + 8
+
+
+@pytest.mark.parametrize(
+    ("env_id", "deterministic"), [("GridMaze9x9-v0", False), ("GridMaze-v0", False), ("CartPole-v1", True)]
+)
+def test_mazes_are_evaluated_with_the_sampled_policy(env_id: str, deterministic: bool, tmp_path: Path) -> None:
+    assert make_manager(env_id, tmp_path).deterministic_eval is deterministic
