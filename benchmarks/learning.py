@@ -111,16 +111,16 @@ def zoo_entry(config: str, task: str) -> dict[str, Any]:
     return entry
 
 
-def variant_entry(variant: Variant, task: str, steps: int, stpn_changes: dict[str, Any] | None = None) -> dict[str, Any]:
+def variant_entry(variant: Variant, task: str, steps: int, changes: dict[str, Any] | None = None) -> dict[str, Any]:
     """
     The hyperparameters ``variant`` trains with on ``task``: its zoo entry with only the documented changes.
 
-    ``stpn_changes`` (``--stpn-hyperparams``, for tuning experiments) are merged into the STPN's entry only.
+    ``changes`` (``--stpn-hyperparams`` or ``--lstm-hyperparams``, for tuning experiments) are merged into the entry.
     """
     entry = zoo_entry(variant.config, task)
     entry["n_timesteps"] = steps
-    if variant is STPN and stpn_changes:
-        entry = merged(entry, stpn_changes)
+    if changes:
+        entry = merged(entry, changes)
     if variant.equal_hidden:
         entry["policy_kwargs"]["lstm_hidden_size"] = stpn_hidden_size(task)
     if variant.mlp:
@@ -240,7 +240,7 @@ def make_curve_callback(eval_env: Any, n_evals: int, n_episodes: int, steps: int
 
 
 def run_one(
-    task: str, variant_key: str, seed: int, steps: int, n_evals: int, n_episodes: int, stpn_changes: dict[str, Any]
+    task: str, variant_key: str, seed: int, steps: int, n_evals: int, n_episodes: int, changes: dict[str, Any]
 ) -> dict[str, Any]:
     """Train one (task, model, seed) from the zoo configs with periodic evaluation; return its curve and costs."""
     import torch as th
@@ -250,7 +250,7 @@ def run_one(
 
     th.set_num_threads(1)
     variant = VARIANTS[variant_key]
-    entry = variant_entry(variant, task, steps, stpn_changes)
+    entry = variant_entry(variant, task, steps, changes)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as log_folder, contextlib.redirect_stdout(io.StringIO()):
         config = Path(log_folder) / "config.yml"
@@ -282,7 +282,7 @@ def run_one(
         "model": variant_key,
         "seed": seed,
         "hidden_size": hidden,
-        "changes": stpn_changes if variant is STPN else {},
+        "changes": changes,
         "parameters": sum(p.numel() for p in model.policy.parameters() if p.requires_grad),
         "steps": model.num_timesteps,
         "wall_seconds": time.perf_counter() - start,
@@ -452,12 +452,12 @@ def parse_steps(values: list[str] | None, tasks: list[str], defaults: dict[str, 
 
 
 def parse_changes(values: list[str] | None) -> dict[str, Any]:
-    """``--stpn-hyperparams``: ``KEY=VALUE`` pairs with Python values."""
+    """``--stpn-hyperparams`` or ``--lstm-hyperparams``: ``KEY=VALUE`` pairs with Python values."""
     changes = {}
     for value in values or []:
         key, separator, text = value.partition("=")
         if not separator:
-            raise SystemExit(f"--stpn-hyperparams takes KEY=VALUE, got {value!r}")
+            raise SystemExit(f"--stpn-hyperparams and --lstm-hyperparams take KEY=VALUE, got {value!r}")
         changes[key] = python_value(text)
     return changes
 
@@ -508,6 +508,13 @@ def main(argv: list[str] | None = None) -> None:
         help="changes to the STPN's zoo entry for tuning experiments, values in Python, dicts merged into the entry's "
         "(e.g. learning_rate=3e-4 'policy_kwargs=dict(stpn_kwargs=dict(clamp=1.0))'); the STPN rows name them",
     )
+    parser.add_argument(
+        "--lstm-hyperparams",
+        nargs="+",
+        default=None,
+        metavar="KEY=VALUE",
+        help="changes to the LSTM's zoo entry (both LSTM rows), as --stpn-hyperparams; the LSTM rows name them",
+    )
     parser.add_argument("--evals", type=int, default=10, help="evaluations per run after the one at step 0")
     parser.add_argument("--eval-episodes", type=int, default=None, help="episodes per evaluation (default 5, --quick 1)")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (1 torch thread each)")
@@ -530,9 +537,9 @@ def main(argv: list[str] | None = None) -> None:
     n_episodes = args.eval_episodes or (1 if args.quick else 5)
     n_evals = 2 if args.quick else args.evals
     steps = parse_steps(args.steps, tasks, QUICK_STEPS if args.quick else DEFAULT_STEPS)
-    stpn_changes = parse_changes(args.stpn_hyperparams)
+    changes = {"ppo_stpn": parse_changes(args.stpn_hyperparams), "ppo_lstm": parse_changes(args.lstm_hyperparams)}
     jobs = [
-        (task, variant.key, seed, steps[task], n_evals, n_episodes, stpn_changes)
+        (task, variant.key, seed, steps[task], n_evals, n_episodes, changes.get(variant.algo, {}))
         for task in tasks
         for seed in range(args.first_seed, args.first_seed + seeds)
         for variant in variants_for(task)

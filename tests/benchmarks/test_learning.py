@@ -8,6 +8,7 @@ import pytest
 
 from benchmarks.learning import (
     LSTM_HIDDEN,
+    LSTM_PARAMS,
     MLP,
     STPN,
     area_under_curve,
@@ -79,7 +80,7 @@ def test_variants_change_only_what_they_say() -> None:
     assert hidden["policy_kwargs"]["lstm_hidden_size"] == stpn["policy_kwargs"]["stpn_hidden_size"] == 64
 
 
-def test_stpn_changes_are_merged_into_the_stpn_entry_only() -> None:
+def test_changes_are_merged_into_the_entry() -> None:
     changes = parse_changes(["learning_rate=3e-4", "policy_kwargs=dict(stpn_kwargs=dict(clamp=1.0))"])
     assert changes == {"learning_rate": 3e-4, "policy_kwargs": {"stpn_kwargs": {"clamp": 1.0}}}
     stpn = variant_entry(STPN, "InvertedPendulum-v5", 1000, changes)
@@ -89,9 +90,24 @@ def test_stpn_changes_are_merged_into_the_stpn_entry_only() -> None:
         "stpn_hidden_size": 64,
         "stpn_kwargs": {"recurrent": False, "normalize": False, "clamp": 1.0},
     }
-    assert variant_entry(LSTM_HIDDEN, "InvertedPendulum-v5", 1000, changes)["learning_rate"] != 3e-4
     with pytest.raises(SystemExit):
         parse_changes(["learning_rate"])
+
+
+def test_stpn_and_lstm_changes_reach_their_own_rows_only(tmp_path: Path) -> None:
+    changed = ["--stpn-hyperparams", "learning_rate=1e-3", "--lstm-hyperparams", "ent_coef=0.1"]
+    main(["--quick", "--tasks", "InvertedPendulum-v5", "--out", str(tmp_path), *changed])
+    report = json.loads((tmp_path / "learning.json").read_text())
+    changes = {run["model"]: run["changes"] for run in report["runs"]}
+    assert changes == {
+        "stpn": {"learning_rate": 1e-3},
+        "lstm_params": {"ent_coef": 0.1},
+        "lstm_hidden": {"ent_coef": 0.1},
+        "mlp": {},
+    }
+    assert variant_entry(LSTM_PARAMS, "InvertedPendulum-v5", 1000, changes["lstm_params"])["ent_coef"] == 0.1
+    assert "LSTM h=26 (matched params + ent_coef=0.1)" in report["table"]
+    assert "STPN h=64 (zoo entry + learning_rate=0.001)" in report["table"]
 
 
 def test_benchmark_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
