@@ -24,9 +24,19 @@ class StpnDiagnosticsCallback(BaseCallback):
 
     - ``stpn/mean_abs_F``: mean ``|F|`` over environments and synapses;
     - ``stpn/depressed_fraction``: fraction of synapses with ``|W + F| < |W|`` (depressed);
-    - ``stpn/weight_lambda``, ``stpn/weight_gamma``: histograms (TensorBoard only).
+    - ``stpn/F_over_W`` (and ``stpn/critic_F_over_W`` for a critic STPN of its own): mean over
+      environments and neurons of ``||F_i|| / ||W_i||``, how far the fast weights have moved each
+      neuron's efficacies away from its slow ones (1: as large as ``W``);
+    - ``stpn/weight_lambda``, ``stpn/weight_gamma``: histograms (TensorBoard only) of the decays and
+      rates the layer acts with (``lambda_lr_scale`` and ``gamma_lr_scale`` applied), and their
+      mean, std, min and max as ``..._mean`` etc. (every output);
+    - ``stpn/update_weight_lambda``, ``stpn/update_weight_gamma``, ``stpn/update_weight``,
+      ``stpn/update_other``: the last PPO update's relative size ``||delta|| / ||before||`` of the
+      actor's decays, rates, slow weights, and of every other policy parameter: whether the optimiser
+      moves the plasticity faster than the rest.
 
-    A plastic bias's extra column of ``F`` is not a synapse and is left out.
+    A plastic bias's extra column of ``F`` is not a synapse and is left out. A plasticity-free twin
+    (``plastic=False``) logs only what it has: no lambda or gamma tags.
 
     :param verbose: Verbosity level, as for every SB3 callback.
     """
@@ -36,8 +46,14 @@ class StpnDiagnosticsCallback(BaseCallback):
         self._recorder: ActorEnergyRecorder | None = None
         self._energy_sum = 0.0
         self._energy_count = 0
+        # Parameter groups as they were before the last PPO update (set at each rollout's end)
+        self._before_update: dict[str, th.Tensor] | None = None
 
     def _on_rollout_start(self) -> None:
+        if self._before_update is not None:
+            for group, after in self._parameter_groups().items():
+                before = self._before_update[group]
+                self.logger.record(f"stpn/update_{group}", ((after - before).norm() / before.norm().clamp_min(1e-12)).item())
         self._recorder = ActorEnergyRecorder(self.model.policy)
         self._energy_sum, self._energy_count = 0.0, 0
 
@@ -54,7 +70,12 @@ class StpnDiagnosticsCallback(BaseCallback):
             self.logger.record("stpn/energy_per_step", self._energy_sum / self._energy_count)
         actor = actor_memory(self.model.policy)
         if isinstance(actor, STPN):  # only StpnPPO drives an STPN policy
-            self._record_plasticity(actor, self.model.last_stpn_states.pi[1])
+            states = self.model.last_stpn_states
+            self._record_plasticity(actor, states.pi[1])
+            critic = self.model.policy.stpn_critic
+            if critic is not None:
+                self.logger.record("stpn/critic_F_over_W", fast_to_slow_ratio(critic, states.vf[1]))
+            self._before_update = self._parameter_groups()
 
     def _on_training_end(self) -> None:
         # A rollout cut short by another callback never reaches _on_rollout_end
@@ -68,6 +89,31 @@ class StpnDiagnosticsCallback(BaseCallback):
             self.logger.record("stpn/mean_abs_F", synaptic_fast.abs().mean().item())
             depressed = (actor.weight + synaptic_fast).abs() < actor.weight.abs()
             self.logger.record("stpn/depressed_fraction", depressed.float().mean().item())
-            for name in ("weight_lambda", "weight_gamma"):
-                values = getattr(actor, name).detach().cpu().flatten()
+            self.logger.record("stpn/F_over_W", fast_to_slow_ratio(actor, fast))
+            if not actor.plastic:
+                return
+            for name, acting in zip(("weight_lambda", "weight_gamma"), actor.plasticity()[:2], strict=True):
+                values = acting.detach().cpu().flatten()
                 self.logger.record(f"stpn/{name}", values, exclude=NON_HISTOGRAM_FORMATS)
+                for statistic in ("mean", "std", "min", "max"):
+                    value = getattr(values, statistic)() if values.numel() > 1 or statistic != "std" else th.zeros(())
+                    self.logger.record(f"stpn/{name}_{statistic}", value.item())
+
+    def _parameter_groups(self) -> dict[str, th.Tensor]:
+        """Copies of the actor STPN's decays and rates (as it acts with them), slow weights, and all else, flattened."""
+        actor = actor_memory(self.model.policy)
+        groups: dict[str, list[th.Tensor]] = {"weight": [actor.weight], "other": []}
+        if actor.plastic:
+            decay, rate, _ = actor.plasticity()
+            groups.update(weight_lambda=[decay], weight_gamma=[rate])
+        grouped = {id(actor.weight), id(actor.weight_lambda), id(actor.weight_gamma)}
+        groups["other"] = [p for p in self.model.policy.parameters() if id(p) not in grouped]
+        with th.no_grad():
+            return {name: th.cat([p.detach().flatten() for p in tensors]).clone() for name, tensors in groups.items()}
+
+
+def fast_to_slow_ratio(layer: STPN, fast: th.Tensor) -> float:
+    """Mean over environments and neurons of ``||F_i|| / ||W_i||`` (the synaptic columns of ``F`` only)."""
+    with th.no_grad():
+        synaptic_fast = fast[..., : layer.presynaptic_size]
+        return (synaptic_fast.norm(dim=-1) / layer.weight.norm(dim=-1).clamp_min(1e-12)).mean().item()

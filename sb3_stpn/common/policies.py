@@ -34,7 +34,7 @@ class StpnActorCriticPolicy(RecurrentActorCriticPolicy):
         With neither, the critic sees the features through a linear layer.
     :param stpn_kwargs: Passed to :class:`~sb3_stpn.STPN` (``recurrent``, ``normalize``, ``norm_time``,
         ``norm_gain``, ``clamp``, ``scalar_plasticity``, ``plastic_bias``, ``rule``, ``lambda_max``, ``lambda_init``,
-        ``gamma_init``).
+        ``gamma_init``, ``plastic``, ``lambda_lr_scale``, ``gamma_lr_scale``).
     """
 
     def __init__(

@@ -51,6 +51,16 @@ class STPN(nn.Module):
         :class:`~sb3_stpn.common.stpn_kernel.DivergedStateError`: ``lambda_max=1.0`` (or a ``clamp``) prevents it.
     :param lambda_init: Bounds of the uniform initialisation of ``weight_lambda``.
     :param gamma_init: ``weight_gamma`` is drawn from U(-a, a) with a = gamma_init / sqrt(H).
+    :param plastic: ``False`` gives the STPN's plasticity-free twin: no ``weight_lambda``/``weight_gamma``
+        (nor bias plasticity) parameters, ``F`` stays zero and the layer is an Elman RNN (STPNr) or a
+        feed-forward layer (STPNf) with the STPN's normalisation and initialisation. The baseline that
+        says what the plasticity adds.
+    :param lambda_lr_scale: The decays act as ``lambda_lr_scale * weight_lambda`` (and ``bias_lambda``), the
+        stored parameter being initialised so that the product has the distribution above. Under Adam,
+        which moves each parameter by about the learning rate whatever its gradient's scale, this trains
+        the decays at ``lambda_lr_scale`` times the learning rate, through any learning-rate schedule.
+        1 (default) is the paper's model.
+    :param gamma_lr_scale: The same for the plasticity rates: ``gamma = gamma_lr_scale * weight_gamma``.
     """
 
     def __init__(
@@ -68,6 +78,9 @@ class STPN(nn.Module):
         lambda_max: float | None = None,
         lambda_init: tuple[float, float] = (0.0, 1.0),
         gamma_init: float = 1e-3,
+        plastic: bool = True,
+        lambda_lr_scale: float = 1.0,
+        gamma_lr_scale: float = 1.0,
     ):
         super().__init__()
         for name, size in (("input_size", input_size), ("hidden_size", hidden_size)):
@@ -83,6 +96,11 @@ class STPN(nn.Module):
             raise ValueError(f"clamp must be positive or None, got {clamp}")
         if lambda_max is not None and lambda_max <= 0:
             raise ValueError(f"lambda_max must be positive or None, got {lambda_max}")
+        for name, scale in (("lambda_lr_scale", lambda_lr_scale), ("gamma_lr_scale", gamma_lr_scale)):
+            if not (isinstance(scale, numbers.Real) and math.isfinite(scale) and scale > 0):
+                raise ValueError(f"{name} must be a positive number, got {scale!r}")
+        if plastic_bias and not plastic:
+            raise ValueError("plastic_bias=True needs plastic=True: the plasticity-free twin has no plastic bias")
         self.input_size = int(input_size)
         self.hidden_size = int(hidden_size)
         self.recurrent = recurrent
@@ -95,6 +113,9 @@ class STPN(nn.Module):
         self.lambda_max = lambda_max
         self.lambda_init = tuple(lambda_init)
         self.gamma_init = gamma_init
+        self.plastic = plastic
+        self.lambda_lr_scale = float(lambda_lr_scale)
+        self.gamma_lr_scale = float(gamma_lr_scale)
         # Recorded per sample and step by forward() when record_energy is set (see energy below)
         self.record_energy = False
         self.last_energy: th.Tensor | None = None
@@ -103,8 +124,13 @@ class STPN(nn.Module):
         plasticity_shape = () if scalar_plasticity else (hidden_size, presynaptic)
         self.weight = nn.Parameter(th.empty(hidden_size, presynaptic))
         self.bias = nn.Parameter(th.empty(hidden_size))
-        self.weight_lambda = nn.Parameter(th.empty(plasticity_shape))
-        self.weight_gamma = nn.Parameter(th.empty(plasticity_shape))
+        if plastic:
+            self.weight_lambda = nn.Parameter(th.empty(plasticity_shape))
+            self.weight_gamma = nn.Parameter(th.empty(plasticity_shape))
+        else:
+            # Zero rates keep F at zero on every kernel path; scalars, broadcast by the kernels, and not saved
+            self.register_buffer("weight_lambda", th.zeros(()), persistent=False)
+            self.register_buffer("weight_gamma", th.zeros(()), persistent=False)
         if plastic_bias:
             bias_plasticity_shape = () if scalar_plasticity else (hidden_size,)
             self.bias_lambda = nn.Parameter(th.empty(bias_plasticity_shape))
@@ -140,12 +166,27 @@ class STPN(nn.Module):
         nn.init.uniform_(self.bias, -bound, bound)
         if self.norm_gain is not None:
             nn.init.ones_(self.norm_gain)
+        if not self.plastic:
+            return
         plasticity = [(self.weight_lambda, self.weight_gamma)]
         if self.plastic_bias:
             plasticity.append((self.bias_lambda, self.bias_gamma))
+        low, high = (value / self.lambda_lr_scale for value in self.lambda_init)
+        gamma_bound = self.gamma_init * bound / self.gamma_lr_scale
         for decay, rate in plasticity:
-            nn.init.uniform_(decay, *self.lambda_init)
-            nn.init.uniform_(rate, -self.gamma_init * bound, self.gamma_init * bound)
+            nn.init.uniform_(decay, low, high)
+            nn.init.uniform_(rate, -gamma_bound, gamma_bound)
+
+    def plasticity(self) -> tuple[th.Tensor, th.Tensor, tuple[th.Tensor, th.Tensor] | None]:
+        """The decays and rates the layer acts with: ``(lambda, gamma, (bias_lambda, bias_gamma) or None)``."""
+
+        def scaled(parameter: th.Tensor, scale: float) -> th.Tensor:
+            return parameter if scale == 1.0 else parameter * scale
+
+        decay, rate = scaled(self.weight_lambda, self.lambda_lr_scale), scaled(self.weight_gamma, self.gamma_lr_scale)
+        if not self.plastic_bias:
+            return decay, rate, None
+        return decay, rate, (scaled(self.bias_lambda, self.lambda_lr_scale), scaled(self.bias_gamma, self.gamma_lr_scale))
 
     def initial_state(
         self, batch_size: int, device: th.device | str | None = None, dtype: th.dtype | None = None
@@ -176,7 +217,7 @@ class STPN(nn.Module):
             raise ValueError(f"STPN expects input of shape (T, B, {self.input_size}), got {tuple(x.shape)}")
         if state is None:
             state = self.initial_state(x.shape[1], x.device, x.dtype)
-        bias_plasticity = (self.bias_lambda, self.bias_gamma) if self.plastic_bias else None
+        weight_lambda, weight_gamma, bias_plasticity = self.plasticity()
         try:
             outputs, h, fast, energy = stpn_sequence(
                 x,
@@ -185,8 +226,8 @@ class STPN(nn.Module):
                 episode_starts,
                 self.weight,
                 self.bias,
-                self.weight_lambda,
-                self.weight_gamma,
+                weight_lambda,
+                weight_gamma,
                 bias_plasticity,
                 self.config,
                 self.record_energy,
@@ -212,4 +253,9 @@ class STPN(nn.Module):
             options.append("scalar_plasticity=True")
         if self.plastic_bias:
             options.append("plastic_bias=True")
+        if not self.plastic:
+            options.append("plastic=False")
+        for name in ("lambda_lr_scale", "gamma_lr_scale"):
+            if getattr(self, name) != 1.0:
+                options.append(f"{name}={getattr(self, name)}")
         return ", ".join(options)

@@ -54,3 +54,41 @@ def test_recurrent_ppo_logs_energy_only(tmp_path: Path) -> None:
     assert len(energy) == 2 and all(value > 0 for value in energy)
     assert not set(PLASTICITY_SCALARS) & set(events.Tags()["scalars"])
     assert not model.policy.lstm_actor._forward_hooks
+
+
+def _learn_logging(tmp_path: Path, stpn_kwargs: dict) -> EventAccumulator:
+    model = StpnPPO(
+        "MlpStpnPolicy",
+        "CartPole-v1",
+        policy_kwargs=dict(stpn_hidden_size=8, stpn_kwargs=stpn_kwargs),
+        tensorboard_log=str(tmp_path),
+        **SHORT,
+    )
+    model.learn(96, callback=StpnDiagnosticsCallback())
+    return read_events(tmp_path)
+
+
+def _values(events: EventAccumulator, tag: str) -> list[float]:
+    return [event.value for event in events.Scalars(tag)]
+
+
+def test_plasticity_statistics_and_update_sizes_are_logged(tmp_path: Path) -> None:
+    events = _learn_logging(tmp_path / "paper", {})
+    assert all(value > 0 for value in _values(events, "stpn/F_over_W") + _values(events, "stpn/critic_F_over_W"))
+    lambdas = [_values(events, f"stpn/weight_lambda_{statistic}") for statistic in ("min", "mean", "max")]
+    assert all(low <= mean <= high for low, mean, high in zip(*lambdas, strict=True))
+    # An update size needs a rollout before and after an update: from the second rollout on
+    for group in ("weight_lambda", "weight_gamma", "weight", "other"):
+        sizes = _values(events, f"stpn/update_{group}")
+        assert len(sizes) == 2 and all(size > 0 for size in sizes), group
+    # Slowed a hundredfold, the rates move (relative to their size) far less than the paper's do
+    slowed = _learn_logging(tmp_path / "slowed", {"gamma_lr_scale": 0.01})
+    assert max(_values(slowed, "stpn/update_weight_gamma")) < 0.1 * min(_values(events, "stpn/update_weight_gamma"))
+
+
+def test_plasticity_free_twin_logs_no_plasticity_and_zero_fast_weights(tmp_path: Path) -> None:
+    events = _learn_logging(tmp_path, {"plastic": False})
+    scalars = set(events.Tags()["scalars"])
+    assert _values(events, "stpn/F_over_W") == [0.0, 0.0, 0.0]
+    assert "stpn/update_weight" in scalars
+    assert not any("lambda" in tag or "gamma" in tag for tag in scalars | set(events.Tags()["histograms"]))

@@ -192,3 +192,105 @@ def test_layer_matches_the_float64_spec(kwargs: dict) -> None:
     )
     for got, want in zip((output, h, fast, layer.last_energy), expected, strict=True):
         th.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+TWIN_OPTIONS = {
+    "stpnr-norm": {},
+    "stpnf-nonorm-clamp1": {"recurrent": False, "normalize": False, "clamp": 1.0},
+    "stpnr-post-gain-oja": {"norm_time": "post", "norm_gain": True, "rule": "oja"},
+}
+
+
+@pytest.mark.parametrize("kwargs", list(TWIN_OPTIONS.values()), ids=list(TWIN_OPTIONS))
+def test_plasticity_free_twin_matches_the_float64_spec_with_zero_rates(kernel: str, kwargs: dict) -> None:
+    """``plastic=False``: no plasticity parameters, F stays zero, and every path computes the spec with gamma = 0."""
+    th.manual_seed(0)
+    twin = STPN(INPUT, HIDDEN, plastic=False, **kwargs).double()
+    assert {name for name, _ in twin.named_parameters()} == {"weight", "bias"} | (
+        {"norm_gain"} if twin.norm_gain is not None else set()
+    )
+    assert not any("lambda" in key or "gamma" in key for key in twin.state_dict())
+    if twin.norm_gain is not None:
+        with th.no_grad():
+            twin.norm_gain.uniform_(0.5, 2.0)
+    x = th.randn(STEPS, BATCH, INPUT, dtype=th.float64, requires_grad=True)
+    starts = (th.rand(STEPS, BATCH) < 0.2).double()
+    h0 = (0.3 * th.randn(BATCH, HIDDEN, dtype=th.float64)).requires_grad_()
+    fast0 = th.zeros(BATCH, *twin.state_shape[1], dtype=th.float64)
+    output, (h, fast) = twin(x, (h0, fast0), starts)
+    zero = th.zeros((), dtype=th.float64)
+    want_output, want_h, want_fast, _ = spec_sequence(
+        x, h0, fast0, twin.weight, twin.bias, zero, zero, None, None, twin.norm_gain, starts=starts, config=twin.config
+    )
+    assert th.equal(fast, th.zeros_like(fast))
+    for got, want in zip((output, h, fast), (want_output, want_h, want_fast), strict=True):
+        th.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    leaves = [x, *([h0] if twin.recurrent else []), *twin.parameters()]  # STPNf does not read h0
+    got_grads = th.autograd.grad((output * th.linspace(-1, 1, HIDDEN, dtype=th.float64)).sum() + h.sum(), leaves)
+    want_grads = th.autograd.grad((want_output * th.linspace(-1, 1, HIDDEN, dtype=th.float64)).sum() + want_h.sum(), leaves)
+    for got, want in zip(got_grads, want_grads, strict=True):
+        th.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_plastic_bias_needs_plasticity() -> None:
+    with pytest.raises(ValueError, match="plastic_bias=True needs plastic=True"):
+        STPN(INPUT, HIDDEN, plastic=False, plastic_bias=True)
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, float("nan"), "0.1"])
+@pytest.mark.parametrize("name", ["lambda_lr_scale", "gamma_lr_scale"])
+def test_invalid_learning_rate_scales_are_rejected(name: str, scale: object) -> None:
+    with pytest.raises(ValueError, match=f"{name} must be a positive number"):
+        STPN(INPUT, HIDDEN, **{name: scale})
+
+
+SCALES = {"lambda0.01": (0.01, 1.0), "gamma0.01": (1.0, 0.01), "both0.1-plasticbias": (0.1, 0.1)}
+
+
+@pytest.mark.parametrize(("lambda_scale", "gamma_scale"), list(SCALES.values()), ids=list(SCALES))
+def test_learning_rate_scales_reparameterise_without_changing_the_model(lambda_scale: float, gamma_scale: float) -> None:
+    """The layer acts with ``scale * parameter``: initialised to the paper's distribution, and the same function."""
+    kwargs = {"lambda_lr_scale": lambda_scale, "gamma_lr_scale": gamma_scale, "plastic_bias": lambda_scale == gamma_scale}
+    th.manual_seed(0)
+    scaled = STPN(INPUT, 200, **kwargs)
+    decay, rate, bias_plasticity = scaled.plasticity()
+    bound = 1 / math.sqrt(200)
+    for name, values, low, high in [
+        ("lambda", decay, 0.0, 1.0),
+        ("gamma", rate, -1e-3 * bound, 1e-3 * bound),
+        *([("bias lambda", bias_plasticity[0], 0.0, 1.0)] if bias_plasticity else []),
+    ]:
+        assert low <= values.min() and values.max() <= high * (1 + 1e-6), name
+        assert values.max() - values.min() > 0.9 * (high - low), name
+    plain = STPN(INPUT, 200, plastic_bias=kwargs["plastic_bias"])
+    state = scaled.state_dict()
+    for key, scale in (("weight_lambda", lambda_scale), ("weight_gamma", gamma_scale), ("bias_lambda", lambda_scale),
+                       ("bias_gamma", gamma_scale)):  # fmt: skip
+        if key in state:
+            state[key] = state[key] * scale
+    plain.load_state_dict(state)
+    with th.no_grad():  # strong plasticity, so that a wrong scale would show in the outputs
+        scaled.weight_gamma.mul_(1e3)
+        plain.weight_gamma.mul_(1e3)
+    x = th.randn(STEPS, BATCH, INPUT)
+    th.testing.assert_close(scaled(x), plain(x))
+
+
+@pytest.mark.parametrize("scale", [0.01, 0.1])
+def test_adam_trains_a_scaled_rate_at_scale_times_the_learning_rate(scale: float) -> None:
+    """What the option is for: Adam's first step moves each effective lambda and gamma by ``scale * lr``."""
+    th.manual_seed(0)
+    layer = STPN(INPUT, HIDDEN, lambda_lr_scale=scale, gamma_lr_scale=scale).double()  # raw lambdas reach 1 / scale
+    before = [value.detach().clone() for value in layer.plasticity()[:2]]
+    weight_before = layer.weight.detach().clone()
+    learning_rate = 1e-3
+    optimizer = th.optim.Adam(layer.parameters(), lr=learning_rate, eps=1e-12)
+    output, _ = layer(th.randn(STEPS, BATCH, INPUT, dtype=th.float64))
+    output.square().sum().backward()
+    optimizer.step()
+    for name, old, new in zip(("lambda", "gamma"), before, layer.plasticity()[:2], strict=True):
+        step = (new.detach() - old).abs()
+        th.testing.assert_close(step.max(), th.tensor(scale * learning_rate, dtype=th.float64), rtol=1e-3, atol=0, msg=name)
+    th.testing.assert_close(
+        (layer.weight.detach() - weight_before).abs().max(), th.tensor(learning_rate, dtype=th.float64), rtol=1e-3, atol=0
+    )

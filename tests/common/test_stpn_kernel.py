@@ -19,21 +19,6 @@ from sb3_stpn.common.stpn_kernel import KERNEL_ENV, DivergedStateError, StpnConf
 STEPS, BATCH, INPUTS, HIDDEN = 7, 3, 4, 5
 
 
-@pytest.fixture(scope="module")
-def cpp_available() -> bool:
-    return stpn_kernel.cpp_kernel_available()
-
-
-@pytest.fixture(params=["reference", "torch", "cpp"])
-def kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, cpp_available: bool) -> str:
-    """Forces a path, with segments short enough that the fused paths recompute several checkpoints."""
-    if request.param == "cpp" and not cpp_available:
-        pytest.skip("the C++ kernel could not be built here (no compiler?)")
-    monkeypatch.setenv(KERNEL_ENV, request.param)
-    monkeypatch.setattr(stpn_kernel, "SEGMENT_BUDGET_BYTES", 1)
-    return request.param
-
-
 def spec_sequence(x, h0, fast0, weight, bias, lam, gam, bias_lam, bias_gam, norm_gain=None, *, starts, config):
     """shared/STPN.md, step by step with einsum: outputs, final h and F, energy."""
     presynaptic = weight.shape[1]
