@@ -2,14 +2,16 @@
 RL learning benchmark: StpnPPO vs RecurrentPPO (LSTM), eval return against environment steps.
 
 Every model is built by rl_zoo3's machinery (``StpnExperimentManager``) from the project's zoo
-configs, the single source of hyperparameters: the ``ppo_stpn.yml`` entry (STPN), the matching
-``ppo_lstm.yml`` entry (LSTM at the STPN's parameter count), the same LSTM entry with the STPN's
-hidden size (equal memory width), and on InvertedPendulum-v5 SB3's PPO ``MlpPolicy`` with the
+configs, the single source of hyperparameters: the ``ppo_stpn.yml`` entry (STPN), the same entry
+with ``plastic=False`` (the STPN's plasticity-free twin: what the plasticity adds or costs), the
+matching ``ppo_lstm.yml`` entry (LSTM at the STPN's parameter count), the same LSTM entry with the
+STPN's hidden size (equal memory width), and on InvertedPendulum-v5 SB3's PPO ``MlpPolicy`` with the
 STPNf entry's PPO settings (no memory). Only ``n_timesteps`` differs from the configs.
 
 Each run evaluates the deterministic policy on a separate, single evaluation env (normalisation
 statistics synced from training) at step 0 and evenly through training, and records the actor's
-synaptic energy per step (``sb3_stpn.common.energy``) during the final evaluation. The mazes also
+synaptic energy per step (``sb3_stpn.common.energy``) during the final evaluation; STPN runs also keep,
+per rollout, the plasticity diagnostics of ``StpnDiagnosticsCallback``. The mazes also
 get reference rows: the random policy, a memoryless wall-avoider and the shortest-path oracle.
 
 Writes to ``--out``: ``learning.md`` (the table), ``learning.json`` (all curves) and one
@@ -70,18 +72,20 @@ class Variant:
     config: str  # zoo_configs/<config>.yml
     equal_hidden: bool = False  # LSTM with the STPN's hidden size instead of the entry's
     mlp: bool = False  # SB3 PPO MlpPolicy with the entry's PPO settings
+    twin: bool = False  # the STPN entry with plastic=False (no plastic bias either), nothing else changed
 
 
 STPN = Variant("stpn", "ppo_stpn", "ppo_stpn")
+STPN_TWIN = Variant("stpn_twin", "ppo_stpn", "ppo_stpn", twin=True)
 LSTM_PARAMS = Variant("lstm_params", "ppo_lstm", "ppo_lstm")
 LSTM_HIDDEN = Variant("lstm_hidden", "ppo_lstm", "ppo_lstm", equal_hidden=True)
 MLP = Variant("mlp", "ppo", "ppo_stpn", mlp=True)
-VARIANTS = {variant.key: variant for variant in (STPN, LSTM_PARAMS, LSTM_HIDDEN, MLP)}
+VARIANTS = {variant.key: variant for variant in (STPN, STPN_TWIN, LSTM_PARAMS, LSTM_HIDDEN, MLP)}
 
 
 def variants_for(task: str) -> list[Variant]:
-    """The models compared on ``task``: STPN and both LSTM rows everywhere, plus the MLP PPO on MuJoCo."""
-    return [STPN, LSTM_PARAMS, LSTM_HIDDEN, *([MLP] if task == "InvertedPendulum-v5" else [])]
+    """The models compared on ``task``: STPN, its twin and both LSTM rows everywhere, plus the MLP PPO on MuJoCo."""
+    return [STPN, STPN_TWIN, LSTM_PARAMS, LSTM_HIDDEN, *([MLP] if task == "InvertedPendulum-v5" else [])]
 
 
 def python_value(text: str) -> Any:
@@ -123,6 +127,8 @@ def variant_entry(variant: Variant, task: str, steps: int, changes: dict[str, An
         entry = merged(entry, changes)
     if variant.equal_hidden:
         entry["policy_kwargs"]["lstm_hidden_size"] = stpn_hidden_size(task)
+    if variant.twin:
+        entry["policy_kwargs"] = merged(entry["policy_kwargs"], {"stpn_kwargs": {"plastic": False, "plastic_bias": False}})
     if variant.mlp:
         entry["policy"] = "MlpPolicy"
         entry.pop("sequence_length", None)
@@ -199,6 +205,27 @@ def evaluate(model: Any, eval_env: Any, n_episodes: int) -> dict[str, float | No
     }
 
 
+def make_diagnostics_callback() -> Any:
+    """``StpnDiagnosticsCallback`` with its ``stpn/`` scalars kept per rollout in ``.records`` (the logger forgets them)."""
+    from sb3_stpn.common.callbacks import StpnDiagnosticsCallback
+
+    class RecordingDiagnostics(StpnDiagnosticsCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.records: list[dict[str, float]] = []
+
+        def _on_rollout_end(self) -> None:
+            super()._on_rollout_end()
+            scalars = {
+                key: float(value)
+                for key, value in self.logger.name_to_value.items()
+                if key.startswith("stpn/") and isinstance(value, int | float)
+            }
+            self.records.append({"timesteps": self.num_timesteps, **scalars})
+
+    return RecordingDiagnostics()
+
+
 def make_curve_callback(eval_env: Any, n_evals: int, n_episodes: int, steps: int) -> Any:
     """
     An SB3 callback evaluating at step 0, every ``steps / n_evals`` steps and at the end; results in ``.curve``.
@@ -272,7 +299,9 @@ def run_one(
         model, _ = manager.setup_experiment()
         eval_env = manager.create_envs(1, eval_env=True)
         callback = make_curve_callback(eval_env, n_evals, n_episodes, steps)
-        model.learn(steps, callback=callback)
+        # First: the diagnostics read the actor's last forward, which must be the rollout's, not an evaluation's
+        diagnostics = make_diagnostics_callback() if variant.algo == "ppo_stpn" else None
+        model.learn(steps, callback=[diagnostics, callback] if diagnostics else callback)
         eval_env.close()
         model.get_env().close()
     policy_kwargs = entry["policy_kwargs"]
@@ -288,6 +317,7 @@ def run_one(
         "wall_seconds": time.perf_counter() - start,
         "eval_episodes": n_episodes,
         "curve": callback.curve,
+        "diagnostics": diagnostics.records if diagnostics else None,
     }
 
 
@@ -309,8 +339,13 @@ def model_label(run: dict[str, Any]) -> str:
     """Row label: which model, its size and why it is there."""
     if run["model"] == "mlp":
         return "PPO MLP (no memory)"
-    name = "STPN" if run["model"] == "stpn" else "LSTM"
-    why = {"stpn": "zoo entry", "lstm_params": "matched params", "lstm_hidden": "matched hidden size"}[run["model"]]
+    name = "STPN" if run["model"].startswith("stpn") else "LSTM"
+    why = {
+        "stpn": "zoo entry",
+        "stpn_twin": "zoo entry, plastic=False: twin",
+        "lstm_params": "matched params",
+        "lstm_hidden": "matched hidden size",
+    }[run["model"]]
     if run["changes"]:
         why += " + " + ", ".join(f"{key}={value}" for key, value in run["changes"].items())
     return f"{name} h={run['hidden_size']} ({why})"

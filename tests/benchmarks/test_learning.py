@@ -11,6 +11,7 @@ from benchmarks.learning import (
     LSTM_PARAMS,
     MLP,
     STPN,
+    STPN_TWIN,
     area_under_curve,
     area_within,
     equal_time_budget,
@@ -80,6 +81,17 @@ def test_variants_change_only_what_they_say() -> None:
     assert hidden["policy_kwargs"]["lstm_hidden_size"] == stpn["policy_kwargs"]["stpn_hidden_size"] == 64
 
 
+def test_twin_is_the_stpn_entry_without_plasticity() -> None:
+    stpn = variant_entry(STPN, "CartPoleNoVel-v1", 1000)
+    twin = variant_entry(STPN_TWIN, "CartPoleNoVel-v1", 1000)
+    plasticity_free = {"plastic": False, "plastic_bias": False}
+    assert twin["policy_kwargs"]["stpn_kwargs"] == {**stpn["policy_kwargs"]["stpn_kwargs"], **plasticity_free}
+    assert {**twin, "policy_kwargs": None} == {**stpn, "policy_kwargs": None}
+    assert {k: v for k, v in twin["policy_kwargs"].items() if k != "stpn_kwargs"} == {
+        k: v for k, v in stpn["policy_kwargs"].items() if k != "stpn_kwargs"
+    }
+
+
 def test_changes_are_merged_into_the_entry() -> None:
     changes = parse_changes(["learning_rate=3e-4", "policy_kwargs=dict(stpn_kwargs=dict(clamp=1.0))"])
     assert changes == {"learning_rate": 3e-4, "policy_kwargs": {"stpn_kwargs": {"clamp": 1.0}}}
@@ -101,6 +113,7 @@ def test_stpn_and_lstm_changes_reach_their_own_rows_only(tmp_path: Path) -> None
     changes = {run["model"]: run["changes"] for run in report["runs"]}
     assert changes == {
         "stpn": {"learning_rate": 1e-3},
+        "stpn_twin": {"learning_rate": 1e-3},
         "lstm_params": {"ent_coef": 0.1},
         "lstm_hidden": {"ent_coef": 0.1},
         "mlp": {},
@@ -118,7 +131,9 @@ def test_benchmark_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     for task in ("CartPoleNoVel-v1", "GridMaze-v0"):
         assert (tmp_path / f"{task}.png").read_bytes()[:4] == b"\x89PNG"
     assert {(run["task"], run["model"]) for run in report["runs"]} == {
-        (task, model) for task in ("CartPoleNoVel-v1", "GridMaze-v0") for model in ("stpn", "lstm_params", "lstm_hidden")
+        (task, model)
+        for task in ("CartPoleNoVel-v1", "GridMaze-v0")
+        for model in ("stpn", "stpn_twin", "lstm_params", "lstm_hidden")
     }
     for run in report["runs"]:
         # Evaluated at step 0 and at the end of the one rollout, with the memory's energy recorded
@@ -128,10 +143,22 @@ def test_benchmark_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
         assert all(isinstance(point["return_sampled"], float) for point in run["curve"])
         clock = [point["train_seconds"] for point in run["curve"]]
         assert clock == sorted(clock) and 0 < clock[-1] < run["wall_seconds"]
+        # The STPN rows keep the plasticity diagnostics of each rollout; the twin's F stays zero
+        if run["model"].startswith("stpn"):
+            assert [record["timesteps"] for record in run["diagnostics"]] == [run["steps"]]
+            (record,) = run["diagnostics"]
+            assert (record["stpn/F_over_W"] == 0) == (run["model"] == "stpn_twin")
+            assert ("stpn/weight_gamma_mean" in record) == (run["model"] == "stpn")
+        else:
+            assert run["diagnostics"] is None
     sizes = {(run["task"], run["model"]): (run["hidden_size"], run["parameters"]) for run in report["runs"]}
     # The zoo configs' sizes and parameter counts (their comments), and the equal-hidden LSTM
     assert sizes[("GridMaze-v0", "stpn")] == (55, 24150) and sizes[("GridMaze-v0", "lstm_params")] == (47, 25056)
     assert sizes[("GridMaze-v0", "lstm_hidden")][0] == 55
+    assert sizes[("GridMaze-v0", "stpn_twin")] == (
+        55,
+        24150 - 2 * 2 * 55 * (17 + 55),
+    )  # no lambda, gamma (55 x K, K = 17 obs + 55) in two layers
     assert "| GridMaze-v0 | oracle policy" in printed and "| GridMaze-v0 | random policy" in printed
     assert set(report["references"]["GridMaze-v0"]) == {"random", "wall_avoider", "oracle"}
     # Every run was saved as it finished, and --report rebuilds the same table from those lines
