@@ -226,6 +226,37 @@ def make_diagnostics_callback() -> Any:
     return RecordingDiagnostics()
 
 
+def make_plasticity_warmup_callback(updates: int) -> Any:
+    """
+    A callback that freezes the STPN layers' decays and rates for the first ``updates`` PPO updates (an ablation).
+
+    Frozen parameters get no gradient, so Adam leaves them (and their moment estimates) untouched.
+    """
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from sb3_stpn.common.stpn import STPN
+
+    class PlasticityWarmup(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rollouts = 0
+
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_rollout_end(self) -> None:
+            # The update that follows this rollout is number self.rollouts (from 0)
+            frozen = self.rollouts < updates
+            for layer in self.model.policy.modules():
+                if isinstance(layer, STPN):
+                    for name, parameter in layer.named_parameters():
+                        if "lambda" in name or "gamma" in name:
+                            parameter.requires_grad_(not frozen)
+            self.rollouts += 1
+
+    return PlasticityWarmup()
+
+
 def make_curve_callback(eval_env: Any, n_evals: int, n_episodes: int, steps: int) -> Any:
     """
     An SB3 callback evaluating at step 0, every ``steps / n_evals`` steps and at the end; results in ``.curve``.
@@ -267,7 +298,14 @@ def make_curve_callback(eval_env: Any, n_evals: int, n_episodes: int, steps: int
 
 
 def run_one(
-    task: str, variant_key: str, seed: int, steps: int, n_evals: int, n_episodes: int, changes: dict[str, Any]
+    task: str,
+    variant_key: str,
+    seed: int,
+    steps: int,
+    n_evals: int,
+    n_episodes: int,
+    changes: dict[str, Any],
+    plasticity_warmup: int = 0,
 ) -> dict[str, Any]:
     """Train one (task, model, seed) from the zoo configs with periodic evaluation; return its curve and costs."""
     import torch as th
@@ -301,7 +339,10 @@ def run_one(
         callback = make_curve_callback(eval_env, n_evals, n_episodes, steps)
         # First: the diagnostics read the actor's last forward, which must be the rollout's, not an evaluation's
         diagnostics = make_diagnostics_callback() if variant.algo == "ppo_stpn" else None
-        model.learn(steps, callback=[diagnostics, callback] if diagnostics else callback)
+        warmup = (
+            make_plasticity_warmup_callback(plasticity_warmup) if plasticity_warmup and variant.algo == "ppo_stpn" else None
+        )
+        model.learn(steps, callback=[c for c in (diagnostics, warmup, callback) if c is not None])
         eval_env.close()
         model.get_env().close()
     policy_kwargs = entry["policy_kwargs"]
@@ -312,6 +353,7 @@ def run_one(
         "seed": seed,
         "hidden_size": hidden,
         "changes": changes,
+        "plasticity_warmup": plasticity_warmup if variant.algo == "ppo_stpn" else 0,
         "parameters": sum(p.numel() for p in model.policy.parameters() if p.requires_grad),
         "steps": model.num_timesteps,
         "wall_seconds": time.perf_counter() - start,
@@ -348,6 +390,8 @@ def model_label(run: dict[str, Any]) -> str:
     }[run["model"]]
     if run["changes"]:
         why += " + " + ", ".join(f"{key}={value}" for key, value in run["changes"].items())
+    if run.get("plasticity_warmup"):
+        why += f" + plasticity frozen for {run['plasticity_warmup']} updates"
     return f"{name} h={run['hidden_size']} ({why})"
 
 
@@ -550,6 +594,10 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="changes to the LSTM's zoo entry (both LSTM rows), as --stpn-hyperparams; the LSTM rows name them",
     )
+    parser.add_argument(
+        "--plasticity-warmup", type=int, default=0, metavar="UPDATES",
+        help="an ablation: freeze the STPN rows' lambda and gamma for the first UPDATES PPO updates",
+    )  # fmt: skip
     parser.add_argument("--evals", type=int, default=10, help="evaluations per run after the one at step 0")
     parser.add_argument("--eval-episodes", type=int, default=None, help="episodes per evaluation (default 5, --quick 1)")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (1 torch thread each)")
@@ -574,7 +622,7 @@ def main(argv: list[str] | None = None) -> None:
     steps = parse_steps(args.steps, tasks, QUICK_STEPS if args.quick else DEFAULT_STEPS)
     changes = {"ppo_stpn": parse_changes(args.stpn_hyperparams), "ppo_lstm": parse_changes(args.lstm_hyperparams)}
     jobs = [
-        (task, variant.key, seed, steps[task], n_evals, n_episodes, changes.get(variant.algo, {}))
+        (task, variant.key, seed, steps[task], n_evals, n_episodes, changes.get(variant.algo, {}), args.plasticity_warmup)
         for task in tasks
         for seed in range(args.first_seed, args.first_seed + seeds)
         for variant in variants_for(task)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch as th
 
 from benchmarks.learning import (
     LSTM_HIDDEN,
@@ -16,6 +17,7 @@ from benchmarks.learning import (
     area_within,
     equal_time_budget,
     main,
+    make_plasticity_warmup_callback,
     mean_std,
     parse_changes,
     parse_steps,
@@ -166,3 +168,24 @@ def test_benchmark_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     assert saved == report["runs"]
     main(["--report", str(tmp_path), "--out", str(tmp_path / "again")])
     assert (tmp_path / "again" / "learning.md").read_text() == (tmp_path / "learning.md").read_text()
+
+
+def test_plasticity_warmup_freezes_lambda_and_gamma_for_the_first_updates_only() -> None:
+    from sb3_stpn import StpnPPO
+
+    model = StpnPPO("MlpStpnPolicy", "CartPole-v1", n_steps=32, batch_size=32, n_epochs=1, seed=0)
+    layers = (model.policy.stpn_actor, model.policy.stpn_critic)
+
+    def snapshot() -> list:
+        return [p.detach().clone() for layer in layers for p in (layer.weight, layer.weight_lambda, layer.weight_gamma)]
+
+    warmup = make_plasticity_warmup_callback(1)
+    before = snapshot()
+    model.learn(32, callback=warmup)  # one rollout, one update: frozen
+    after_first = snapshot()
+    model.learn(32, callback=warmup, reset_num_timesteps=False)  # the second update trains them
+    after_second = snapshot()
+    for index, (old, first, second) in enumerate(zip(before, after_first, after_second, strict=True)):
+        is_weight = index % 3 == 0
+        assert th.equal(old, first) != is_weight, index
+        assert not th.equal(first, second), index
