@@ -5,8 +5,9 @@ these machines afford, cannot search that well. The zoo's recurrent entries alre
 tuned for a memory policy on each task, so these spaces keep them and search what differs between
 memory models: the learning rate (the paper tuned it per model, e.g. Pong STPN 7e-4 vs LSTM 1e-4) and,
 for the STPN, its own options (weight normalisation, when it applies and a learned norm gain, the
-clamp of ``F``, the variant and the plasticity initialisation). The LSTM gets the same number of
-trials over its learning rate and entropy bonus, so both models are compared each at its own best.
+clamp of ``F``, the variant, the plasticity initialisation and the plasticity's learning-rate scale).
+The LSTM gets the same number of trials over its learning rate and entropy bonus, so both models are
+compared each at its own best.
 
 rl_zoo3 replaces an entry's ``policy_kwargs`` with the sampled ones; :func:`tuning_entry` tells the
 samplers the entry's, which the STPN options are merged into (``StpnExperimentManager.objective``
@@ -48,6 +49,10 @@ def _stpn_hyperparams(raw: dict[str, Any]) -> dict[str, Any]:
         lambda_init=(raw["lambda_low"], 1.0),
         gamma_init=raw["gamma_init"],
     )
+    # Trials of studies run before the scale was searched trained the plasticity at the full learning rate
+    scale = raw.get("plasticity_lr_scale", 1.0)
+    if scale != 1.0:
+        stpn_kwargs.update(lambda_lr_scale=scale, gamma_lr_scale=scale)
     if raw["normalize"]:
         stpn_kwargs.update(norm_time=raw["norm_time"], norm_gain=raw["norm_gain"])
     policy_kwargs = dict(_ENTRY_POLICY_KWARGS.get() or {})
@@ -69,6 +74,9 @@ def sample_ppo_stpn_params(trial: optuna.Trial, n_actions: int, n_envs: int, add
     ``lambda_init`` is ``U(lambda_low, 1)``: a higher floor starts with slower-forgetting synapses
     (the paper uses ``U(0, 1)``); ``gamma_init`` scales the initial plasticity rates (paper: 1e-3).
     ``norm_time`` and ``norm_gain`` are sampled only when the weights are normalised (else they do nothing).
+    ``plasticity_lr_scale`` trains ``weight_lambda`` and ``weight_gamma`` at that fraction of the learning rate
+    (``lambda_lr_scale`` and ``gamma_lr_scale``; 1 is the paper's model): at the full rate Adam moves the tiny
+    initial gammas by more than their own size in one update (docs/learning.md, round 5).
     """
     raw = _sample_common(trial)
     raw.update(
@@ -77,6 +85,7 @@ def sample_ppo_stpn_params(trial: optuna.Trial, n_actions: int, n_envs: int, add
         clamp=trial.suggest_categorical("clamp", [None, 0.1, 1.0]),
         lambda_low=trial.suggest_float("lambda_low", 0.0, 0.9),
         gamma_init=trial.suggest_float("gamma_init", 1e-4, 1.0, log=True),
+        plasticity_lr_scale=trial.suggest_float("plasticity_lr_scale", 1e-3, 1.0, log=True),
     )
     if raw["normalize"]:
         raw.update(

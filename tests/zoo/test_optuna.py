@@ -47,10 +47,21 @@ def test_converter_rebuilds_the_sampled_hyperparameters(sample, convert) -> None
         study.tell(trial, 0.0)
 
 
+def test_trials_of_studies_without_the_plasticity_scale_convert_to_the_paper_rate() -> None:
+    """Journals committed before ``plasticity_lr_scale`` was searched still rebuild their trials (at scale 1)."""
+    old_trial = {"learning_rate": 1e-3, "ent_coef": 1e-4, "stpn_variant": "STPNf", "normalize": False, "clamp": 1.0}
+    old_trial.update(lambda_low=0.1, gamma_init=1e-3)
+    stpn_kwargs = convert_ppo_stpn_params(old_trial)["policy_kwargs"]["stpn_kwargs"]
+    assert stpn_kwargs == {"recurrent": False, "normalize": False, "clamp": 1.0, "lambda_init": (0.1, 1.0), "gamma_init": 1e-3}
+    scaled = convert_ppo_stpn_params({**old_trial, "plasticity_lr_scale": 0.01})["policy_kwargs"]["stpn_kwargs"]
+    assert scaled == {**stpn_kwargs, "lambda_lr_scale": 0.01, "gamma_lr_scale": 0.01}
+
+
 def test_spaces_tune_the_memory_on_top_of_the_entry() -> None:
     """Only the learning rate, the entropy bonus and the STPN's options are sampled; the entry's policy_kwargs stay."""
     entry = {"net_arch": dict(pi=[64], vf=[64]), "stpn_hidden_size": 55, "stpn_kwargs": dict(rule="oja")}
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    sampled_stpn_kwargs = []
     for _ in range(8):
         trial = study.ask()
         with tuning_entry(entry):
@@ -61,8 +72,11 @@ def test_spaces_tune_the_memory_on_top_of_the_entry() -> None:
         assert kwargs["stpn_kwargs"]["rule"] == "oja"  # the entry's own STPN options are kept
         assert {"recurrent", "normalize", "clamp", "lambda_init", "gamma_init"} <= set(kwargs["stpn_kwargs"])
         assert ("norm_time" in kwargs["stpn_kwargs"]) == kwargs["stpn_kwargs"]["normalize"]
+        sampled_stpn_kwargs.append(kwargs["stpn_kwargs"])
         study.tell(trial, 0.0)
     assert entry["stpn_kwargs"] == {"rule": "oja"}  # not modified in place
+    scales = {(kwargs.get("lambda_lr_scale", 1.0), kwargs.get("gamma_lr_scale", 1.0)) for kwargs in sampled_stpn_kwargs}
+    assert len(scales) == 8 and all(lam == gam and 1e-3 <= lam <= 1 for lam, gam in scales)
     lstm = sample_ppo_lstm_params(study.ask(), n_actions=0, n_envs=1, additional_args={})
     assert set(lstm) == {"learning_rate", "ent_coef"}
 
