@@ -485,6 +485,51 @@ def table(rows: list[dict[str, Any]], references: dict[str, dict[str, list[float
     return "\n".join(lines)
 
 
+DIAGNOSTIC_FRACTIONS = (0.1, 0.5, 1.0)  # of training, where the plasticity diagnostics are read
+
+
+def diagnostics_table(runs: list[dict[str, Any]]) -> str:
+    """
+    Markdown table of the STPN rows' plasticity diagnostics, mean over seeds (empty without STPN runs).
+
+    ``F/W``: the actor's ``||F_i|| / ||W_i||`` at the end of the rollout 10 %, 50 % and 100 % through
+    training; ``gamma std``: the spread of the actor's rates at the same points; ``lambda max``: its
+    largest decay at the end; ``update``: the median over PPO updates of each group's relative change
+    ``||delta|| / ||before||`` (lambda, gamma, slow weights W, all other parameters).
+    """
+
+    def at(records: list[dict[str, float]], key: str, fraction: float) -> float | None:
+        value = records[round(fraction * (len(records) - 1))].get(key)
+        return None if value is None else float(value)
+
+    def median_update(records: list[dict[str, float]], group: str) -> float | None:
+        sizes = [record[f"stpn/update_{group}"] for record in records if f"stpn/update_{group}" in record]
+        return statistics.median(sizes) if sizes else None
+
+    def mean_of(values: list[float | None]) -> str:
+        known = [value for value in values if value is not None]
+        return f"{statistics.fmean(known):.2g}" if len(known) == len(values) else "-"
+
+    points = " / ".join(f"{fraction:.0%}" for fraction in DIAGNOSTIC_FRACTIONS)
+    lines = [
+        f"| task | model | seeds | F/W ({points}) | gamma std ({points}) | lambda max (end) "
+        "| update lambda / gamma / W / other (median) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for (task, label), group in _groups(runs).items():
+        records = [run["diagnostics"] for run in group if run.get("diagnostics")]
+        if not records:
+            continue
+        ratio = " / ".join(mean_of([at(r, "stpn/F_over_W", f) for r in records]) for f in DIAGNOSTIC_FRACTIONS)
+        spread = " / ".join(mean_of([at(r, "stpn/weight_gamma_std", f) for r in records]) for f in DIAGNOSTIC_FRACTIONS)
+        updates = " / ".join(
+            mean_of([median_update(r, g) for r in records]) for g in ("weight_lambda", "weight_gamma", "weight", "other")
+        )
+        lambda_max = mean_of([at(r, "stpn/weight_lambda_max", 1.0) for r in records])
+        lines.append(f"| {task} | {label} | {len(records)} | {ratio} | {spread} | {lambda_max} | {updates} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def plot(task: str, runs: list[dict[str, Any]], references: dict[str, list[float]], path: Path) -> None:
     """
     Learning curves of ``task``, mean over seeds per model shaded +- std, references dashed: sampled and
@@ -551,6 +596,8 @@ def write_report(runs: list[dict[str, Any]], out: Path, header: str, settings: d
     references = {task: refs for task in tasks if (refs := reference_returns(task, n_reference))}
     rows = summarise(runs)
     text = table(rows, references)
+    if diagnostics := diagnostics_table(runs):
+        text += "\n\nPlasticity diagnostics (STPN rows, actor layer):\n\n" + diagnostics
     print(f"\n{header}\n\n{text}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "learning.md").write_text(text + "\n")

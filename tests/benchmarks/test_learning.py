@@ -15,6 +15,7 @@ from benchmarks.learning import (
     STPN_TWIN,
     area_under_curve,
     area_within,
+    diagnostics_table,
     equal_time_budget,
     main,
     make_plasticity_warmup_callback,
@@ -49,6 +50,32 @@ def test_equal_time_budget_is_the_fastest_rows_mean_training_time() -> None:
 
     runs = [run("stpn", 10), run("stpn", 30), run("lstm_params", 50), run("lstm_params", 70), run("stpn", 1, "other")]
     assert equal_time_budget(runs, "T") == pytest.approx(20)
+
+
+def test_diagnostics_table_reads_the_plasticity_at_fractions_of_training() -> None:
+    def record(step: int, ratio: float, update: float | None = None) -> dict:
+        values = {
+            "timesteps": step,
+            "stpn/F_over_W": ratio,
+            "stpn/weight_gamma_std": ratio / 10,
+            "stpn/weight_lambda_max": 1.0,
+        }
+        if update is not None:
+            values.update({f"stpn/update_{group}": update for group in ("weight_lambda", "weight_gamma", "weight", "other")})
+        return values
+
+    # 11 rollouts: 10 % is the second record, 50 % the sixth, 100 % the last; updates from the second on
+    diagnostics = [record(step, ratio=step / 10, update=None if step == 0 else step / 100) for step in range(11)]
+    run = {"task": "T", "model": "stpn", "changes": {}, "hidden_size": 8, "diagnostics": diagnostics}
+    lines = diagnostics_table(
+        [run, {**run, "diagnostics": [record(s, ratio=0.0, update=0.0) for s in range(11)]}]
+    ).splitlines()
+    assert (
+        lines[2]
+        == "| T | STPN h=8 (zoo entry) | 2 | 0.05 / 0.25 / 0.5 | 0.005 / 0.025 / 0.05 | 1 | 0.028 / 0.028 / 0.028 / 0.028 |"
+    )
+    lstm = {"task": "T", "model": "lstm_params", "changes": {}, "hidden_size": 8, "diagnostics": None}
+    assert diagnostics_table([lstm]) == ""
 
 
 def test_mean_std_over_seeds() -> None:
@@ -161,6 +188,7 @@ def test_benchmark_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
         55,
         24150 - 2 * 2 * 55 * (17 + 55),
     )  # no lambda, gamma (55 x K, K = 17 obs + 55) in two layers
+    assert "Plasticity diagnostics" in report["table"]
     assert "| GridMaze-v0 | oracle policy" in printed and "| GridMaze-v0 | random policy" in printed
     assert set(report["references"]["GridMaze-v0"]) == {"random", "wall_avoider", "oracle"}
     # Every run was saved as it finished, and --report rebuilds the same table from those lines
