@@ -30,6 +30,7 @@ segment: e.g. B=256, T=32, H=64, K=68 in float32 keeps only F_0 for ``cpp`` (C =
 thread). The recompute costs one extra forward pass and is exact: it repeats the forward's arithmetic.
 """
 
+import fcntl
 import functools
 import hashlib
 import logging
@@ -38,6 +39,7 @@ import os
 import platform
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -433,6 +435,9 @@ def cpp_kernel_available() -> bool:
 
 
 CPP_CFLAGS = ["-O3", "-march=native", "-fopenmp-simd"]
+# How long a process waits for another one building the kernel before it gives up (a build takes about a minute)
+BUILD_LOCK_TIMEOUT_S = 600.0
+BUILD_LOCK_POLL_S = 0.2
 
 
 def _cpu_instruction_set() -> str:
@@ -466,23 +471,59 @@ def _build_cpp_extension() -> object:
     build_directory = cpp_build_directory()
     name = build_directory.name
     source = build_directory / CPP_SOURCE.name  # built from a copy, so that every checkout's build is the same
-    if not source.is_file():
-        build_directory.mkdir(parents=True, exist_ok=True)
-        partial = source.with_suffix(f".{os.getpid()}.tmp")
-        shutil.copyfile(CPP_SOURCE, partial)
-        partial.replace(source)
-    if not (build_directory / f"{name}{cpp_extension.LIB_EXT}").is_file():
-        print(f"sb3_stpn: building the C++ STPN kernel in {build_directory} (about a minute, once)", file=sys.stderr)
-    with _ninja_on_path():
-        cpp_extension.load(
-            name=name,
-            sources=[str(source)],
-            extra_cflags=CPP_CFLAGS,
-            build_directory=str(build_directory),
-            is_python_module=False,
-            verbose=False,
-        )
+    build_directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with _build_lock(build_directory):
+        if not source.is_file():
+            partial = source.with_suffix(f".{os.getpid()}.tmp")
+            shutil.copyfile(CPP_SOURCE, partial)
+            partial.replace(source)
+        if not (build_directory / f"{name}{cpp_extension.LIB_EXT}").is_file():
+            print(f"sb3_stpn: building the C++ STPN kernel in {build_directory} (about a minute, once)", file=sys.stderr)
+        with _ninja_on_path():
+            cpp_extension.load(
+                name=name,
+                sources=[str(source)],
+                extra_cflags=CPP_CFLAGS,
+                build_directory=str(build_directory),
+                is_python_module=False,
+                verbose=False,
+            )
     return th.ops.sb3_stpn
+
+
+@contextmanager
+def _build_lock(build_directory: Path) -> Iterator[None]:
+    """
+    Hold an exclusive ``flock`` on ``<build folder>/build.flock`` while torch builds or loads the kernel.
+
+    torch's own lock (the file ``lock``, made with O_EXCL) outlives a build killed by SIGKILL, SIGTERM or
+    the OOM killer, and every later load then waits on it forever. A ``flock`` is released by the kernel
+    when its process dies, so whoever holds ours is alive, and a ``lock`` found under it is a dead build's:
+    it is removed. Waiting for a live builder ends after ``BUILD_LOCK_TIMEOUT_S`` with a :class:`TimeoutError`.
+    """
+    lock_path = build_directory / "build.flock"
+    with open(lock_path, "a") as lock_file:
+        deadline = time.monotonic() + BUILD_LOCK_TIMEOUT_S
+        waiting = False
+        while True:
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"waited {BUILD_LOCK_TIMEOUT_S:g} s for {lock_path}, held by another process building the "
+                        "kernel; stop that process, or set TORCH_EXTENSIONS_DIR to another folder"
+                    ) from None
+                if not waiting:
+                    print(f"sb3_stpn: waiting for another process building the C++ STPN kernel ({lock_path})", file=sys.stderr)
+                    waiting = True
+                time.sleep(BUILD_LOCK_POLL_S)
+        try:
+            (build_directory / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 @contextmanager

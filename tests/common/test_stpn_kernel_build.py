@@ -1,7 +1,11 @@
 """Building the C++ kernel: one cache folder per source, torch version and CPU; one line before a build; ninja found."""
 
+import fcntl
 import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +14,8 @@ import torch as th
 from torch.utils import cpp_extension
 
 from sb3_stpn.common import stpn_kernel
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -72,3 +78,59 @@ def test_ninja_of_the_package_is_found_without_an_activated_environment(monkeypa
     with stpn_kernel._ninja_on_path():
         assert shutil.which("ninja") is not None
     assert os.environ["PATH"] == "/nonexistent"
+
+
+# A process that builds with torch's loader, its compile step stubbed out (only the locking around it is torch's)
+STUBBED_BUILD = """
+from torch.utils import cpp_extension
+from sb3_stpn.common import stpn_kernel
+cpp_extension._write_ninja_file_and_build_library = lambda **kwargs: None
+cpp_extension._import_module_from_library = lambda *args: None
+stpn_kernel._build_cpp_extension()
+print("built")
+"""
+
+
+def run_stubbed_build(extensions_root: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(extensions_root), "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-c", STUBBED_BUILD], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_lock_left_by_a_killed_build_does_not_hang_the_next_one(extensions_root: Path) -> None:
+    """torch's lock file outlives a build killed by SIGKILL/SIGTERM/the OOM killer; the next build must not wait on it."""
+    build_directory = stpn_kernel.cpp_build_directory()
+    build_directory.mkdir(mode=0o700)
+    (build_directory / "lock").touch()  # what the killed build left
+    result = run_stubbed_build(extensions_root, timeout=45)
+    assert result.returncode == 0 and result.stdout.strip() == "built", result.stderr
+
+
+def test_waiting_for_a_live_build_times_out_naming_the_lock(
+    extensions_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    build_directory = stpn_kernel.cpp_build_directory()
+    build_directory.mkdir(mode=0o700)
+    monkeypatch.setattr(stpn_kernel, "BUILD_LOCK_TIMEOUT_S", 0.5)
+    with open(build_directory / "build.flock", "a") as held:  # another open file: a second holder, as in another process
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(TimeoutError, match=f"waited 0.5 s for {build_directory / 'build.flock'}"):
+            stpn_kernel._build_cpp_extension()
+    assert f"waiting for another process building the C++ STPN kernel ({build_directory / 'build.flock'})" in (
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.slow
+def test_a_real_build_killed_midway_leaves_the_next_one_working(extensions_root: Path) -> None:
+    """The issue's repro: SIGKILL the first build while it compiles (torch's lock taken), then build again."""
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(extensions_root), "PYTHONPATH": str(REPO)}
+    build = [sys.executable, "-c", "from sb3_stpn.common.stpn_kernel import cpp_kernel_available as a; assert a()"]
+    first = subprocess.Popen(build, env=env, stderr=subprocess.DEVNULL)
+    lock = stpn_kernel.cpp_build_directory() / "lock"
+    deadline = time.monotonic() + 60
+    while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.kill()
+    first.wait(timeout=10)
+    assert lock.exists(), "the build ended before it could be killed"
+    subprocess.run(build, env=env, check=True, timeout=300)
