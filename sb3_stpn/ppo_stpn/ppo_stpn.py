@@ -106,6 +106,11 @@ class StpnPPO(RecurrentPPO):
                 f"StpnPPO needs an STPN policy ({', '.join(self.policy_aliases)}), got {self.policy_class}; "
                 "a model saved by another algorithm must be loaded with that algorithm's class"
             )
+        if self.normalize_advantage and self.n_steps * self.n_envs < 2:
+            raise ValueError(
+                "normalize_advantage needs at least 2 steps per rollout (n_steps * n_envs, here 1): the std of one "
+                "advantage is NaN; raise n_steps or n_envs, or pass normalize_advantage=False"
+            )
         self.policy = self.policy_class(
             self.observation_space,
             self.action_space,

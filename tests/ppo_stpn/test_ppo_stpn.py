@@ -209,3 +209,9 @@ def test_trains_and_predicts_on_cuda(tmp_path, monkeypatch: pytest.MonkeyPatch) 
     _, cpu_state = StpnPPO.load(tmp_path / "model", device="cpu").predict(obs, deterministic=True)
     for part, cpu_part in zip(state, cpu_state, strict=True):
         np.testing.assert_allclose(part, cpu_part, rtol=1e-4, atol=1e-5)
+
+
+def test_a_one_step_rollout_cannot_be_normalised() -> None:
+    with pytest.raises(ValueError, match="normalize_advantage needs at least 2 steps per rollout"):
+        StpnPPO("MlpStpnPolicy", "CartPole-v1", n_steps=1)
+    StpnPPO("MlpStpnPolicy", "CartPole-v1", n_steps=1, normalize_advantage=False)
