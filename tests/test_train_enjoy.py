@@ -96,3 +96,19 @@ def test_env_without_entry_with_a_text_mission(tmp_path: Path) -> None:
     assert (tmp_path / "logs" / "ppo_stpn" / "MiniGrid-Empty-5x5-v0_1" / "MiniGrid-Empty-5x5-v0.zip").is_file()
     out = run_script("enjoy.py", *minigrid, "--no-render", "-n", "20", cwd=tmp_path).stdout
     assert "STPN energy per step over 20 steps" in out
+
+
+@pytest.mark.slow
+def test_simultaneous_launches_each_keep_their_model(tmp_path: Path) -> None:
+    """Runs started together with the same -f and env: one folder and one model each, none overwritten."""
+    launches = 4
+    command = [sys.executable, str(REPO / "train.py"), "--env", ENV, "-n", "128", *SHRINK, "--eval-freq", "-1"]
+    processes = [subprocess.Popen(command, cwd=tmp_path, env=ONE_THREAD, stdout=subprocess.PIPE, text=True)
+                 for _ in range(launches)]  # fmt: skip
+    outputs = [process.communicate(timeout=600)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0] * launches
+    logged = {re.search(r"Log path: (.*)", out).group(1).strip() for out in outputs}  # type: ignore[union-attr]
+    assert len(logged) == launches
+    runs = sorted((tmp_path / "logs" / "ppo_stpn").iterdir())
+    assert [run.name for run in runs] == [f"{ENV}_{i}" for i in range(1, launches + 1)]
+    assert all((run / f"{ENV}.zip").is_file() for run in runs)

@@ -202,9 +202,33 @@ class StpnExperimentManager(ExperimentManager):
             yield
         except BaseException:
             run_folder = Path(self.save_path)
-            if run_folder.is_dir() and not any(run_folder.rglob("*.zip")):
+            if self._claimed_run_folder and run_folder.is_dir() and not any(run_folder.rglob("*.zip")):
                 shutil.rmtree(run_folder)
             raise
+
+    _claimed_run_folder = False  # only a folder this run made is ever removed, never a simultaneous run's
+
+    def create_log_folder(self) -> None:
+        """
+        Claim the run folder with an atomic ``os.mkdir``, taking the next id when it exists.
+
+        rl_zoo3 picks the id (one above the latest run's) when the manager is made, so runs started
+        together picked the same folder, wrote into it together and one model overwrote the other.
+        """
+        Path(self.log_path).mkdir(parents=True, exist_ok=True)
+        number = Path(self.save_path).name.removeprefix(f"{self.env_name}_")
+        digits = len(number) - len(number.lstrip("0123456789"))
+        run_id, uuid_suffix = int(number[:digits]), number[digits:]
+        while True:
+            save_path = os.path.join(self.log_path, f"{self.env_name}_{run_id}{uuid_suffix}")
+            try:
+                os.mkdir(save_path)
+                break
+            except FileExistsError:
+                run_id += 1
+        self.save_path, self.params_path = save_path, f"{save_path}/{self.env_name}"
+        self._claimed_run_folder = True
+        super().create_log_folder()
 
     def read_hyperparameters(self) -> tuple[dict[str, Any], dict[str, Any]]:
         try:
