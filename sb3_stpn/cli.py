@@ -7,14 +7,15 @@ meaning. On top of the zoo these commands
   ``<algo>_<env>``, so that several processes started alike work on one study,
 - make ``enjoy`` read ``-f logs`` by default and load the latest run that holds a model, print the
   actor memory's energy per step, and record a video with ``--record`` (rl_zoo3's record_video),
-- turn bad input into one ``error:`` line naming the fix and a non-zero exit (130 after Ctrl-C,
-  once the model is saved).
+- turn bad input into one ``error:`` line naming the fix and a non-zero exit (130 after Ctrl-C, 143
+  after SIGTERM, once the model is saved).
 """
 
 import argparse
 import difflib
 import importlib
 import runpy
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -35,7 +36,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from sb3_stpn.common.energy import ActorEnergyRecorder
 from sb3_stpn.common.policies import actor_memory
 from sb3_stpn.zoo import StpnExperimentManager, ZooError
-from sb3_stpn.zoo.exp_manager import check_trained_agent, default_config, load_config_entry
+from sb3_stpn.zoo.exp_manager import check_trained_agent, default_config, load_config_entry, raising_interrupted
 
 DEFAULT_ALGO = "ppo_stpn"
 DEFAULT_LOG_FOLDER = "logs"
@@ -250,13 +251,15 @@ def _argv(program: str, argv: list[str]) -> Iterator[None]:
 
 
 def _run(script: Callable[[list[str]], None], argv: list[str] | None) -> None:
-    """Run a script, turning :class:`ZooError` into one ``error:`` line on stderr and exit status 1."""
+    """Run a script, turning :class:`ZooError` into one ``error:`` line on stderr and exit status 1, and Ctrl-C or
+    SIGTERM (once the model is saved) into exit status 130 or 143."""
     try:
-        script(list(sys.argv[1:] if argv is None else argv))
+        with raising_interrupted():
+            script(list(sys.argv[1:] if argv is None else argv))
     except ZooError as error:
         sys.exit(f"error: {error}")
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except KeyboardInterrupt as stop:
+        sys.exit(128 + getattr(stop, "signum", signal.SIGINT))
 
 
 def train_main(argv: list[str] | None = None) -> None:

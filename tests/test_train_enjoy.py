@@ -72,8 +72,12 @@ def test_record_video(tmp_path: Path) -> None:
     assert "energy per step over 40 steps" in out
 
 
-def test_ctrl_c_saves_the_model(tmp_path: Path) -> None:
-    """rl_zoo3 saves on KeyboardInterrupt; a SIGINT once training runs must leave the model on disk, then exit 130."""
+@pytest.mark.parametrize(("stop", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_save_the_model(stop: signal.Signals, status: int, tmp_path: Path) -> None:
+    """
+    rl_zoo3 saves on KeyboardInterrupt; a SIGINT (Ctrl-C) or SIGTERM (a scheduler, docker stop) once training
+    runs must leave the model on disk, then exit 128 + signal.
+    """
     process = subprocess.Popen(
         [sys.executable, "-u", str(REPO / "train.py"), "--env", ENV, "-n", "1000000", *SHRINK, "--eval-freq", "-1"],
         cwd=tmp_path, env=ONE_THREAD, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -82,9 +86,9 @@ def test_ctrl_c_saves_the_model(tmp_path: Path) -> None:
     for line in process.stdout:
         if "total_timesteps" in line:  # the first rollout is logged: training is under way
             break
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     out, _ = process.communicate(timeout=120)
-    assert process.returncode == 130, out[-3000:]
+    assert process.returncode == status, out[-3000:]
     assert (tmp_path / "logs" / "ppo_stpn" / f"{ENV}_1" / f"{ENV}.zip").is_file()
 
 

@@ -15,7 +15,8 @@
   for NatureCNN, so that the ``default`` entry fits envs such as MiniGrid's.
 - Errors SB3 raises while the run is set up (e.g. ``n_steps: -5``) become one line naming the fix.
 - A run that fails with any error removes its own fresh, model-less run folder; a run stopped by
-  Ctrl-C saves its model, then re-raises the interrupt so that the command exits 130.
+  Ctrl-C or SIGTERM saves its model, then re-raises the interrupt so that the command exits 130 or 143.
+- Each run claims its folder atomically, so that runs started together never share one.
 """
 
 import difflib
@@ -24,7 +25,7 @@ import os
 import shutil
 import signal
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -60,6 +61,36 @@ CONFIG_DIR = _PACKAGE / "zoo_configs" if (_PACKAGE / "zoo_configs").is_dir() els
 
 class ZooError(Exception):
     """A problem with the command line, a config or a saved file; the message is one line naming the fix."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop by SIGINT (Ctrl-C) or SIGTERM (a scheduler, ``docker stop``): handled alike, the exit status 128 + signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def raising_interrupted(note: Callable[[int], None] | None = None) -> Iterator[None]:
+    """
+    While the block runs, SIGINT and SIGTERM raise :class:`Interrupted` (after ``note(signum)``).
+
+    Python turns only SIGINT into an exception; SIGTERM's default kills the process on the spot, with no
+    model saved and no clean-up. As a KeyboardInterrupt, it takes every path Ctrl-C takes (rl_zoo3 saves the model).
+    """
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        if note is not None:
+            note(signum)
+        raise Interrupted(signum)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class NonFiniteError(ZooError, ValueError):
@@ -155,7 +186,7 @@ class StpnExperimentManager(ExperimentManager):
     def _fix(self) -> str:
         return f"fix the {self.env_name.gym_id} entry of {self.config} or the --hyperparams override"
 
-    interrupted = False  # set by Ctrl-C during learn
+    interrupted: int | None = None  # the signal (SIGINT: Ctrl-C, or SIGTERM) that stopped learn
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -175,21 +206,16 @@ class StpnExperimentManager(ExperimentManager):
                 raise ZooError(f"cannot set up {self.algo} on {self.env_name.gym_id} ({message}); {self._fix}") from error
 
     def learn(self, model: BaseAlgorithm) -> None:
-        def note_interrupt(signum: int, frame: FrameType | None) -> None:
-            self.interrupted = True
-            raise KeyboardInterrupt  # rl_zoo3 catches it and saves the model
+        def note_interrupt(signum: int) -> None:
+            self.interrupted = signum  # rl_zoo3 catches the KeyboardInterrupt raised next and saves the model
 
-        previous_handler = signal.signal(signal.SIGINT, note_interrupt)
-        try:
-            with self._removing_run_folder_on_failure():
-                super().learn(model)
-        finally:
-            signal.signal(signal.SIGINT, previous_handler)
+        with raising_interrupted(note_interrupt), self._removing_run_folder_on_failure():
+            super().learn(model)
 
     def save_trained_model(self, model: BaseAlgorithm) -> None:
         super().save_trained_model(model)
         if self.interrupted:
-            raise KeyboardInterrupt  # saved: now stop as interrupted (exit status 130)
+            raise Interrupted(self.interrupted)  # saved: now stop as interrupted (exit status 128 + signal)
 
     def hyperparameters_optimization(self) -> None:
         with self._removing_run_folder_on_failure():
