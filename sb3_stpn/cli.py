@@ -37,6 +37,7 @@ from sb3_stpn.common.energy import ActorEnergyRecorder
 from sb3_stpn.common.policies import actor_memory
 from sb3_stpn.zoo import StpnExperimentManager, ZooError
 from sb3_stpn.zoo.exp_manager import check_trained_agent, default_config, load_config_entry, raising_interrupted
+from sb3_stpn.zoo.saving import atomic_saves, load_problem
 
 DEFAULT_ALGO = "ppo_stpn"
 DEFAULT_LOG_FOLDER = "logs"
@@ -130,6 +131,7 @@ def _check_train_args(args: argparse.Namespace) -> None:
 
 def _train(argv: list[str]) -> None:
     with (
+        atomic_saves(),
         mock.patch.object(rl_zoo3.train, "ExperimentManager", StpnExperimentManager),
         _zoo_parser({"algo": DEFAULT_ALGO, "n_timesteps": None}, _check_train_args),
         _argv("stpn-train", argv),
@@ -186,10 +188,14 @@ class MeteredLoader:
         try:
             model = self.algo_class.load(path, *args, **kwargs)
         except Exception as error:  # a corrupt or foreign zip fails in many ways inside SB3
-            raise ZooError(f"cannot load {path} ({type(error).__name__}: {error}); retrain it or pick another run") from error
+            raise _cannot_load(path, f"{type(error).__name__}: {error}") from error
         if actor_memory(model.policy) is not None:
             self.meter.attach(model)
         return model
+
+
+def _cannot_load(path: str, problem: str) -> ZooError:
+    return ZooError(f"cannot load {path} ({problem}); retrain it or pick another run")
 
 
 def _run_ids(folder: str, algo: str, env_name: str) -> list[int]:
@@ -199,17 +205,49 @@ def _run_ids(folder: str, algo: str, env_name: str) -> list[int]:
     return sorted((int(name) for name in names if name.isdigit()), reverse=True)
 
 
-def _latest_model_path(exp_id: int, folder: str, algo: str, env_name: Any, *args: Any, **kwargs: Any) -> Any:
+def _checkpoint_steps(run: Path) -> list[int]:
+    """The step counts of the run's checkpoints ``rl_model_<N>_steps.zip``, latest first."""
+    steps = (path.name.removeprefix("rl_model_").removesuffix("_steps.zip") for path in run.glob("rl_model_*_steps.zip"))
+    return sorted((int(step) for step in steps if step.isdigit()), reverse=True)
+
+
+def _latest_model_path(
+    exp_id: int,
+    folder: str,
+    algo: str,
+    env_name: Any,
+    load_best: bool = False,
+    load_checkpoint: str | None = None,
+    load_last_checkpoint: bool = False,
+) -> Any:
     """
     rl_zoo3's get_model_path, where ``--exp-id 0`` (the default) means the latest run that holds the
-    requested model, not merely the latest run folder; nothing found is a :class:`ZooError`.
+    requested model, not merely the latest run folder, and ``--load-last-checkpoint`` the latest checkpoint.
+    A model file that does not load (0-byte, truncated: a save killed midway) is passed over for the next
+    one, with one line saying so; nothing found is a :class:`ZooError`.
     """
     error: Exception | None = None
+    broken: list[tuple[str, str]] = []
     for run_id in _run_ids(folder, algo, env_name) if exp_id == 0 else [exp_id]:
-        try:
-            return _zoo_get_model_path(run_id, folder, algo, env_name, *args, **kwargs)
-        except (AssertionError, ValueError) as run_error:
-            error = error or run_error
+        run = Path(folder, algo, f"{env_name}_{run_id}")
+        checkpoints = _checkpoint_steps(run) if load_last_checkpoint else []
+        picks = [{"load_checkpoint": str(steps)} for steps in checkpoints] or [
+            {"load_best": load_best, "load_checkpoint": load_checkpoint, "load_last_checkpoint": load_last_checkpoint}
+        ]
+        for pick in picks:
+            try:
+                found = _zoo_get_model_path(run_id, folder, algo, env_name, **pick)
+            except (AssertionError, ValueError) as run_error:
+                error = error or run_error
+                continue
+            problem = load_problem(found[1])
+            if problem is None:
+                for path, skipped in broken:
+                    print(f"Skipping {path}, which does not load ({skipped})", file=sys.stderr)
+                return found
+            broken.append((found[1], problem))
+    if broken:
+        raise _cannot_load(*broken[0])
     found = f" ({error})" if error else ""
     raise ZooError(
         f"no trained {algo} agent for {env_name} in {folder}{found}; train one with "

@@ -2,8 +2,10 @@
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -200,3 +202,45 @@ def test_scripts_print_one_line_and_no_traceback(script: str, argv: list[str], w
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def trained_run(tmp_path: Path) -> Path:
+    """A real run trained in -f tmp_path/logs, with checkpoints at 8 and 16 steps."""
+    train_main(["--env", ENV, *TINY, "--save-freq", "8", "-f", str(tmp_path / "logs")])
+    return tmp_path / "logs" / "ppo_stpn" / f"{ENV}_1"
+
+
+def test_enjoy_passes_over_a_later_run_whose_model_does_not_load(
+    trained_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run killed while saving leaves a 0-byte model: enjoy takes the earlier good run and says which it skipped."""
+    broken = trained_run.with_name(f"{ENV}_2")
+    shutil.copytree(trained_run, broken)
+    (broken / f"{ENV}.zip").write_bytes(b"")
+    capsys.readouterr()
+    enjoy_main(["--env", ENV, "--no-render", "-n", "5", "-f", str(trained_run.parents[1])])
+    out, err = capsys.readouterr()
+    assert f"Loading {trained_run / ENV}.zip" in out
+    assert f"Skipping {broken / ENV}.zip, which does not load" in err and len(err.strip().splitlines()) == 1
+
+
+def test_enjoy_last_checkpoint_passes_over_a_truncated_one(trained_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    latest = trained_run / "rl_model_16_steps.zip"
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
+    capsys.readouterr()
+    enjoy_main(["--env", ENV, "--no-render", "-n", "5", "-f", str(trained_run.parents[1]), "--load-last-checkpoint"])
+    out, err = capsys.readouterr()
+    assert f"Loading {trained_run / 'rl_model_8_steps.zip'}" in out and f"Skipping {latest}" in err
+
+
+def test_continue_from_a_zip_that_does_not_load(trained_run: Path, tmp_path: Path) -> None:
+    """A zip with SB3's entries whose tensors are cut short passes the zip checks; -i refuses it in one line."""
+    broken = tmp_path / "broken.zip"
+    with zipfile.ZipFile(trained_run / f"{ENV}.zip") as source, zipfile.ZipFile(broken, "w") as target:
+        for name in source.namelist():
+            content = source.read(name)
+            target.writestr(name, content[: len(content) // 2] if name.endswith(".pth") else content)
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--env", ENV, *TINY, "-i", str(broken), "-f", str(tmp_path / "logs")])
+    check_one_line_error(exit_info.value.code, f"cannot continue from {broken}, which does not load")

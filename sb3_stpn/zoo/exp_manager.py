@@ -47,6 +47,7 @@ from sb3_stpn.common.callbacks import StpnDiagnosticsCallback
 from sb3_stpn.common.stpn import STPN
 from sb3_stpn.envs import GRID_MAZE_IDS, make_grid_maze_vec_env
 from sb3_stpn.zoo.hyperparams_opt import tuning_entry
+from sb3_stpn.zoo.saving import load_problem
 
 AUTO_POLICY = "auto"
 # The env wrapper ``policy: auto`` adds (rl_zoo3 imports wrappers by name, also in enjoy from the saved config)
@@ -375,3 +376,6 @@ def check_trained_agent(path: str) -> None:
         raise ZooError(f"trained agent {path} not found; pass -i the .zip train.py saved (logs/<algo>/<env>_<id>/<env>.zip)")
     if not zipfile.is_zipfile(path) or "data" not in zipfile.ZipFile(path).namelist():
         raise ZooError(f"{path} is not a model saved by SB3 (corrupt or another format); pass -i the .zip saved by train.py")
+    problem = load_problem(path)
+    if problem is not None:  # e.g. truncated by a save that was killed, yet still a zip
+        raise ZooError(f"cannot continue from {path}, which does not load ({problem}); pass -i another checkpoint or run")
