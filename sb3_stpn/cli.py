@@ -15,6 +15,7 @@ import argparse
 import difflib
 import importlib
 import runpy
+import shutil
 import signal
 import sys
 import tempfile
@@ -37,7 +38,7 @@ from sb3_stpn.common.energy import ActorEnergyRecorder
 from sb3_stpn.common.policies import actor_memory
 from sb3_stpn.zoo import StpnExperimentManager, ZooError
 from sb3_stpn.zoo.exp_manager import check_trained_agent, default_config, load_config_entry, raising_interrupted
-from sb3_stpn.zoo.saving import atomic_saves, load_problem
+from sb3_stpn.zoo.saving import atomic_saves, checkpoint_vec_normalize_path, load_problem
 
 DEFAULT_ALGO = "ppo_stpn"
 DEFAULT_LOG_FOLDER = "logs"
@@ -256,6 +257,44 @@ def _latest_model_path(
 
 
 _zoo_get_model_path = rl_zoo3.utils.get_model_path
+_zoo_create_test_env = rl_zoo3.utils.create_test_env
+
+
+class CheckpointStatistics:
+    """
+    enjoy's get_model_path and create_test_env, where a checkpoint is run with the VecNormalize statistics
+    saved with it (``rl_model_vecnormalize_<N>_steps.pkl``), not the run's final ones, which a killed run lacks.
+    """
+
+    def __init__(self) -> None:
+        self.model_path: str | None = None
+
+    def get_model_path(self, *args: Any, **kwargs: Any) -> Any:
+        found = _latest_model_path(*args, **kwargs)
+        self.model_path = found[1]
+        return found
+
+    def create_test_env(self, *args: Any, stats_path: str | None = None, hyperparams: Any = None, **kwargs: Any) -> Any:
+        def create(stats_path: str | None) -> Any:
+            return _zoo_create_test_env(*args, stats_path=stats_path, hyperparams=hyperparams, **kwargs)
+
+        if stats_path is None or self.model_path is None or not (hyperparams or {}).get("normalize"):
+            return create(stats_path)
+        own = checkpoint_vec_normalize_path(self.model_path)
+        if own is not None and own.is_file():
+            print(f"Loading the VecNormalize statistics saved with the checkpoint: {own}")
+            with tempfile.TemporaryDirectory() as folder:  # create_test_env reads <stats_path>/vecnormalize.pkl
+                shutil.copyfile(own, Path(folder, "vecnormalize.pkl"))
+                return create(folder)
+        final = Path(stats_path, "vecnormalize.pkl")
+        if not final.is_file():
+            raise ZooError(
+                f"no VecNormalize statistics for {self.model_path} (no {final}: the run stopped before saving them); "
+                "enjoy a checkpoint saved with its statistics (--load-checkpoint N) or retrain"
+            )
+        if own is not None:
+            print(f"warning: no {own.name} saved with {self.model_path}; using the run's final statistics", file=sys.stderr)
+        return create(stats_path)
 
 
 def _check_enjoy_args(args: argparse.Namespace) -> None:
@@ -270,13 +309,16 @@ def _enjoy(argv: list[str]) -> None:
     argv = [arg for arg in argv if arg != "--record"]
     meter = EnergyMeter()
     script = "rl_zoo3.record_video" if record else "rl_zoo3.enjoy"
+    statistics = CheckpointStatistics()
     with (
-        mock.patch.object(rl_zoo3.utils, "get_model_path", _latest_model_path),
+        mock.patch.object(rl_zoo3.utils, "get_model_path", statistics.get_model_path),
+        mock.patch.object(rl_zoo3.utils, "create_test_env", statistics.create_test_env),
+        mock.patch.object(rl_zoo3, "create_test_env", statistics.create_test_env),
         mock.patch.dict(ALGOS, {name: MeteredLoader(algo_class, meter) for name, algo_class in ALGOS.items()}),
         _zoo_parser({"algo": DEFAULT_ALGO, "folder": DEFAULT_LOG_FOLDER}, _check_enjoy_args),
         _argv("stpn-enjoy", argv),
     ):
-        # Both scripts import get_model_path and ALGOS from rl_zoo3.utils when run, so they see the patches
+        # Both scripts import get_model_path, create_test_env and ALGOS from rl_zoo3 when run, so they see the patches
         sys.modules.pop(script, None)
         runpy.run_module(script, run_name="__main__")
     meter.report()

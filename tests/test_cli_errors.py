@@ -244,3 +244,20 @@ def test_continue_from_a_zip_that_does_not_load(trained_run: Path, tmp_path: Pat
     with pytest.raises(SystemExit) as exit_info:
         train_main(["--env", ENV, *TINY, "-i", str(broken), "-f", str(tmp_path / "logs")])
     check_one_line_error(exit_info.value.code, f"cannot continue from {broken}, which does not load")
+
+
+def test_enjoy_a_checkpoint_of_a_killed_normalised_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A killed run has checkpoints but no final model or vecnormalize.pkl: each checkpoint runs with its own
+    statistics; without them, one error line instead of rl_zoo3's traceback."""
+    logs = tmp_path / "logs"
+    train_main(["--env", ENV, *TINY, "normalize:True", "--save-freq", "8", "-f", str(logs)])
+    run = logs / "ppo_stpn" / f"{ENV}_1"
+    (run / f"{ENV}.zip").unlink()
+    (run / ENV / "vecnormalize.pkl").unlink()
+    capsys.readouterr()
+    enjoy_main(["--env", ENV, "--no-render", "-n", "5", "-f", str(logs), "--load-checkpoint", "8"])
+    assert f"statistics saved with the checkpoint: {run / 'rl_model_vecnormalize_8_steps.pkl'}" in capsys.readouterr().out
+    (run / "rl_model_vecnormalize_16_steps.pkl").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        enjoy_main(["--env", ENV, "--no-render", "-n", "5", "-f", str(logs), "--load-checkpoint", "16"])
+    check_one_line_error(exit_info.value.code, f"no VecNormalize statistics for {run / 'rl_model_16_steps.zip'}")

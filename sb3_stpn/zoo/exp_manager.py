@@ -24,6 +24,7 @@ import inspect
 import os
 import shutil
 import signal
+import sys
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,14 +41,15 @@ from rl_zoo3.exp_manager import ExperimentManager
 from rl_zoo3.utils import ALGOS
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import CheckpointCallback
 from stable_baselines3.common.preprocessing import is_image_space
-from stable_baselines3.common.vec_env import VecCheckNan, VecEnv
+from stable_baselines3.common.vec_env import VecCheckNan, VecEnv, VecNormalize
 
 from sb3_stpn.common.callbacks import StpnDiagnosticsCallback
 from sb3_stpn.common.stpn import STPN
 from sb3_stpn.envs import GRID_MAZE_IDS, make_grid_maze_vec_env
 from sb3_stpn.zoo.hyperparams_opt import tuning_entry
-from sb3_stpn.zoo.saving import load_problem
+from sb3_stpn.zoo.saving import checkpoint_vec_normalize_path, load_problem
 
 AUTO_POLICY = "auto"
 # The env wrapper ``policy: auto`` adds (rl_zoo3 imports wrappers by name, also in enjoy from the saved config)
@@ -315,6 +317,10 @@ class StpnExperimentManager(ExperimentManager):
 
     def create_callbacks(self) -> None:
         super().create_callbacks()
+        for callback in self.callbacks:
+            if isinstance(callback, CheckpointCallback):
+                # The statistics of each checkpoint with it: the final vecnormalize.pkl exists only after a clean end
+                callback.save_vecnormalize = True
         if issubclass(ALGOS[self.algo], RecurrentPPO):
             # Energy (STPN and LSTM alike) and plasticity diagnostics on by default. First in the list:
             # it reads the actor's last forward at each step, which must be the rollout's, not an evaluation's
@@ -359,6 +365,31 @@ class StpnExperimentManager(ExperimentManager):
             policy_kwargs = eval(policy_kwargs, vars(rl_zoo3.exp_manager))  # as rl_zoo3 reads it
         with tuning_entry(policy_kwargs):
             return super().load_trial(storage, study_name, trial_id, convert=True)
+
+    def _maybe_normalize(self, env: VecEnv, eval_env: bool) -> VecEnv:
+        # -i rl_model_<N>_steps.zip: the statistics saved with that checkpoint, where rl_zoo3 reads the run's final
+        # ones (absent after a killed run: normalisation silently restarted from zero)
+        own = checkpoint_vec_normalize_path(self.trained_agent) if self.trained_agent else None
+        if own is not None and own.is_file():
+            print(f"Loading the VecNormalize statistics saved with the checkpoint: {own}")
+            env = VecNormalize.load(str(own), env)
+            if eval_env:
+                env.training = env.norm_reward = False
+            return env
+        final = Path(self.trained_agent).parent / self.env_name / "vecnormalize.pkl"
+        if self.trained_agent and self.normalize and not eval_env:
+            if not final.is_file():
+                print(
+                    f"warning: no VecNormalize statistics saved with {self.trained_agent} (neither {final} nor a "
+                    "checkpoint's rl_model_vecnormalize_<N>_steps.pkl): normalisation restarts from zero",
+                    file=sys.stderr,
+                )
+            elif own is not None:
+                print(
+                    f"warning: no {own.name} saved with {self.trained_agent}; using the run's final statistics",
+                    file=sys.stderr,
+                )
+        return super()._maybe_normalize(env, eval_env)
 
     def _load_pretrained_agent(self, hyperparams: dict[str, Any], env: VecEnv) -> BaseAlgorithm:
         try:

@@ -3,7 +3,9 @@
 import argparse
 from pathlib import Path
 
+import gymnasium as gym
 import pytest
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_stpn.zoo import CONFIG_DIR, StpnExperimentManager, ZooError
 
@@ -44,3 +46,39 @@ def test_a_failing_run_leaves_a_simultaneous_runs_folder_alone(tmp_path: Path) -
     with pytest.raises(ZooError, match="n_stepz"):
         failing.setup_experiment()
     assert Path(running.params_path, "config.yml").is_file()
+
+
+def normalized_run(tmp_path: Path) -> Path:
+    """A normalised run with checkpoints at 8 and 16 steps, whose final model and statistics a kill prevented."""
+    manager = make_manager(tmp_path, normalize=True)
+    manager.save_freq = 8
+    model, _ = manager.setup_experiment()
+    manager.learn(model)
+    run = Path(manager.save_path)
+    assert sorted(path.name for path in run.glob("rl_model_*")) == [
+        "rl_model_16_steps.zip", "rl_model_8_steps.zip", "rl_model_vecnormalize_16_steps.pkl",
+        "rl_model_vecnormalize_8_steps.pkl",
+    ]  # fmt: skip
+    return run
+
+
+def test_continuing_from_a_checkpoint_loads_its_own_statistics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = normalized_run(tmp_path / "first")
+    saved = VecNormalize.load(str(run / "rl_model_vecnormalize_8_steps.pkl"), DummyVecEnv([lambda: gym.make(ENV)]))
+    manager = make_manager(tmp_path / "second", normalize=True)
+    manager.trained_agent = str(run / "rl_model_8_steps.zip")
+    manager.continue_training = True
+    model, _ = manager.setup_experiment()
+    statistics = model.get_vec_normalize_env()
+    assert statistics is not None and statistics.obs_rms.count == saved.obs_rms.count > 1
+    assert "statistics saved with the checkpoint" in capsys.readouterr().out
+
+
+def test_continuing_without_statistics_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = normalized_run(tmp_path / "first")
+    (run / "rl_model_vecnormalize_8_steps.pkl").unlink()
+    manager = make_manager(tmp_path / "second", normalize=True)
+    manager.trained_agent = str(run / "rl_model_8_steps.zip")
+    manager.continue_training = True
+    manager.setup_experiment()
+    assert "normalisation restarts from zero" in capsys.readouterr().err
