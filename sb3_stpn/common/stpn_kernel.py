@@ -38,10 +38,12 @@ import math
 import os
 import platform
 import shutil
+import stat
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -470,14 +472,11 @@ def _build_cpp_extension() -> object:
 
     build_directory = cpp_build_directory()
     name = build_directory.name
-    source = build_directory / CPP_SOURCE.name  # built from a copy, so that every checkout's build is the same
-    build_directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    library = build_directory / f"{name}{cpp_extension.LIB_EXT}"
+    _make_private_folder(build_directory)
     with _build_lock(build_directory):
-        if not source.is_file():
-            partial = source.with_suffix(f".{os.getpid()}.tmp")
-            shutil.copyfile(CPP_SOURCE, partial)
-            partial.replace(source)
-        if not (build_directory / f"{name}{cpp_extension.LIB_EXT}").is_file():
+        source = _cached_source(build_directory, library)
+        if not library.is_file():
             print(f"sb3_stpn: building the C++ STPN kernel in {build_directory} (about a minute, once)", file=sys.stderr)
         with _ninja_on_path():
             cpp_extension.load(
@@ -489,6 +488,50 @@ def _build_cpp_extension() -> object:
                 verbose=False,
             )
     return th.ops.sb3_stpn
+
+
+def _make_private_folder(folder: Path) -> None:
+    """
+    Make the cache folder, readable and writable by the user only (0700), or check the one there.
+
+    Its name is predictable and torch's extension root may be shared: in a folder another account owns or
+    may write to, that account could plant the source or library this process then builds or loads.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    status = folder.lstat()
+    problem = (
+        "is a symbolic link" if stat.S_ISLNK(status.st_mode)
+        else f"belongs to uid {status.st_uid}, not to you" if status.st_uid != os.geteuid()
+        else "is writable by group or others" if status.st_mode & 0o022
+        else None
+    )  # fmt: skip
+    if problem is not None:
+        raise PermissionError(
+            f"refusing the kernel cache folder {folder}, which {problem}; remove it, or set TORCH_EXTENSIONS_DIR "
+            "to a folder of your own"
+        )
+
+
+def _cached_source(build_directory: Path, library: Path) -> Path:
+    """
+    The folder's copy of the kernel source, byte for byte the package's (built from a copy, so that every
+    checkout's build is the same): a copy that differs is replaced, and the library built from it removed.
+    """
+    source = build_directory / CPP_SOURCE.name
+    package_source = CPP_SOURCE.read_bytes()
+    if source.is_file() and source.read_bytes() == package_source:
+        return source
+    if source.exists():
+        print(f"sb3_stpn: {source} differs from the package's kernel source; rebuilding from the package's", file=sys.stderr)
+        library.unlink(missing_ok=True)
+    # A fresh, unpredictable name (O_EXCL), which no symbolic link planted ahead can redirect
+    descriptor, partial = tempfile.mkstemp(dir=build_directory, prefix=f".{source.name}.", suffix=".tmp")
+    with open(descriptor, "wb") as copy:
+        copy.write(package_source)
+    os.replace(partial, source)
+    return source
 
 
 @contextmanager

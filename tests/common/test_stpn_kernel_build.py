@@ -3,6 +3,7 @@
 import fcntl
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -134,3 +135,75 @@ def test_a_real_build_killed_midway_leaves_the_next_one_working(extensions_root:
     first.wait(timeout=10)
     assert lock.exists(), "the build ended before it could be killed"
     subprocess.run(build, env=env, check=True, timeout=300)
+
+
+def fake_build(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """torch's loader replaced by one that records its call and leaves an empty library, as a finished build does."""
+    calls: list[dict[str, Any]] = []
+
+    def fake_load(**kwargs: Any) -> None:
+        calls.append({**kwargs, "source": Path(kwargs["sources"][0]).read_bytes()})
+        Path(kwargs["build_directory"], kwargs["name"] + cpp_extension.LIB_EXT).write_bytes(b"")
+
+    monkeypatch.setattr(cpp_extension, "load", fake_load)
+    return calls
+
+
+def test_the_cache_folder_is_private(extensions_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_build(monkeypatch)
+    stpn_kernel._build_cpp_extension()
+    assert stat.S_IMODE(stpn_kernel.cpp_build_directory().stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("fault", ["group-writable", "another user's", "a symbolic link"])
+def test_a_cache_folder_others_could_write_is_refused(
+    fault: str, extensions_root: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """In a shared TORCH_EXTENSIONS_DIR another account could plant the code this process builds and loads."""
+    calls = fake_build(monkeypatch)
+    folder = stpn_kernel.cpp_build_directory()
+    if fault == "a symbolic link":
+        folder.symlink_to(tmp_path_factory.mktemp("elsewhere"))
+    else:
+        folder.mkdir(mode=0o700)
+    if fault == "group-writable":
+        folder.chmod(0o770)
+    if fault == "another user's":
+        if os.geteuid() != 0:
+            pytest.skip("only root can give a folder to another user")
+        os.chown(folder, 12345, 12345)
+    expected = {
+        "group-writable": "is writable by group or others",
+        "another user's": "belongs to uid 12345",
+        "a symbolic link": "is a symbolic link",
+    }[fault]
+    with pytest.raises(PermissionError, match=f"refusing the kernel cache folder {folder}, which {expected}"):
+        stpn_kernel._build_cpp_extension()
+    assert calls == []
+
+
+def test_a_planted_source_is_replaced_and_its_library_rebuilt(
+    extensions_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls = fake_build(monkeypatch)
+    folder = stpn_kernel.cpp_build_directory()
+    folder.mkdir(mode=0o700)
+    (folder / "stpn.cpp").write_text("// planted\n")
+    library = folder / f"{folder.name}{cpp_extension.LIB_EXT}"
+    library.write_bytes(b"built from the planted source")
+    stpn_kernel._build_cpp_extension()
+    assert calls[0]["source"] == stpn_kernel.CPP_SOURCE.read_bytes() and library.read_bytes() == b""
+    assert "differs from the package's kernel source" in capsys.readouterr().err
+
+
+def test_the_copy_of_the_source_follows_no_planted_link(extensions_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The old copy went through the predictable stpn.<pid>.tmp: a link planted there redirected the write."""
+    fake_build(monkeypatch)
+    folder = stpn_kernel.cpp_build_directory()
+    folder.mkdir(mode=0o700)
+    victim = extensions_root / "victim"
+    victim.write_text("must stay")
+    (folder / f"stpn.{os.getpid()}.tmp").symlink_to(victim)
+    stpn_kernel._build_cpp_extension()
+    assert victim.read_text() == "must stay"
+    assert (folder / "stpn.cpp").read_bytes() == stpn_kernel.CPP_SOURCE.read_bytes()
