@@ -40,6 +40,7 @@ import platform
 import shutil
 import stat
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -454,14 +455,27 @@ def _cpu_instruction_set() -> str:
 
 def cpp_build_directory() -> Path:
     """
-    Where the C++ kernel is built and cached: one folder per source, compiler flags, torch and Python
-    version and CPU instruction set, under torch's extension root (``TORCH_EXTENSIONS_DIR``, default
-    ``~/.cache/torch_extensions``). Two machines sharing a home directory never load a binary built for
-    another CPU, and checkouts of the same source share one build instead of rebuilding each other's.
+    Where the C++ kernel is built and cached: one folder per source, compiler (``CXX``) and flags, torch and
+    Python version, header and library paths (torch's and Python's: the environment) and CPU instruction set,
+    under torch's extension root (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``). Two
+    machines sharing a home directory never load a binary built for another CPU, checkouts of the same source
+    in one environment share one build, and two virtualenvs do not rebuild each other's (torch's build
+    command names the environment's headers, so one folder for both was rebuilt at every switch).
     """
     from torch.utils import cpp_extension
 
-    key = "\n".join([CPP_SOURCE.read_text(), " ".join(CPP_CFLAGS), th.__version__, sys.version, _cpu_instruction_set()])
+    environment = [*cpp_extension.include_paths(), *cpp_extension.library_paths(), sysconfig.get_paths()["include"]]
+    key = "\n".join(
+        [
+            CPP_SOURCE.read_text(),
+            os.environ.get("CXX", "c++"),
+            " ".join(CPP_CFLAGS),
+            th.__version__,
+            sys.version,
+            *environment,
+            _cpu_instruction_set(),
+        ]
+    )
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
     return Path(root) / f"sb3_stpn_kernel_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 

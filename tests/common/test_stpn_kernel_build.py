@@ -25,22 +25,40 @@ def extensions_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def test_cache_folder_is_keyed_by_source_torch_and_cpu(extensions_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_folder_is_keyed_by_what_the_build_depends_on(extensions_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One folder per source, torch, CPU, compiler and environment (another virtualenv's torch headers); another
+    checkout of the same source shares the folder."""
+
     def folder_with(target: object, name: str, value: object) -> Path:
         with monkeypatch.context() as patch:
             patch.setattr(target, name, value)
             return stpn_kernel.cpp_build_directory()
 
+    def folder_with_compiler(compiler: str) -> Path:
+        with monkeypatch.context() as patch:
+            patch.setenv("CXX", compiler)
+            return stpn_kernel.cpp_build_directory()
+
+    monkeypatch.delenv("CXX", raising=False)
     here = stpn_kernel.cpp_build_directory()
     assert here.parent == extensions_root and here == stpn_kernel.cpp_build_directory()
-    edited = extensions_root / "stpn.cpp"
-    edited.write_text(stpn_kernel.CPP_SOURCE.read_text() + "\n// edited\n")
+    assert folder_with_compiler("c++") == here  # torch's default compiler
+    edited, checkout = extensions_root / "edited" / "stpn.cpp", extensions_root / "checkout" / "stpn.cpp"
+    for copy in (edited, checkout):
+        copy.parent.mkdir()
+        shutil.copyfile(stpn_kernel.CPP_SOURCE, copy)
+    with edited.open("a") as file:
+        file.write("// edited\n")
+    other_venv = ["/other/venv/lib/python3.11/site-packages/torch/include"]
     others = {
         folder_with(th, "__version__", "9.9.9"),
         folder_with(stpn_kernel, "_cpu_instruction_set", lambda: "x86_64 flags: sse2"),
         folder_with(stpn_kernel, "CPP_SOURCE", edited),
+        folder_with(cpp_extension, "include_paths", lambda *args, **kwargs: other_venv),
+        folder_with_compiler("clang++"),
     }
-    assert len(others) == 3 and here not in others
+    assert len(others) == 5 and here not in others
+    assert folder_with(stpn_kernel, "CPP_SOURCE", checkout) == here
 
 
 def test_cpu_instruction_set_names_the_cpu_features() -> None:
