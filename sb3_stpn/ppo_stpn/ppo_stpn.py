@@ -1,5 +1,6 @@
 """PPO with STPN memory: sb3-contrib's RecurrentPPO driving an STPN policy."""
 
+import warnings
 from typing import Any, ClassVar, TypeVar
 
 import torch as th
@@ -15,6 +16,20 @@ from sb3_stpn.common.policies import StpnActorCriticPolicy
 from sb3_stpn.ppo_stpn.policies import CnnStpnPolicy, MlpStpnPolicy, MultiInputStpnPolicy
 
 SelfStpnPPO = TypeVar("SelfStpnPPO", bound="StpnPPO")
+
+
+def warn_if_cuda_is_missing(device: th.device | str) -> None:
+    """
+    Warn (once per process: one warning location) when ``device`` asks for CUDA and torch sees none.
+
+    SB3 then runs on the CPU without a word, which a user who asked for the GPU learns only from the time it takes.
+    """
+    if str(device).startswith("cuda") and not th.cuda.is_available():
+        warnings.warn(
+            f"device {str(device)!r} asks for CUDA, but torch sees no CUDA GPU here: running on the CPU instead",
+            UserWarning,
+            stacklevel=1,  # one location for every caller, so that the warning shows once
+        )
 
 
 class StpnPPO(RecurrentPPO):
@@ -71,6 +86,7 @@ class StpnPPO(RecurrentPPO):
         _init_setup_model: bool = True,
     ):
         self.sequence_length = sequence_length
+        warn_if_cuda_is_missing(device)
         super().__init__(
             policy,
             env,

@@ -215,3 +215,11 @@ def test_a_one_step_rollout_cannot_be_normalised() -> None:
     with pytest.raises(ValueError, match="normalize_advantage needs at least 2 steps per rollout"):
         StpnPPO("MlpStpnPolicy", "CartPole-v1", n_steps=1)
     StpnPPO("MlpStpnPolicy", "CartPole-v1", n_steps=1, normalize_advantage=False)
+
+
+def test_asking_for_cuda_without_it_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SB3 falls back to the CPU in silence; an explicit request for CUDA that cannot be met says so."""
+    monkeypatch.setattr(th.cuda, "is_available", lambda: False)
+    with pytest.warns(UserWarning, match="'cuda' asks for CUDA, but torch sees no CUDA GPU here: running on the CPU"):
+        model = StpnPPO("MlpStpnPolicy", "CartPole-v1", n_steps=8, device="cuda")
+    assert model.device.type == "cpu"
