@@ -13,6 +13,7 @@ meaning. On top of the zoo these commands
 
 import argparse
 import difflib
+import errno
 import importlib
 import runpy
 import shutil
@@ -30,12 +31,14 @@ import numpy as np
 import rl_zoo3.import_envs  # registers CartPoleNoVel-v1 & co. and the Atari envs
 import rl_zoo3.train
 import rl_zoo3.utils
+import torch as th
 from rl_zoo3.exp_manager import ExperimentManager
-from rl_zoo3.utils import ALGOS
+from rl_zoo3.utils import ALGOS, StoreDict
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from sb3_stpn.common.energy import ActorEnergyRecorder
 from sb3_stpn.common.policies import actor_memory
+from sb3_stpn.ppo_stpn.ppo_stpn import warn_if_cuda_is_missing
 from sb3_stpn.zoo import StpnExperimentManager, ZooError
 from sb3_stpn.zoo.exp_manager import check_trained_agent, default_config, load_config_entry, raising_interrupted
 from sb3_stpn.zoo.saving import atomic_saves, checkpoint_vec_normalize_path, load_problem
@@ -64,7 +67,8 @@ def _zoo_parser(defaults: dict[str, Any], check: Callable[[argparse.Namespace], 
         argparse.ArgumentParser.parse_args = parse_args  # type: ignore[method-assign]  # the script's parser only
         parser.set_defaults(**defaults)
         parser.error = error  # type: ignore[method-assign]
-        parsed = parse_args(parser, args, namespace)
+        with mock.patch.object(StoreDict, "__call__", _store_dict):
+            parsed = parse_args(parser, args, namespace)
         check(parsed)
         return parsed
 
@@ -73,6 +77,38 @@ def _zoo_parser(defaults: dict[str, Any], check: Callable[[argparse.Namespace], 
         yield
     finally:
         argparse.ArgumentParser.parse_args = parse_args  # type: ignore[method-assign]
+
+
+_zoo_store_dict = StoreDict.__call__
+
+
+def _store_dict(
+    action: StoreDict, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: Any = None
+) -> None:
+    """rl_zoo3's ``KEY:VALUE`` flags (``--hyperparams``, ``--env-kwargs``, ...; VALUE is evaluated as Python), with
+    a malformed pair reported in one line naming it instead of a traceback from ``eval``."""
+    for pair in values:
+        try:
+            if ":" not in pair:
+                raise ValueError("no ':' between KEY and VALUE")
+            _zoo_store_dict(action, parser, argparse.Namespace(), [pair])
+        except Exception as error:  # eval raises whatever the expression does
+            problem = " ".join(f"{type(error).__name__}: {error}".split())
+            raise ZooError(
+                f"malformed {option_string} value {pair!r} ({problem}); write KEY:VALUE with a Python VALUE, e.g. "
+                'n_steps:128, policy_kwargs:"dict(net_arch=[64])" or env_wrapper:"\'module.Wrapper\'"'
+            ) from error
+    _zoo_store_dict(action, parser, namespace, values, option_string)
+
+
+def _check_device(device: str) -> None:
+    """Reject a ``--device`` torch does not know, and warn when it asks for CUDA that is not there."""
+    if device != "auto":
+        try:
+            th.device(device)
+        except RuntimeError as error:
+            raise ZooError(f"--device {device} is not a torch device; pass auto, cpu, cuda or cuda:N") from error
+    warn_if_cuda_is_missing(device)
 
 
 def _check_env(gym_packages: list[str], env_id: str) -> None:
@@ -106,6 +142,7 @@ def _check_log_folder(folder: str) -> None:
 def _check_train_args(args: argparse.Namespace) -> None:
     """Validate rl_zoo3 train's arguments and fill in the project's defaults (config, Optuna storage and study)."""
     _check_env(args.gym_packages, args.env)
+    _check_device(args.device)
     if args.n_timesteps is None:
         args.n_timesteps = -1  # the zoo's "use the config's n_timesteps"
     elif args.n_timesteps <= 0:
@@ -300,6 +337,7 @@ class CheckpointStatistics:
 def _check_enjoy_args(args: argparse.Namespace) -> None:
     """Validate the arguments of rl_zoo3's enjoy or record_video (which has no --gym-packages)."""
     _check_env(getattr(args, "gym_packages", []), args.env.gym_id)
+    _check_device(getattr(args, "device", "auto"))
     if args.n_timesteps <= 0:
         raise ZooError(f"-n must be a positive number of steps, got {args.n_timesteps}")
 
@@ -340,6 +378,14 @@ def _run(script: Callable[[list[str]], None], argv: list[str] | None) -> None:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt as stop:
         sys.exit(128 + getattr(stop, "signum", signal.SIGINT))
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {error.filename}" if error.filename else ""
+        sys.exit(
+            f"error: {error.strerror}{where}; free some space or pass -f a folder on another disk, then rerun "
+            "(a model or checkpoint saved before is intact: saves replace a file only once complete)"
+        )
 
 
 def train_main(argv: list[str] | None = None) -> None:

@@ -47,6 +47,7 @@ from stable_baselines3.common.vec_env import VecCheckNan, VecEnv, VecNormalize
 
 from sb3_stpn.common.callbacks import StpnDiagnosticsCallback
 from sb3_stpn.common.stpn import STPN
+from sb3_stpn.common.stpn_kernel import DivergedStateError
 from sb3_stpn.envs import GRID_MAZE_IDS, make_grid_maze_vec_env
 from sb3_stpn.zoo.hyperparams_opt import tuning_entry
 from sb3_stpn.zoo.saving import checkpoint_vec_normalize_path, load_problem
@@ -204,8 +205,8 @@ class StpnExperimentManager(ExperimentManager):
                 return super().setup_experiment()
             except ZooError:
                 raise
-            except (AssertionError, ValueError) as error:  # SB3 checks its arguments with both
-                message = " ".join(str(error).split())
+            except (AssertionError, ValueError, RuntimeError, TypeError) as error:  # SB3's and torch's argument checks
+                message = " ".join(f"{type(error).__name__}: {error}".split())
                 raise ZooError(f"cannot set up {self.algo} on {self.env_name.gym_id} ({message}); {self._fix}") from error
 
     def learn(self, model: BaseAlgorithm) -> None:
@@ -213,7 +214,12 @@ class StpnExperimentManager(ExperimentManager):
             self.interrupted = signum  # rl_zoo3 catches the KeyboardInterrupt raised next and saves the model
 
         with raising_interrupted(note_interrupt), self._removing_run_folder_on_failure():
-            super().learn(model)
+            try:
+                super().learn(model)
+            except DivergedStateError as error:
+                checkpoints = sorted(Path(self.save_path).glob("rl_model_*_steps.zip"), key=os.path.getmtime)
+                kept = f"the last checkpoint, {checkpoints[-1]}, is intact" if checkpoints else "no checkpoint was saved"
+                raise ZooError(f"training diverged at step {model.num_timesteps}: {error}; {kept}") from error
 
     def save_trained_model(self, model: BaseAlgorithm) -> None:
         super().save_trained_model(model)
@@ -327,9 +333,19 @@ class StpnExperimentManager(ExperimentManager):
             self.callbacks.insert(0, StpnDiagnosticsCallback())
 
     def create_envs(self, n_envs: int, eval_env: bool = False, no_log: bool = False) -> VecEnv:
-        if self.env_name.gym_id in GRID_MAZE_IDS and self.env_wrapper is None:
-            return VecCheckFinite(self._create_grid_maze_envs(n_envs, eval_env, no_log))
-        return VecCheckFinite(super().create_envs(n_envs, eval_env, no_log))
+        kwargs = self.eval_env_kwargs if eval_env else self.env_kwargs
+        try:
+            if self.env_name.gym_id in GRID_MAZE_IDS and self.env_wrapper is None:
+                return VecCheckFinite(self._create_grid_maze_envs(n_envs, eval_env, no_log))
+            return VecCheckFinite(super().create_envs(n_envs, eval_env, no_log))
+        except TypeError as error:
+            if not kwargs:
+                raise
+            flag = "--eval-env-kwargs" if eval_env else "--env-kwargs"
+            raise ZooError(
+                f"{self.env_name.gym_id} does not take the env kwargs {kwargs} ({' '.join(str(error).split())}); "
+                f"fix {flag} or the entry's env_kwargs"
+            ) from error
 
     def _create_grid_maze_envs(self, n_envs: int, eval_env: bool, no_log: bool) -> VecEnv:
         """rl_zoo3's envs, with the ``n_envs`` mazes in one :class:`GridMazeVecEnv` instead of a DummyVecEnv.

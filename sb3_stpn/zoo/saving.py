@@ -37,8 +37,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any])
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename is None:
+            error.filename = str(path)  # a full disk fails inside the writer, which does not say which file
         raise
     folder = os.open(path.parent, os.O_RDONLY)
     try:
