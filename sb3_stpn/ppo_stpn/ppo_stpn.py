@@ -171,7 +171,8 @@ class StpnPPO(RecurrentPPO):
         try:
             super().set_parameters(load_path_or_dict, exact_match=exact_match, device=device)
         except RuntimeError as error:
-            mismatch = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), None)
+            problems = ("size mismatch", "Missing key(s)", "Unexpected key(s)")  # torch's load_state_dict lines
+            mismatch = next((line.strip() for line in str(error).splitlines() if line.strip().startswith(problems)), None)
             if mismatch is None:
                 raise
             raise ValueError(
