@@ -233,6 +233,7 @@ class MeteredLoader:
 
 
 def _cannot_load(path: str, problem: str) -> ZooError:
+    """The one-line error for a model file that does not load."""
     return ZooError(f"cannot load {path} ({problem}); retrain it or pick another run")
 
 

@@ -116,3 +116,31 @@ def test_simultaneous_launches_each_keep_their_model(tmp_path: Path) -> None:
     runs = sorted((tmp_path / "logs" / "ppo_stpn").iterdir())
     assert [run.name for run in runs] == [f"{ENV}_{i}" for i in range(1, launches + 1)]
     assert all((run / f"{ENV}.zip").is_file() for run in runs)
+
+
+# SIGTERM to itself while the run is set up (its folder made, no model yet), as a scheduler may send it any time
+SIGTERM_DURING_SETUP = """
+import os, signal, sys
+from sb3_stpn.cli import train_main
+from sb3_stpn.zoo import StpnExperimentManager
+
+create_callbacks = StpnExperimentManager.create_callbacks
+
+
+def create_callbacks_then_stop(self):
+    create_callbacks(self)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+StpnExperimentManager.create_callbacks = create_callbacks_then_stop
+train_main(sys.argv[1:])
+"""
+
+
+def test_sigterm_during_setup_exits_143_and_leaves_no_model_less_folder(tmp_path: Path) -> None:
+    argv = ["--env", ENV, "-n", "128", *SHRINK, "--eval-freq", "-1"]
+    result = subprocess.run(
+        [sys.executable, "-c", SIGTERM_DURING_SETUP, *argv], cwd=tmp_path, env=ONE_THREAD, capture_output=True, timeout=120
+    )
+    assert result.returncode == 143, result.stderr[-3000:]
+    assert not list((tmp_path / "logs" / "ppo_stpn").iterdir())
