@@ -7,14 +7,17 @@ meaning. On top of the zoo these commands
   ``<algo>_<env>``, so that several processes started alike work on one study,
 - make ``enjoy`` read ``-f logs`` by default and load the latest run that holds a model, print the
   actor memory's energy per step, and record a video with ``--record`` (rl_zoo3's record_video),
-- turn bad input into one ``error:`` line naming the fix and a non-zero exit (130 after Ctrl-C,
-  once the model is saved).
+- turn bad input into one ``error:`` line naming the fix and a non-zero exit (130 after Ctrl-C, 143
+  after SIGTERM, once the model is saved).
 """
 
 import argparse
 import difflib
+import errno
 import importlib
 import runpy
+import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -28,14 +31,17 @@ import numpy as np
 import rl_zoo3.import_envs  # registers CartPoleNoVel-v1 & co. and the Atari envs
 import rl_zoo3.train
 import rl_zoo3.utils
+import torch as th
 from rl_zoo3.exp_manager import ExperimentManager
-from rl_zoo3.utils import ALGOS
+from rl_zoo3.utils import ALGOS, StoreDict
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from sb3_stpn.common.energy import ActorEnergyRecorder
 from sb3_stpn.common.policies import actor_memory
+from sb3_stpn.ppo_stpn.ppo_stpn import warn_if_cuda_is_missing
 from sb3_stpn.zoo import StpnExperimentManager, ZooError
-from sb3_stpn.zoo.exp_manager import check_trained_agent, default_config, load_config_entry
+from sb3_stpn.zoo.exp_manager import check_trained_agent, default_config, load_config_entry, raising_interrupted
+from sb3_stpn.zoo.saving import atomic_saves, checkpoint_vec_normalize_path, load_problem
 
 DEFAULT_ALGO = "ppo_stpn"
 DEFAULT_LOG_FOLDER = "logs"
@@ -61,7 +67,8 @@ def _zoo_parser(defaults: dict[str, Any], check: Callable[[argparse.Namespace], 
         argparse.ArgumentParser.parse_args = parse_args  # type: ignore[method-assign]  # the script's parser only
         parser.set_defaults(**defaults)
         parser.error = error  # type: ignore[method-assign]
-        parsed = parse_args(parser, args, namespace)
+        with mock.patch.object(StoreDict, "__call__", _store_dict):
+            parsed = parse_args(parser, args, namespace)
         check(parsed)
         return parsed
 
@@ -70,6 +77,38 @@ def _zoo_parser(defaults: dict[str, Any], check: Callable[[argparse.Namespace], 
         yield
     finally:
         argparse.ArgumentParser.parse_args = parse_args  # type: ignore[method-assign]
+
+
+_zoo_store_dict = StoreDict.__call__
+
+
+def _store_dict(
+    action: StoreDict, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: Any = None
+) -> None:
+    """rl_zoo3's ``KEY:VALUE`` flags (``--hyperparams``, ``--env-kwargs``, ...; VALUE is evaluated as Python), with
+    a malformed pair reported in one line naming it instead of a traceback from ``eval``."""
+    for pair in values:
+        try:
+            if ":" not in pair:
+                raise ValueError("no ':' between KEY and VALUE")
+            _zoo_store_dict(action, parser, argparse.Namespace(), [pair])
+        except Exception as error:  # eval raises whatever the expression does
+            problem = " ".join(f"{type(error).__name__}: {error}".split())
+            raise ZooError(
+                f"malformed {option_string} value {pair!r} ({problem}); write KEY:VALUE with a Python VALUE, e.g. "
+                'n_steps:128, policy_kwargs:"dict(net_arch=[64])" or env_wrapper:"\'module.Wrapper\'"'
+            ) from error
+    _zoo_store_dict(action, parser, namespace, values, option_string)
+
+
+def _check_device(device: str) -> None:
+    """Reject a ``--device`` torch does not know, and warn when it asks for CUDA that is not there."""
+    if device != "auto":
+        try:
+            th.device(device)
+        except RuntimeError as error:
+            raise ZooError(f"--device {device} is not a torch device; pass auto, cpu, cuda or cuda:N") from error
+    warn_if_cuda_is_missing(device)
 
 
 def _check_env(gym_packages: list[str], env_id: str) -> None:
@@ -103,6 +142,7 @@ def _check_log_folder(folder: str) -> None:
 def _check_train_args(args: argparse.Namespace) -> None:
     """Validate rl_zoo3 train's arguments and fill in the project's defaults (config, Optuna storage and study)."""
     _check_env(args.gym_packages, args.env)
+    _check_device(args.device)
     if args.n_timesteps is None:
         args.n_timesteps = -1  # the zoo's "use the config's n_timesteps"
     elif args.n_timesteps <= 0:
@@ -129,6 +169,7 @@ def _check_train_args(args: argparse.Namespace) -> None:
 
 def _train(argv: list[str]) -> None:
     with (
+        atomic_saves(),
         mock.patch.object(rl_zoo3.train, "ExperimentManager", StpnExperimentManager),
         _zoo_parser({"algo": DEFAULT_ALGO, "n_timesteps": None}, _check_train_args),
         _argv("stpn-train", argv),
@@ -185,10 +226,15 @@ class MeteredLoader:
         try:
             model = self.algo_class.load(path, *args, **kwargs)
         except Exception as error:  # a corrupt or foreign zip fails in many ways inside SB3
-            raise ZooError(f"cannot load {path} ({type(error).__name__}: {error}); retrain it or pick another run") from error
+            raise _cannot_load(path, f"{type(error).__name__}: {error}") from error
         if actor_memory(model.policy) is not None:
             self.meter.attach(model)
         return model
+
+
+def _cannot_load(path: str, problem: str) -> ZooError:
+    """The one-line error for a model file that does not load."""
+    return ZooError(f"cannot load {path} ({problem}); retrain it or pick another run")
 
 
 def _run_ids(folder: str, algo: str, env_name: str) -> list[int]:
@@ -198,17 +244,49 @@ def _run_ids(folder: str, algo: str, env_name: str) -> list[int]:
     return sorted((int(name) for name in names if name.isdigit()), reverse=True)
 
 
-def _latest_model_path(exp_id: int, folder: str, algo: str, env_name: Any, *args: Any, **kwargs: Any) -> Any:
+def _checkpoint_steps(run: Path) -> list[int]:
+    """The step counts of the run's checkpoints ``rl_model_<N>_steps.zip``, latest first."""
+    steps = (path.name.removeprefix("rl_model_").removesuffix("_steps.zip") for path in run.glob("rl_model_*_steps.zip"))
+    return sorted((int(step) for step in steps if step.isdigit()), reverse=True)
+
+
+def _latest_model_path(
+    exp_id: int,
+    folder: str,
+    algo: str,
+    env_name: Any,
+    load_best: bool = False,
+    load_checkpoint: str | None = None,
+    load_last_checkpoint: bool = False,
+) -> Any:
     """
     rl_zoo3's get_model_path, where ``--exp-id 0`` (the default) means the latest run that holds the
-    requested model, not merely the latest run folder; nothing found is a :class:`ZooError`.
+    requested model, not merely the latest run folder, and ``--load-last-checkpoint`` the latest checkpoint.
+    A model file that does not load (0-byte, truncated: a save killed midway) is passed over for the next
+    one, with one line saying so; nothing found is a :class:`ZooError`.
     """
     error: Exception | None = None
+    broken: list[tuple[str, str]] = []
     for run_id in _run_ids(folder, algo, env_name) if exp_id == 0 else [exp_id]:
-        try:
-            return _zoo_get_model_path(run_id, folder, algo, env_name, *args, **kwargs)
-        except (AssertionError, ValueError) as run_error:
-            error = error or run_error
+        run = Path(folder, algo, f"{env_name}_{run_id}")
+        checkpoints = _checkpoint_steps(run) if load_last_checkpoint else []
+        picks = [{"load_checkpoint": str(steps)} for steps in checkpoints] or [
+            {"load_best": load_best, "load_checkpoint": load_checkpoint, "load_last_checkpoint": load_last_checkpoint}
+        ]
+        for pick in picks:
+            try:
+                found = _zoo_get_model_path(run_id, folder, algo, env_name, **pick)
+            except (AssertionError, ValueError) as run_error:
+                error = error or run_error
+                continue
+            problem = load_problem(found[1])
+            if problem is None:
+                for path, skipped in broken:
+                    print(f"Skipping {path}, which does not load ({skipped})", file=sys.stderr)
+                return found
+            broken.append((found[1], problem))
+    if broken:
+        raise _cannot_load(*broken[0])
     found = f" ({error})" if error else ""
     raise ZooError(
         f"no trained {algo} agent for {env_name} in {folder}{found}; train one with "
@@ -217,11 +295,50 @@ def _latest_model_path(exp_id: int, folder: str, algo: str, env_name: Any, *args
 
 
 _zoo_get_model_path = rl_zoo3.utils.get_model_path
+_zoo_create_test_env = rl_zoo3.utils.create_test_env
+
+
+class CheckpointStatistics:
+    """
+    enjoy's get_model_path and create_test_env, where a checkpoint is run with the VecNormalize statistics
+    saved with it (``rl_model_vecnormalize_<N>_steps.pkl``), not the run's final ones, which a killed run lacks.
+    """
+
+    def __init__(self) -> None:
+        self.model_path: str | None = None
+
+    def get_model_path(self, *args: Any, **kwargs: Any) -> Any:
+        found = _latest_model_path(*args, **kwargs)
+        self.model_path = found[1]
+        return found
+
+    def create_test_env(self, *args: Any, stats_path: str | None = None, hyperparams: Any = None, **kwargs: Any) -> Any:
+        def create(stats_path: str | None) -> Any:
+            return _zoo_create_test_env(*args, stats_path=stats_path, hyperparams=hyperparams, **kwargs)
+
+        if stats_path is None or self.model_path is None or not (hyperparams or {}).get("normalize"):
+            return create(stats_path)
+        own = checkpoint_vec_normalize_path(self.model_path)
+        if own is not None and own.is_file():
+            print(f"Loading the VecNormalize statistics saved with the checkpoint: {own}")
+            with tempfile.TemporaryDirectory() as folder:  # create_test_env reads <stats_path>/vecnormalize.pkl
+                shutil.copyfile(own, Path(folder, "vecnormalize.pkl"))
+                return create(folder)
+        final = Path(stats_path, "vecnormalize.pkl")
+        if not final.is_file():
+            raise ZooError(
+                f"no VecNormalize statistics for {self.model_path} (no {final}: the run stopped before saving them); "
+                "enjoy a checkpoint saved with its statistics (--load-checkpoint N) or retrain"
+            )
+        if own is not None:
+            print(f"warning: no {own.name} saved with {self.model_path}; using the run's final statistics", file=sys.stderr)
+        return create(stats_path)
 
 
 def _check_enjoy_args(args: argparse.Namespace) -> None:
     """Validate the arguments of rl_zoo3's enjoy or record_video (which has no --gym-packages)."""
     _check_env(getattr(args, "gym_packages", []), args.env.gym_id)
+    _check_device(getattr(args, "device", "auto"))
     if args.n_timesteps <= 0:
         raise ZooError(f"-n must be a positive number of steps, got {args.n_timesteps}")
 
@@ -231,13 +348,16 @@ def _enjoy(argv: list[str]) -> None:
     argv = [arg for arg in argv if arg != "--record"]
     meter = EnergyMeter()
     script = "rl_zoo3.record_video" if record else "rl_zoo3.enjoy"
+    statistics = CheckpointStatistics()
     with (
-        mock.patch.object(rl_zoo3.utils, "get_model_path", _latest_model_path),
+        mock.patch.object(rl_zoo3.utils, "get_model_path", statistics.get_model_path),
+        mock.patch.object(rl_zoo3.utils, "create_test_env", statistics.create_test_env),
+        mock.patch.object(rl_zoo3, "create_test_env", statistics.create_test_env),
         mock.patch.dict(ALGOS, {name: MeteredLoader(algo_class, meter) for name, algo_class in ALGOS.items()}),
         _zoo_parser({"algo": DEFAULT_ALGO, "folder": DEFAULT_LOG_FOLDER}, _check_enjoy_args),
         _argv("stpn-enjoy", argv),
     ):
-        # Both scripts import get_model_path and ALGOS from rl_zoo3.utils when run, so they see the patches
+        # Both scripts import get_model_path, create_test_env and ALGOS from rl_zoo3 when run, so they see the patches
         sys.modules.pop(script, None)
         runpy.run_module(script, run_name="__main__")
     meter.report()
@@ -250,13 +370,23 @@ def _argv(program: str, argv: list[str]) -> Iterator[None]:
 
 
 def _run(script: Callable[[list[str]], None], argv: list[str] | None) -> None:
-    """Run a script, turning :class:`ZooError` into one ``error:`` line on stderr and exit status 1."""
+    """Run a script, turning :class:`ZooError` into one ``error:`` line on stderr and exit status 1, and Ctrl-C or
+    SIGTERM (once the model is saved) into exit status 130 or 143."""
     try:
-        script(list(sys.argv[1:] if argv is None else argv))
+        with raising_interrupted():
+            script(list(sys.argv[1:] if argv is None else argv))
     except ZooError as error:
         sys.exit(f"error: {error}")
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except KeyboardInterrupt as stop:
+        sys.exit(128 + getattr(stop, "signum", signal.SIGINT))
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {error.filename}" if error.filename else ""
+        sys.exit(
+            f"error: {error.strerror}{where}; free some space or pass -f a folder on another disk, then rerun "
+            "(a model or checkpoint saved before is intact: saves replace a file only once complete)"
+        )
 
 
 def train_main(argv: list[str] | None = None) -> None:

@@ -1,16 +1,24 @@
 """Bad input to stpn-train / stpn-enjoy: one ``error:`` line naming the fix, a non-zero exit, nothing lost."""
 
+import errno
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO, BinaryIO, NoReturn
 
 import pytest
+import torch as th
+import yaml
 from rl_zoo3.utils import ALGOS
+from stable_baselines3.common import base_class
 
 from sb3_stpn.cli import enjoy_main, train_main
+from sb3_stpn.zoo.saving import load_problem
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = "CartPoleNoVel-v1"
@@ -42,6 +50,8 @@ class CrashingEnv(NanEnv):
 
 gym.register("CrashingEnv-v0", entry_point=CrashingEnv, max_episode_steps=50)
 """
+# Decays of 1000 without normalisation: F, then the gradients and the weights, overflow within a few rollouts
+DIVERGING = "policy_kwargs:dict(stpn_kwargs=dict(normalize=False, lambda_init=(1000.0, 1000.0)))"
 # A Python config (rl_zoo3 reads a dict ``hyperparams``) whose entry lacks n_timesteps
 NO_BUDGET_CONFIG = f"hyperparams = {{'{ENV}': dict(policy='MlpStpnPolicy', n_steps=8)}}\n"
 
@@ -88,6 +98,16 @@ TRAIN_CASES = {
     "-f a file": (["--env", ENV, *TINY, "-f", "bad.yml"], "-f bad.yml is a file"),
     "-f below a file": (["--env", ENV, *TINY, "-f", "bad.yml/logs"], "cannot write logs to -f bad.yml/logs (Not a directory)"),
     "negative n_steps": (["--env", ENV, *TINY, "n_steps:-5"], "n_steps must be a positive integer, got -5"),
+    "value not Python": (["--env", ENV, *TINY, "n_steps:abc"], "malformed --hyperparams value 'n_steps:abc' (NameError"),
+    "pair without colon": (["--env", ENV, *TINY, "n_steps"], "malformed --hyperparams value 'n_steps' (ValueError: no ':'"),
+    "unclosed dict": (["--env", ENV, *TINY, "policy_kwargs:dict("], "malformed --hyperparams value 'policy_kwargs:dict('"),
+    "unknown env kwarg": (["--env", ENV, *TINY, "--env-kwargs", "bogus:1"], "does not take the env kwargs {'bogus': 1}"),
+    "unknown device": (["--env", ENV, *TINY, "--device", "bogus"], "--device bogus is not a torch device"),
+    "net_arch torch rejects": (
+        ["--env", ENV, *TINY, "policy_kwargs:dict(net_arch=[-1])"],
+        "cannot set up ppo_stpn on CartPoleNoVel-v1 (RuntimeError: Trying to create tensor with negative dimension -1",
+    ),
+    "diverged": (["--env", ENV, *TINY, DIVERGING, "--seed", "0", "-n", "64"], "training diverged at step 16: STPN(4, 64,"),
 }
 
 
@@ -200,3 +220,116 @@ def test_scripts_print_one_line_and_no_traceback(script: str, argv: list[str], w
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def trained_run(tmp_path: Path) -> Path:
+    """A real run trained in -f tmp_path/logs, with checkpoints at 8 and 16 steps."""
+    train_main(["--env", ENV, *TINY, "--save-freq", "8", "-f", str(tmp_path / "logs")])
+    return tmp_path / "logs" / "ppo_stpn" / f"{ENV}_1"
+
+
+def test_enjoy_passes_over_a_later_run_whose_model_does_not_load(
+    trained_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run killed while saving leaves a 0-byte model: enjoy takes the earlier good run and says which it skipped."""
+    broken = trained_run.with_name(f"{ENV}_2")
+    shutil.copytree(trained_run, broken)
+    (broken / f"{ENV}.zip").write_bytes(b"")
+    capsys.readouterr()
+    enjoy_main(["--env", ENV, "--no-render", "-n", "5", "-f", str(trained_run.parents[1])])
+    out, err = capsys.readouterr()
+    assert f"Loading {trained_run / ENV}.zip" in out
+    assert f"Skipping {broken / ENV}.zip, which does not load" in err and len(err.strip().splitlines()) == 1
+
+
+def test_enjoy_last_checkpoint_passes_over_a_truncated_one(trained_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    latest = trained_run / "rl_model_16_steps.zip"
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
+    capsys.readouterr()
+    enjoy_main(["--env", ENV, "--no-render", "-n", "5", "-f", str(trained_run.parents[1]), "--load-last-checkpoint"])
+    out, err = capsys.readouterr()
+    assert f"Loading {trained_run / 'rl_model_8_steps.zip'}" in out and f"Skipping {latest}" in err
+
+
+def test_continue_from_a_zip_that_does_not_load(trained_run: Path, tmp_path: Path) -> None:
+    """A zip with SB3's entries whose tensors are cut short passes the zip checks; -i refuses it in one line."""
+    broken = tmp_path / "broken.zip"
+    with zipfile.ZipFile(trained_run / f"{ENV}.zip") as source, zipfile.ZipFile(broken, "w") as target:
+        for name in source.namelist():
+            content = source.read(name)
+            target.writestr(name, content[: len(content) // 2] if name.endswith(".pth") else content)
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--env", ENV, *TINY, "-i", str(broken), "-f", str(tmp_path / "logs")])
+    check_one_line_error(exit_info.value.code, f"cannot continue from {broken}, which does not load")
+
+
+def test_enjoy_a_checkpoint_of_a_killed_normalised_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A killed run has checkpoints but no final model or vecnormalize.pkl: each checkpoint runs with its own
+    statistics; without them, one error line instead of rl_zoo3's traceback."""
+    logs = tmp_path / "logs"
+    train_main(["--env", ENV, *TINY, "normalize:True", "--save-freq", "8", "-f", str(logs)])
+    run = logs / "ppo_stpn" / f"{ENV}_1"
+    (run / f"{ENV}.zip").unlink()
+    (run / ENV / "vecnormalize.pkl").unlink()
+    capsys.readouterr()
+    enjoy_main(["--env", ENV, "--no-render", "-n", "5", "-f", str(logs), "--load-checkpoint", "8"])
+    assert f"statistics saved with the checkpoint: {run / 'rl_model_vecnormalize_8_steps.pkl'}" in capsys.readouterr().out
+    (run / "rl_model_vecnormalize_16_steps.pkl").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        enjoy_main(["--env", ENV, "--no-render", "-n", "5", "-f", str(logs), "--load-checkpoint", "16"])
+    check_one_line_error(exit_info.value.code, f"no VecNormalize statistics for {run / 'rl_model_16_steps.zip'}")
+
+
+def test_divergence_leaves_the_last_checkpoint_intact(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--env", ENV, *TINY, DIVERGING, "--seed", "0", "-n", "64", "--save-freq", "8", "-f", str(logs)])
+    checkpoint = logs / "ppo_stpn" / f"{ENV}_1" / "rl_model_16_steps.zip"
+    check_one_line_error(exit_info.value.code, "its own parameters weight, bias, weight_lambda, weight_gamma are inf or NaN")
+    check_one_line_error(exit_info.value.code, f"the last checkpoint, {checkpoint}, is intact")
+    assert load_problem(checkpoint) is None
+
+
+def full_disk(file: IO, start: bytes | str = b"the start of a file") -> NoReturn:
+    file.write(start)
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_at_start_is_one_line_and_leaves_no_run(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rl_zoo3 writes config.yml first: out of space there, the run folder with its partial file goes."""
+    before = snapshot(workdir / "logs")
+    monkeypatch.setattr(yaml, "dump", lambda data, file, **kwargs: full_disk(file, "algo: "))
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--env", ENV, *TINY])
+    check_one_line_error(exit_info.value.code, "No space left on device; free some space or pass -f a folder on another disk")
+    assert snapshot(workdir / "logs") == before and not (workdir / "logs" / "ppo_stpn" / f"{ENV}_2").exists()
+
+
+def test_a_full_disk_mid_run_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second checkpoint runs out of space: one line naming it, the first intact, no partial file left."""
+    saves = 0
+    save_to_zip_file = base_class.save_to_zip_file
+
+    def second_save_fills_the_disk(save_path: BinaryIO, *args: object, **kwargs: object) -> None:
+        nonlocal saves
+        saves += 1
+        if saves == 2:
+            full_disk(save_path)
+        save_to_zip_file(save_path, *args, **kwargs)
+
+    monkeypatch.setattr(base_class, "save_to_zip_file", second_save_fills_the_disk)
+    logs = tmp_path / "logs"
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--env", ENV, *TINY, "--save-freq", "8", "-f", str(logs)])
+    run = logs / "ppo_stpn" / f"{ENV}_1"
+    check_one_line_error(exit_info.value.code, f"No space left on device writing {run / 'rl_model_16_steps.zip'}; free")
+    assert sorted(path.name for path in run.iterdir() if path.suffix in (".zip", ".tmp")) == ["rl_model_8_steps.zip"]
+    assert load_problem(run / "rl_model_8_steps.zip") is None
+
+
+def test_asking_for_cuda_without_it_warns(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(th.cuda, "is_available", lambda: False)
+    with pytest.warns(UserWarning, match="'cuda' asks for CUDA, but torch sees no CUDA GPU here: running on the CPU"):
+        train_main(["--env", ENV, *TINY, "--device", "cuda", "-f", "cuda_logs"])
+    assert (workdir / "cuda_logs" / "ppo_stpn" / f"{ENV}_1" / f"{ENV}.zip").is_file()

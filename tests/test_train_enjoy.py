@@ -72,8 +72,12 @@ def test_record_video(tmp_path: Path) -> None:
     assert "energy per step over 40 steps" in out
 
 
-def test_ctrl_c_saves_the_model(tmp_path: Path) -> None:
-    """rl_zoo3 saves on KeyboardInterrupt; a SIGINT once training runs must leave the model on disk, then exit 130."""
+@pytest.mark.parametrize(("stop", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_save_the_model(stop: signal.Signals, status: int, tmp_path: Path) -> None:
+    """
+    rl_zoo3 saves on KeyboardInterrupt; a SIGINT (Ctrl-C) or SIGTERM (a scheduler, docker stop) once training
+    runs must leave the model on disk, then exit 128 + signal.
+    """
     process = subprocess.Popen(
         [sys.executable, "-u", str(REPO / "train.py"), "--env", ENV, "-n", "1000000", *SHRINK, "--eval-freq", "-1"],
         cwd=tmp_path, env=ONE_THREAD, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -82,9 +86,9 @@ def test_ctrl_c_saves_the_model(tmp_path: Path) -> None:
     for line in process.stdout:
         if "total_timesteps" in line:  # the first rollout is logged: training is under way
             break
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     out, _ = process.communicate(timeout=120)
-    assert process.returncode == 130, out[-3000:]
+    assert process.returncode == status, out[-3000:]
     assert (tmp_path / "logs" / "ppo_stpn" / f"{ENV}_1" / f"{ENV}.zip").is_file()
 
 
@@ -96,3 +100,47 @@ def test_env_without_entry_with_a_text_mission(tmp_path: Path) -> None:
     assert (tmp_path / "logs" / "ppo_stpn" / "MiniGrid-Empty-5x5-v0_1" / "MiniGrid-Empty-5x5-v0.zip").is_file()
     out = run_script("enjoy.py", *minigrid, "--no-render", "-n", "20", cwd=tmp_path).stdout
     assert "STPN energy per step over 20 steps" in out
+
+
+@pytest.mark.slow
+def test_simultaneous_launches_each_keep_their_model(tmp_path: Path) -> None:
+    """Runs started together with the same -f and env: one folder and one model each, none overwritten."""
+    launches = 4
+    command = [sys.executable, str(REPO / "train.py"), "--env", ENV, "-n", "128", *SHRINK, "--eval-freq", "-1"]
+    processes = [subprocess.Popen(command, cwd=tmp_path, env=ONE_THREAD, stdout=subprocess.PIPE, text=True)
+                 for _ in range(launches)]  # fmt: skip
+    outputs = [process.communicate(timeout=600)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0] * launches
+    logged = {re.search(r"Log path: (.*)", out).group(1).strip() for out in outputs}  # type: ignore[union-attr]
+    assert len(logged) == launches
+    runs = sorted((tmp_path / "logs" / "ppo_stpn").iterdir())
+    assert [run.name for run in runs] == [f"{ENV}_{i}" for i in range(1, launches + 1)]
+    assert all((run / f"{ENV}.zip").is_file() for run in runs)
+
+
+# SIGTERM to itself while the run is set up (its folder made, no model yet), as a scheduler may send it any time
+SIGTERM_DURING_SETUP = """
+import os, signal, sys
+from sb3_stpn.cli import train_main
+from sb3_stpn.zoo import StpnExperimentManager
+
+create_callbacks = StpnExperimentManager.create_callbacks
+
+
+def create_callbacks_then_stop(self):
+    create_callbacks(self)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+StpnExperimentManager.create_callbacks = create_callbacks_then_stop
+train_main(sys.argv[1:])
+"""
+
+
+def test_sigterm_during_setup_exits_143_and_leaves_no_model_less_folder(tmp_path: Path) -> None:
+    argv = ["--env", ENV, "-n", "128", *SHRINK, "--eval-freq", "-1"]
+    result = subprocess.run(
+        [sys.executable, "-c", SIGTERM_DURING_SETUP, *argv], cwd=tmp_path, env=ONE_THREAD, capture_output=True, timeout=120
+    )
+    assert result.returncode == 143, result.stderr[-3000:]
+    assert not list((tmp_path / "logs" / "ppo_stpn").iterdir())

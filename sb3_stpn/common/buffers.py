@@ -11,6 +11,7 @@ Memory for the states, per rollout: ``ceil(n_steps / sequence_length) * n_envs *
 bytes, twice when the critic has its own STPN.
 """
 
+import numbers
 from collections.abc import Callable, Generator
 
 import numpy as np
@@ -56,9 +57,9 @@ class SequenceStateStorage:
         store_critic_state: bool = True,
     ):
         sequence_length = buffer_size if sequence_length is None else sequence_length
-        if sequence_length < 1:
-            raise ValueError(f"sequence_length must be at least 1, got {sequence_length}")
-        self.sequence_length = min(sequence_length, buffer_size)
+        if isinstance(sequence_length, bool) or not isinstance(sequence_length, numbers.Integral) or sequence_length < 1:
+            raise ValueError(f"sequence_length must be a positive integer (or None for n_steps), got {sequence_length!r}")
+        self.sequence_length = min(int(sequence_length), buffer_size)
         self.n_sequences_per_env = -(-buffer_size // self.sequence_length)
         self.store_critic_state = store_critic_state
         self.actor_states = self.critic_states = None
@@ -101,14 +102,40 @@ class SequenceStateStorage:
         Yield minibatches of whole sequences in random order.
 
         ``batch_size`` counts steps, as in RecurrentPPO: each minibatch holds
-        ``max(1, batch_size // sequence_length)`` sequences.
+        ``max(1, batch_size // sequence_length)`` sequences, and more where that gives fewer than
+        two valid steps (see :meth:`_minibatches`).
         """
         assert self.full, "Rollout buffer must be full before sampling from it"
         n_sequences = self.n_sequences_per_env * self.n_envs
         per_batch = n_sequences if batch_size is None else max(1, batch_size // self.sequence_length)
-        order = np.random.permutation(n_sequences)
-        for start in range(0, n_sequences, per_batch):
-            yield self._get_sequences(order[start : start + per_batch])
+        for sequence_ids in self._minibatches(np.random.permutation(n_sequences), per_batch):
+            yield self._get_sequences(sequence_ids)
+
+    def _minibatches(self, order: np.ndarray, per_batch: int) -> list[np.ndarray]:
+        """
+        Cut ``order`` into minibatches of ``per_batch`` sequences, each with at least two valid steps.
+
+        RecurrentPPO normalises the advantages by their std over a minibatch's valid steps, which is NaN
+        for a single step: that happens to a minibatch holding only a rollout's 1-step last sequence
+        (``n_steps % sequence_length == 1``), or ``sequence_length`` and ``batch_size`` 1. Such a
+        minibatch takes the next sequences in, and what is left over at the end joins the last one.
+        """
+        last_length = self.buffer_size - (self.n_sequences_per_env - 1) * self.sequence_length
+        is_last = (order % self.n_sequences_per_env) == self.n_sequences_per_env - 1
+        valid_steps = np.where(is_last, last_length, self.sequence_length)
+        minibatches: list[np.ndarray] = []
+        start = 0
+        for end in range(per_batch, len(order) + per_batch, per_batch):
+            end = min(end, len(order))
+            if valid_steps[start:end].sum() >= 2:
+                minibatches.append(order[start:end])
+                start = end
+        if start < len(order):
+            if minibatches:
+                minibatches[-1] = np.concatenate([minibatches[-1], order[start:]])
+            else:
+                minibatches.append(order[start:])
+        return minibatches
 
     def _get_sequences(self, sequence_ids: np.ndarray) -> RecurrentRolloutBufferSamples:
         """Gather the sequences ``sequence_ids`` (numbered sequence-major within each env) as padded (n_seq * T) batches."""

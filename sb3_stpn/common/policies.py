@@ -170,7 +170,7 @@ class StpnActorCriticPolicy(RecurrentActorCriticPolicy):
         """
         RecurrentPPO's ``predict`` contract: pass back the returned actor state ``(h, F)`` at the next call.
 
-        ``state=None`` starts every environment from the zero state.
+        ``state=None`` starts every environment from the zero state; ``episode_start`` has one flag per environment.
         """
         observation_tensor, _ = self.obs_to_tensor(observation)
         first = next(iter(observation_tensor.values())) if isinstance(observation_tensor, dict) else observation_tensor
@@ -183,6 +183,11 @@ class StpnActorCriticPolicy(RecurrentActorCriticPolicy):
             raise ValueError(
                 f"predict got a state (h, F) of shapes {received} for {n_envs} observation(s), expected {expected}: "
                 "pass the state predict returned for these environments, or state=None to start from zero"
+            )
+        if episode_start is not None and np.size(episode_start) != n_envs:
+            raise ValueError(
+                f"predict got an episode_start of {np.size(episode_start)} value(s) for {n_envs} observation(s): "
+                "pass one per environment (True where an episode starts), or None"
             )
         return super().predict(observation, state, episode_start, deterministic)
 

@@ -233,7 +233,14 @@ class STPN(nn.Module):
                 self.record_energy,
                 norm_gain=self.norm_gain,
             )
-        except DivergedStateError:  # the kernel cannot name the layer
+        except DivergedStateError:  # the kernel cannot name the layer, nor tell a broken parameter from a growing F
+            broken = [name for name, parameter in self.named_parameters() if not th.isfinite(parameter).all()]
+            if broken:
+                raise DivergedStateError(
+                    f"{self!r}: its own parameters {', '.join(broken)} are inf or NaN, so F is too: a NaN or inf "
+                    "loss or gradient reached them in training; lower learning_rate or max_grad_norm and check the "
+                    "rewards and observations (and if the decays may exceed 1, bound F with clamp=c or lambda_max=1.0)"
+                ) from None
             raise DivergedStateError(f"{self!r}: {DIVERGENCE_ADVICE}") from None
         self.last_energy = energy
         return outputs, (h, fast)

@@ -30,6 +30,7 @@ segment: e.g. B=256, T=32, H=64, K=68 in float32 keeps only F_0 for ``cpp`` (C =
 thread). The recompute costs one extra forward pass and is exact: it repeats the forward's arithmetic.
 """
 
+import fcntl
 import functools
 import hashlib
 import logging
@@ -37,9 +38,13 @@ import math
 import os
 import platform
 import shutil
+import stat
 import sys
+import sysconfig
+import tempfile
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -433,6 +438,9 @@ def cpp_kernel_available() -> bool:
 
 
 CPP_CFLAGS = ["-O3", "-march=native", "-fopenmp-simd"]
+# How long a process waits for another one building the kernel before it gives up (a build takes about a minute)
+BUILD_LOCK_TIMEOUT_S = 600.0
+BUILD_LOCK_POLL_S = 0.2
 
 
 def _cpu_instruction_set() -> str:
@@ -447,14 +455,27 @@ def _cpu_instruction_set() -> str:
 
 def cpp_build_directory() -> Path:
     """
-    Where the C++ kernel is built and cached: one folder per source, compiler flags, torch and Python
-    version and CPU instruction set, under torch's extension root (``TORCH_EXTENSIONS_DIR``, default
-    ``~/.cache/torch_extensions``). Two machines sharing a home directory never load a binary built for
-    another CPU, and checkouts of the same source share one build instead of rebuilding each other's.
+    Where the C++ kernel is built and cached: one folder per source, compiler (``CXX``) and flags, torch and
+    Python version, header and library paths (torch's and Python's: the environment) and CPU instruction set,
+    under torch's extension root (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``). Two
+    machines sharing a home directory never load a binary built for another CPU, checkouts of the same source
+    in one environment share one build, and two virtualenvs do not rebuild each other's (torch's build
+    command names the environment's headers, so one folder for both was rebuilt at every switch).
     """
     from torch.utils import cpp_extension
 
-    key = "\n".join([CPP_SOURCE.read_text(), " ".join(CPP_CFLAGS), th.__version__, sys.version, _cpu_instruction_set()])
+    environment = [*cpp_extension.include_paths(), *cpp_extension.library_paths(), sysconfig.get_paths()["include"]]
+    key = "\n".join(
+        [
+            CPP_SOURCE.read_text(),
+            os.environ.get("CXX", "c++"),
+            " ".join(CPP_CFLAGS),
+            th.__version__,
+            sys.version,
+            *environment,
+            _cpu_instruction_set(),
+        ]
+    )
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
     return Path(root) / f"sb3_stpn_kernel_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
@@ -465,24 +486,101 @@ def _build_cpp_extension() -> object:
 
     build_directory = cpp_build_directory()
     name = build_directory.name
-    source = build_directory / CPP_SOURCE.name  # built from a copy, so that every checkout's build is the same
-    if not source.is_file():
-        build_directory.mkdir(parents=True, exist_ok=True)
-        partial = source.with_suffix(f".{os.getpid()}.tmp")
-        shutil.copyfile(CPP_SOURCE, partial)
-        partial.replace(source)
-    if not (build_directory / f"{name}{cpp_extension.LIB_EXT}").is_file():
-        print(f"sb3_stpn: building the C++ STPN kernel in {build_directory} (about a minute, once)", file=sys.stderr)
-    with _ninja_on_path():
-        cpp_extension.load(
-            name=name,
-            sources=[str(source)],
-            extra_cflags=CPP_CFLAGS,
-            build_directory=str(build_directory),
-            is_python_module=False,
-            verbose=False,
-        )
+    library = build_directory / f"{name}{cpp_extension.LIB_EXT}"
+    _make_private_folder(build_directory)
+    with _build_lock(build_directory):
+        source = _cached_source(build_directory, library)
+        if not library.is_file():
+            print(f"sb3_stpn: building the C++ STPN kernel in {build_directory} (about a minute, once)", file=sys.stderr)
+        with _ninja_on_path():
+            cpp_extension.load(
+                name=name,
+                sources=[str(source)],
+                extra_cflags=CPP_CFLAGS,
+                build_directory=str(build_directory),
+                is_python_module=False,
+                verbose=False,
+            )
     return th.ops.sb3_stpn
+
+
+def _make_private_folder(folder: Path) -> None:
+    """
+    Make the cache folder, readable and writable by the user only (0700), or check the one there.
+
+    Its name is predictable and torch's extension root may be shared: in a folder another account owns or
+    may write to, that account could plant the source or library this process then builds or loads.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    status = folder.lstat()
+    problem = (
+        "is a symbolic link" if stat.S_ISLNK(status.st_mode)
+        else f"belongs to uid {status.st_uid}, not to you" if status.st_uid != os.geteuid()
+        else "is writable by group or others" if status.st_mode & 0o022
+        else None
+    )  # fmt: skip
+    if problem is not None:
+        raise PermissionError(
+            f"refusing the kernel cache folder {folder}, which {problem}; remove it, or set TORCH_EXTENSIONS_DIR "
+            "to a folder of your own"
+        )
+
+
+def _cached_source(build_directory: Path, library: Path) -> Path:
+    """
+    The folder's copy of the kernel source, byte for byte the package's (built from a copy, so that every
+    checkout's build is the same): a copy that differs is replaced, and the library built from it removed.
+    """
+    source = build_directory / CPP_SOURCE.name
+    package_source = CPP_SOURCE.read_bytes()
+    if source.is_file() and source.read_bytes() == package_source:
+        return source
+    if source.exists():
+        print(f"sb3_stpn: {source} differs from the package's kernel source; rebuilding from the package's", file=sys.stderr)
+        library.unlink(missing_ok=True)
+    # A fresh, unpredictable name (O_EXCL), which no symbolic link planted ahead can redirect
+    descriptor, partial = tempfile.mkstemp(dir=build_directory, prefix=f".{source.name}.", suffix=".tmp")
+    with open(descriptor, "wb") as copy:
+        copy.write(package_source)
+    os.replace(partial, source)
+    return source
+
+
+@contextmanager
+def _build_lock(build_directory: Path) -> Iterator[None]:
+    """
+    Hold an exclusive ``flock`` on ``<build folder>/build.flock`` while torch builds or loads the kernel.
+
+    torch's own lock (the file ``lock``, made with O_EXCL) outlives a build killed by SIGKILL, SIGTERM or
+    the OOM killer, and every later load then waits on it forever. A ``flock`` is released by the kernel
+    when its process dies, so whoever holds ours is alive, and a ``lock`` found under it is a dead build's:
+    it is removed. Waiting for a live builder ends after ``BUILD_LOCK_TIMEOUT_S`` with a :class:`TimeoutError`.
+    """
+    lock_path = build_directory / "build.flock"
+    with open(lock_path, "a") as lock_file:
+        deadline = time.monotonic() + BUILD_LOCK_TIMEOUT_S
+        waiting = False
+        while True:
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"waited {BUILD_LOCK_TIMEOUT_S:g} s for {lock_path}, held by another process building the "
+                        "kernel; stop that process, or set TORCH_EXTENSIONS_DIR to another folder"
+                    ) from None
+                if not waiting:
+                    print(f"sb3_stpn: waiting for another process building the C++ STPN kernel ({lock_path})", file=sys.stderr)
+                    waiting = True
+                time.sleep(BUILD_LOCK_POLL_S)
+        try:
+            (build_directory / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 @contextmanager

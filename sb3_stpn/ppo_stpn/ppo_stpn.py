@@ -1,5 +1,6 @@
 """PPO with STPN memory: sb3-contrib's RecurrentPPO driving an STPN policy."""
 
+import warnings
 from typing import Any, ClassVar, TypeVar
 
 import torch as th
@@ -15,6 +16,20 @@ from sb3_stpn.common.policies import StpnActorCriticPolicy
 from sb3_stpn.ppo_stpn.policies import CnnStpnPolicy, MlpStpnPolicy, MultiInputStpnPolicy
 
 SelfStpnPPO = TypeVar("SelfStpnPPO", bound="StpnPPO")
+
+
+def warn_if_cuda_is_missing(device: th.device | str) -> None:
+    """
+    Warn (once per process: one warning location) when ``device`` asks for CUDA and torch sees none.
+
+    SB3 then runs on the CPU without a word, which a user who asked for the GPU learns only from the time it takes.
+    """
+    if str(device).startswith("cuda") and not th.cuda.is_available():
+        warnings.warn(
+            f"device {str(device)!r} asks for CUDA, but torch sees no CUDA GPU here: running on the CPU instead",
+            UserWarning,
+            stacklevel=1,  # one location for every caller, so that the warning shows once
+        )
 
 
 class StpnPPO(RecurrentPPO):
@@ -71,6 +86,7 @@ class StpnPPO(RecurrentPPO):
         _init_setup_model: bool = True,
     ):
         self.sequence_length = sequence_length
+        warn_if_cuda_is_missing(device)
         super().__init__(
             policy,
             env,
@@ -105,6 +121,11 @@ class StpnPPO(RecurrentPPO):
             raise ValueError(
                 f"StpnPPO needs an STPN policy ({', '.join(self.policy_aliases)}), got {self.policy_class}; "
                 "a model saved by another algorithm must be loaded with that algorithm's class"
+            )
+        if self.normalize_advantage and self.n_steps * self.n_envs < 2:
+            raise ValueError(
+                "normalize_advantage needs at least 2 steps per rollout (n_steps * n_envs, here 1): the std of one "
+                "advantage is NaN; raise n_steps or n_envs, or pass normalize_advantage=False"
             )
         self.policy = self.policy_class(
             self.observation_space,
@@ -150,7 +171,8 @@ class StpnPPO(RecurrentPPO):
         try:
             super().set_parameters(load_path_or_dict, exact_match=exact_match, device=device)
         except RuntimeError as error:
-            mismatch = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), None)
+            problems = ("size mismatch", "Missing key(s)", "Unexpected key(s)")  # torch's load_state_dict lines
+            mismatch = next((line.strip() for line in str(error).splitlines() if line.strip().startswith(problems)), None)
             if mismatch is None:
                 raise
             raise ValueError(

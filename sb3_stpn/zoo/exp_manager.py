@@ -15,7 +15,8 @@
   for NatureCNN, so that the ``default`` entry fits envs such as MiniGrid's.
 - Errors SB3 raises while the run is set up (e.g. ``n_steps: -5``) become one line naming the fix.
 - A run that fails with any error removes its own fresh, model-less run folder; a run stopped by
-  Ctrl-C saves its model, then re-raises the interrupt so that the command exits 130.
+  Ctrl-C or SIGTERM saves its model, then re-raises the interrupt so that the command exits 130 or 143.
+- Each run claims its folder atomically, so that runs started together never share one.
 """
 
 import difflib
@@ -23,8 +24,9 @@ import inspect
 import os
 import shutil
 import signal
+import sys
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -39,13 +41,16 @@ from rl_zoo3.exp_manager import ExperimentManager
 from rl_zoo3.utils import ALGOS
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import CheckpointCallback
 from stable_baselines3.common.preprocessing import is_image_space
-from stable_baselines3.common.vec_env import VecCheckNan, VecEnv
+from stable_baselines3.common.vec_env import VecCheckNan, VecEnv, VecNormalize
 
 from sb3_stpn.common.callbacks import StpnDiagnosticsCallback
 from sb3_stpn.common.stpn import STPN
+from sb3_stpn.common.stpn_kernel import DivergedStateError
 from sb3_stpn.envs import GRID_MAZE_IDS, make_grid_maze_vec_env
 from sb3_stpn.zoo.hyperparams_opt import tuning_entry
+from sb3_stpn.zoo.saving import checkpoint_vec_normalize_path, load_problem
 
 AUTO_POLICY = "auto"
 # The env wrapper ``policy: auto`` adds (rl_zoo3 imports wrappers by name, also in enjoy from the saved config)
@@ -60,6 +65,36 @@ CONFIG_DIR = _PACKAGE / "zoo_configs" if (_PACKAGE / "zoo_configs").is_dir() els
 
 class ZooError(Exception):
     """A problem with the command line, a config or a saved file; the message is one line naming the fix."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop by SIGINT (Ctrl-C) or SIGTERM (a scheduler, ``docker stop``): handled alike, the exit status 128 + signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def raising_interrupted(note: Callable[[int], None] | None = None) -> Iterator[None]:
+    """
+    While the block runs, SIGINT and SIGTERM raise :class:`Interrupted` (after ``note(signum)``).
+
+    Python turns only SIGINT into an exception; SIGTERM's default kills the process on the spot, with no
+    model saved and no clean-up. As a KeyboardInterrupt, it takes every path Ctrl-C takes (rl_zoo3 saves the model).
+    """
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        if note is not None:
+            note(signum)
+        raise Interrupted(signum)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class NonFiniteError(ZooError, ValueError):
@@ -155,7 +190,7 @@ class StpnExperimentManager(ExperimentManager):
     def _fix(self) -> str:
         return f"fix the {self.env_name.gym_id} entry of {self.config} or the --hyperparams override"
 
-    interrupted = False  # set by Ctrl-C during learn
+    interrupted: int | None = None  # the signal (SIGINT: Ctrl-C, or SIGTERM) that stopped learn
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -170,26 +205,26 @@ class StpnExperimentManager(ExperimentManager):
                 return super().setup_experiment()
             except ZooError:
                 raise
-            except (AssertionError, ValueError) as error:  # SB3 checks its arguments with both
-                message = " ".join(str(error).split())
+            except (AssertionError, ValueError, RuntimeError, TypeError) as error:  # SB3's and torch's argument checks
+                message = " ".join(f"{type(error).__name__}: {error}".split())
                 raise ZooError(f"cannot set up {self.algo} on {self.env_name.gym_id} ({message}); {self._fix}") from error
 
     def learn(self, model: BaseAlgorithm) -> None:
-        def note_interrupt(signum: int, frame: FrameType | None) -> None:
-            self.interrupted = True
-            raise KeyboardInterrupt  # rl_zoo3 catches it and saves the model
+        def note_interrupt(signum: int) -> None:
+            self.interrupted = signum  # rl_zoo3 catches the KeyboardInterrupt raised next and saves the model
 
-        previous_handler = signal.signal(signal.SIGINT, note_interrupt)
-        try:
-            with self._removing_run_folder_on_failure():
+        with raising_interrupted(note_interrupt), self._removing_run_folder_on_failure():
+            try:
                 super().learn(model)
-        finally:
-            signal.signal(signal.SIGINT, previous_handler)
+            except DivergedStateError as error:
+                checkpoints = sorted(Path(self.save_path).glob("rl_model_*_steps.zip"), key=os.path.getmtime)
+                kept = f"the last checkpoint, {checkpoints[-1]}, is intact" if checkpoints else "no checkpoint was saved"
+                raise ZooError(f"training diverged at step {model.num_timesteps}: {error}; {kept}") from error
 
     def save_trained_model(self, model: BaseAlgorithm) -> None:
         super().save_trained_model(model)
         if self.interrupted:
-            raise KeyboardInterrupt  # saved: now stop as interrupted (exit status 130)
+            raise Interrupted(self.interrupted)  # saved: now stop as interrupted (exit status 128 + signal)
 
     def hyperparameters_optimization(self) -> None:
         with self._removing_run_folder_on_failure():
@@ -202,9 +237,33 @@ class StpnExperimentManager(ExperimentManager):
             yield
         except BaseException:
             run_folder = Path(self.save_path)
-            if run_folder.is_dir() and not any(run_folder.rglob("*.zip")):
+            if self._claimed_run_folder and run_folder.is_dir() and not any(run_folder.rglob("*.zip")):
                 shutil.rmtree(run_folder)
             raise
+
+    _claimed_run_folder = False  # only a folder this run made is ever removed, never a simultaneous run's
+
+    def create_log_folder(self) -> None:
+        """
+        Claim the run folder with an atomic ``os.mkdir``, taking the next id when it exists.
+
+        rl_zoo3 picks the id (one above the latest run's) when the manager is made, so runs started
+        together picked the same folder, wrote into it together and one model overwrote the other.
+        """
+        Path(self.log_path).mkdir(parents=True, exist_ok=True)
+        number = Path(self.save_path).name.removeprefix(f"{self.env_name}_")
+        digits = len(number) - len(number.lstrip("0123456789"))
+        run_id, uuid_suffix = int(number[:digits]), number[digits:]
+        while True:
+            save_path = os.path.join(self.log_path, f"{self.env_name}_{run_id}{uuid_suffix}")
+            try:
+                os.mkdir(save_path)
+                break
+            except FileExistsError:
+                run_id += 1
+        self.save_path, self.params_path = save_path, f"{save_path}/{self.env_name}"
+        self._claimed_run_folder = True
+        super().create_log_folder()
 
     def read_hyperparameters(self) -> tuple[dict[str, Any], dict[str, Any]]:
         try:
@@ -264,15 +323,29 @@ class StpnExperimentManager(ExperimentManager):
 
     def create_callbacks(self) -> None:
         super().create_callbacks()
+        for callback in self.callbacks:
+            if isinstance(callback, CheckpointCallback):
+                # The statistics of each checkpoint with it: the final vecnormalize.pkl exists only after a clean end
+                callback.save_vecnormalize = True
         if issubclass(ALGOS[self.algo], RecurrentPPO):
             # Energy (STPN and LSTM alike) and plasticity diagnostics on by default. First in the list:
             # it reads the actor's last forward at each step, which must be the rollout's, not an evaluation's
             self.callbacks.insert(0, StpnDiagnosticsCallback())
 
     def create_envs(self, n_envs: int, eval_env: bool = False, no_log: bool = False) -> VecEnv:
-        if self.env_name.gym_id in GRID_MAZE_IDS and self.env_wrapper is None:
-            return VecCheckFinite(self._create_grid_maze_envs(n_envs, eval_env, no_log))
-        return VecCheckFinite(super().create_envs(n_envs, eval_env, no_log))
+        kwargs = self.eval_env_kwargs if eval_env else self.env_kwargs
+        try:
+            if self.env_name.gym_id in GRID_MAZE_IDS and self.env_wrapper is None:
+                return VecCheckFinite(self._create_grid_maze_envs(n_envs, eval_env, no_log))
+            return VecCheckFinite(super().create_envs(n_envs, eval_env, no_log))
+        except TypeError as error:
+            if not kwargs:
+                raise
+            flag = "--eval-env-kwargs" if eval_env else "--env-kwargs"
+            raise ZooError(
+                f"{self.env_name.gym_id} does not take the env kwargs {kwargs} ({' '.join(str(error).split())}); "
+                f"fix {flag} or the entry's env_kwargs"
+            ) from error
 
     def _create_grid_maze_envs(self, n_envs: int, eval_env: bool, no_log: bool) -> VecEnv:
         """rl_zoo3's envs, with the ``n_envs`` mazes in one :class:`GridMazeVecEnv` instead of a DummyVecEnv.
@@ -309,6 +382,31 @@ class StpnExperimentManager(ExperimentManager):
         with tuning_entry(policy_kwargs):
             return super().load_trial(storage, study_name, trial_id, convert=True)
 
+    def _maybe_normalize(self, env: VecEnv, eval_env: bool) -> VecEnv:
+        # -i rl_model_<N>_steps.zip: the statistics saved with that checkpoint, where rl_zoo3 reads the run's final
+        # ones (absent after a killed run: normalisation silently restarted from zero)
+        own = checkpoint_vec_normalize_path(self.trained_agent) if self.trained_agent else None
+        if own is not None and own.is_file():
+            print(f"Loading the VecNormalize statistics saved with the checkpoint: {own}")
+            env = VecNormalize.load(str(own), env)
+            if eval_env:
+                env.training = env.norm_reward = False
+            return env
+        final = Path(self.trained_agent).parent / self.env_name / "vecnormalize.pkl"
+        if self.trained_agent and self.normalize and not eval_env:
+            if not final.is_file():
+                print(
+                    f"warning: no VecNormalize statistics saved with {self.trained_agent} (neither {final} nor a "
+                    "checkpoint's rl_model_vecnormalize_<N>_steps.pkl): normalisation restarts from zero",
+                    file=sys.stderr,
+                )
+            elif own is not None:
+                print(
+                    f"warning: no {own.name} saved with {self.trained_agent}; using the run's final statistics",
+                    file=sys.stderr,
+                )
+        return super()._maybe_normalize(env, eval_env)
+
     def _load_pretrained_agent(self, hyperparams: dict[str, Any], env: VecEnv) -> BaseAlgorithm:
         try:
             return super()._load_pretrained_agent(hyperparams, env)
@@ -325,3 +423,6 @@ def check_trained_agent(path: str) -> None:
         raise ZooError(f"trained agent {path} not found; pass -i the .zip train.py saved (logs/<algo>/<env>_<id>/<env>.zip)")
     if not zipfile.is_zipfile(path) or "data" not in zipfile.ZipFile(path).namelist():
         raise ZooError(f"{path} is not a model saved by SB3 (corrupt or another format); pass -i the .zip saved by train.py")
+    problem = load_problem(path)
+    if problem is not None:  # e.g. truncated by a save that was killed, yet still a zip
+        raise ZooError(f"cannot continue from {path}, which does not load ({problem}); pass -i another checkpoint or run")

@@ -147,3 +147,42 @@ def test_states_and_samples_stay_on_the_buffer_device() -> None:
         sampled = [batch.observations, batch.actions, batch.advantages, batch.episode_starts, batch.mask]
         sampled += [*batch.lstm_states.pi, *batch.lstm_states.vf]
         assert all(tensor.device.type == "meta" for tensor in stored + sampled)
+
+
+def filled_buffer(n_steps: int, n_envs: int, sequence_length: int) -> StpnRolloutBuffer:
+    """A full buffer whose observation at each step is its (step, env) number, to tell the steps apart."""
+    buffer = StpnRolloutBuffer(
+        n_steps, spaces.Box(-1, 1, (1,)), spaces.Discrete(2), n_envs=n_envs, sequence_length=sequence_length
+    )
+    state = th.zeros(1, n_envs, 2), th.zeros(1, n_envs, 2, 3)
+    for step in range(n_steps):
+        observation = (step * n_envs + np.arange(n_envs))[:, None]
+        buffer.add(
+            observation, np.zeros((n_envs, 1)), np.zeros(n_envs), np.zeros(n_envs), th.zeros(n_envs),
+            th.zeros(n_envs), lstm_states=RNNStates(state, state),
+        )  # fmt: skip
+    return buffer
+
+
+@pytest.mark.parametrize("n_envs", [1, 2, 3])
+@pytest.mark.parametrize("n_steps", [2, 5, 8, 9, 17, 32])
+def test_every_minibatch_can_normalise_its_advantages(n_steps: int, n_envs: int) -> None:
+    """
+    RecurrentPPO divides by the advantages' std over a minibatch's valid steps, NaN for one step (and then every
+    weight): over all sequence lengths and batch sizes, each minibatch has two valid steps and each step comes once.
+    """
+    for sequence_length in range(1, n_steps + 2):
+        buffer = filled_buffer(n_steps, n_envs, sequence_length)
+        for batch_size in [*range(1, 2 * n_steps + 2), None]:
+            batches = list(buffer.get(batch_size))
+            valid = [batch.observations[batch.mask > 0].flatten() for batch in batches]
+            assert min(len(steps) for steps in valid) >= 2, (sequence_length, batch_size)
+            assert sorted(th.cat(valid).tolist()) == list(range(n_steps * n_envs))
+
+
+def test_a_one_step_remainder_does_not_turn_the_weights_into_nan() -> None:
+    """The issue's repro: n_steps 32 and sequence_length 31 leave 1-step sequences, one per minibatch of 8 steps."""
+    env = make_vec_env("CartPole-v1", n_envs=2)
+    model = StpnPPO("MlpStpnPolicy", env, n_steps=32, sequence_length=31, batch_size=8, n_epochs=1, seed=0)
+    model.learn(128)
+    assert all(th.isfinite(parameter).all() for parameter in model.policy.parameters())

@@ -6,6 +6,7 @@ import pytest
 import torch as th
 
 from sb3_stpn import STPN
+from sb3_stpn.common.stpn_kernel import DivergedStateError
 from tests.common.test_stpn_kernel import spec_sequence
 
 INPUT, HIDDEN, BATCH, STEPS = 3, 5, 4, 6
@@ -294,3 +295,12 @@ def test_adam_trains_a_scaled_rate_at_scale_times_the_learning_rate(scale: float
     th.testing.assert_close(
         (layer.weight.detach() - weight_before).abs().max(), th.tensor(learning_rate, dtype=th.float64), rtol=1e-3, atol=0
     )
+
+
+def test_divergence_from_nan_parameters_blames_them_not_the_decays() -> None:
+    """A NaN loss puts NaN in the weights, and F follows: the advice on clamp/lambda_max would not apply."""
+    layer = STPN(3, 4)
+    with th.no_grad():
+        layer.weight[0, 0] = math.nan
+    with pytest.raises(DivergedStateError, match=r"its own parameters weight are inf or NaN, so F is too: a NaN or inf loss"):
+        layer(th.ones(2, 1, 3))

@@ -209,3 +209,40 @@ def test_trains_and_predicts_on_cuda(tmp_path, monkeypatch: pytest.MonkeyPatch) 
     _, cpu_state = StpnPPO.load(tmp_path / "model", device="cpu").predict(obs, deterministic=True)
     for part, cpu_part in zip(state, cpu_state, strict=True):
         np.testing.assert_allclose(part, cpu_part, rtol=1e-4, atol=1e-5)
+
+
+def test_a_one_step_rollout_cannot_be_normalised() -> None:
+    with pytest.raises(ValueError, match="normalize_advantage needs at least 2 steps per rollout"):
+        StpnPPO("MlpStpnPolicy", "CartPole-v1", n_steps=1)
+    StpnPPO("MlpStpnPolicy", "CartPole-v1", n_steps=1, normalize_advantage=False)
+
+
+def test_asking_for_cuda_without_it_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SB3 falls back to the CPU in silence; an explicit request for CUDA that cannot be met says so."""
+    monkeypatch.setattr(th.cuda, "is_available", lambda: False)
+    with pytest.warns(UserWarning, match="'cuda' asks for CUDA, but torch sees no CUDA GPU here: running on the CPU"):
+        model = StpnPPO("MlpStpnPolicy", "CartPole-v1", n_steps=8, device="cuda")
+    assert model.device.type == "cpu"
+
+
+def test_loading_with_stpn_kwargs_that_add_parameters_fails_clearly(tmp_path) -> None:
+    """A norm_gain the saved model lacks: torch's raw 'Missing key(s)' becomes the one-line fix."""
+    StpnPPO("MlpStpnPolicy", "CartPole-v1", **TINY).save(tmp_path / "model")
+    extra = {"policy_kwargs": dict(stpn_kwargs=dict(norm_gain=True))}
+    with pytest.raises(ValueError, match=r"do not fit this STPN policy \(Missing key\(s\).*norm_gain.*policy_kwargs it was"):
+        StpnPPO.load(tmp_path / "model", custom_objects=extra)
+
+
+def test_predict_with_an_episode_start_of_the_wrong_length_fails_clearly() -> None:
+    model = StpnPPO("MlpStpnPolicy", "CartPole-v1", **TINY)
+    observations = np.zeros((3, 4), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"episode_start of 2 value\(s\) for 3 observation\(s\)"):
+        model.predict(observations, episode_start=np.ones(2, dtype=bool))
+    actions, _ = model.predict(observations, episode_start=np.ones(3, dtype=bool))
+    assert actions.shape == (3,)
+
+
+@pytest.mark.parametrize("sequence_length", [2.5, "8", True, 0])
+def test_a_sequence_length_that_is_no_positive_integer_fails_clearly(sequence_length: object) -> None:
+    with pytest.raises(ValueError, match=f"sequence_length must be a positive integer .*got {sequence_length!r}"):
+        StpnPPO("MlpStpnPolicy", "CartPole-v1", n_steps=16, sequence_length=sequence_length)

@@ -1,0 +1,91 @@
+"""Saves that a kill, Ctrl-C or a full disk cannot leave half-written, and what loaders check before they pick a file.
+
+SB3 writes a model or VecNormalize file in place: a run stopped or out of space mid-save leaves a 0-byte
+or truncated file where the last good one was, which a loader then picks. :func:`atomic_saves` makes
+every save write a temporary file in the same folder, fsync it and rename it over the target, so the
+target is always either the previous complete file or the new one.
+"""
+
+import os
+import pickle
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+from unittest import mock
+
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.save_util import load_from_zip_file
+from stable_baselines3.common.vec_env import VecNormalize
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any]) -> None:
+    """
+    Write ``path`` through ``write(file)`` so that it is never seen half-written.
+
+    The bytes go to a temporary file of the same folder (same file system, so the rename is atomic),
+    reach the disk (fsync), then replace ``path``; on any error, the temporary file is removed and
+    ``path`` is left as it was. ``write`` may close the file (SB3's zip writer does).
+    """
+    path = Path(path)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with open(descriptor, "wb") as file:
+            write(file)
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, path)
+    except BaseException as error:
+        Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename is None:
+            error.filename = str(path)  # a full disk fails inside the writer, which does not say which file
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself reaches the disk
+    finally:
+        os.close(folder)
+
+
+def _atomic_model_save(save: Callable[..., None]) -> Callable[..., None]:
+    def atomic_save(model: BaseAlgorithm, path: Any, *args: Any, **kwargs: Any) -> None:
+        if not isinstance(path, (str, os.PathLike)):
+            return save(model, path, *args, **kwargs)  # a file object: the caller owns it
+        path = Path(path)
+        path = path if path.suffix else path.with_name(f"{path.name}.zip")  # SB3's naming
+        atomic_write(path, lambda file: save(model, file, *args, **kwargs))
+
+    return atomic_save
+
+
+def _atomic_vec_normalize_save(vec_normalize: VecNormalize, save_path: str) -> None:
+    atomic_write(save_path, lambda file: pickle.dump(vec_normalize, file))
+
+
+@contextmanager
+def atomic_saves() -> Iterator[None]:
+    """While the block runs, every model save (``BaseAlgorithm.save``: final models, checkpoints, the best model)
+    and every ``VecNormalize.save`` to a path is atomic (see :func:`atomic_write`)."""
+    with (
+        mock.patch.object(BaseAlgorithm, "save", _atomic_model_save(BaseAlgorithm.save)),
+        mock.patch.object(VecNormalize, "save", _atomic_vec_normalize_save),
+    ):
+        yield
+
+
+def load_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why the model zip ``path`` does not load (its data and every tensor read), or None if it does."""
+    try:
+        load_from_zip_file(path, device="cpu")
+    except Exception as error:  # a 0-byte, truncated or foreign file fails in many ways inside SB3 and torch
+        return f"{type(error).__name__}: {error}".split("\n")[0]
+    return None
+
+
+def checkpoint_vec_normalize_path(model_path: str | os.PathLike[str]) -> Path | None:
+    """The VecNormalize statistics SB3's CheckpointCallback saves with ``<prefix>_<N>_steps.zip``, None for another model."""
+    model_path = Path(model_path)
+    match = re.fullmatch(r"(.+)_(\d+)_steps\.zip", model_path.name)
+    return None if match is None else model_path.with_name(f"{match[1]}_vecnormalize_{match[2]}_steps.pkl")
