@@ -16,10 +16,14 @@
 - Errors SB3 raises while the run is set up (e.g. ``n_steps: -5``) become one line naming the fix.
 - A run that fails with any error removes its own fresh, model-less run folder; a run stopped by
   Ctrl-C saves its model, then re-raises the interrupt so that the command exits 130.
+- A ``policy_kwargs`` override (``--hyperparams``) is merged into the entry's instead of replacing it, and
+  ``--trial-id 0`` is honoured (rl_zoo3 tests the id for truth); a trial the study lacks is one error line.
 """
 
+import contextlib
 import difflib
 import inspect
+import io
 import os
 import shutil
 import signal
@@ -35,7 +39,11 @@ import optuna
 import rl_zoo3.exp_manager
 import yaml
 from gymnasium import spaces
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 from rl_zoo3.exp_manager import ExperimentManager
+from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER
 from rl_zoo3.utils import ALGOS
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -45,7 +53,7 @@ from stable_baselines3.common.vec_env import VecCheckNan, VecEnv
 from sb3_stpn.common.callbacks import StpnDiagnosticsCallback
 from sb3_stpn.common.stpn import STPN
 from sb3_stpn.envs import GRID_MAZE_IDS, make_grid_maze_vec_env
-from sb3_stpn.zoo.hyperparams_opt import tuning_entry
+from sb3_stpn.zoo.hyperparams_opt import merge_policy_kwargs, tuning_entry
 
 AUTO_POLICY = "auto"
 # The env wrapper ``policy: auto`` adds (rl_zoo3 imports wrappers by name, also in enjoy from the saved config)
@@ -207,7 +215,12 @@ class StpnExperimentManager(ExperimentManager):
             raise
 
     def read_hyperparameters(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        # rl_zoo3 loads a --trial-id only when the id is truthy (never trial 0), and lets a policy_kwargs override replace
+        # the entry's: it gets one override instead, the trial's hyperparameters then --hyperparams, policy_kwargs merged
+        trial_id, custom_hyperparams = self.trial_id, self.custom_hyperparams
         try:
+            self.custom_hyperparams = self._overrides()
+            self.trial_id = None
             hyperparams, saved_hyperparams = super().read_hyperparameters()
         except ZooError:
             raise
@@ -216,12 +229,48 @@ class StpnExperimentManager(ExperimentManager):
                 f"cannot read hyperparameters from -conf {self.config} ({type(error).__name__}: {error}); pass a .yml "
                 "file, a .py file or an importable module defining a dict `hyperparams` with an entry for the env"
             ) from error
+        finally:
+            self.trial_id, self.custom_hyperparams = trial_id, custom_hyperparams
         if hyperparams.get("policy", AUTO_POLICY) == AUTO_POLICY:
             for entry in (hyperparams, saved_hyperparams):  # saved too: enjoy wraps its env from the saved config
                 wrappers = entry.get("env_wrapper") or []
                 wrappers = [wrappers] if isinstance(wrappers, (str, dict)) else wrappers
                 entry["env_wrapper"] = [*wrappers, FIT_OBSERVATION_WRAPPER]
         return hyperparams, saved_hyperparams
+
+    def _overrides(self) -> dict[str, Any] | None:
+        """What goes on top of the config entry: the --trial-id trial's hyperparameters, then --hyperparams."""
+        custom = self.custom_hyperparams or {}
+        trial: dict[str, Any] = {}
+        if self.trial_id is not None:
+            if self.storage is None or self.study_name is None:
+                raise ZooError(f"--trial-id {self.trial_id} needs the study's --storage and --study-name; pass both")
+            print(f"Loading trial {self.trial_id} of the Optuna study {self.study_name}")
+            trial = self.load_trial(self.storage, self.study_name, self.trial_id)
+        overrides = {**trial, **custom}
+        if "policy_kwargs" in custom:
+            base = trial["policy_kwargs"] if "policy_kwargs" in trial else self._entry_policy_kwargs()
+            overrides["policy_kwargs"] = merge_policy_kwargs(base, self._policy_kwargs_dict(custom["policy_kwargs"]))
+        return overrides or None
+
+    def _entry_policy_kwargs(self) -> dict[str, Any]:
+        """The config entry's own ``policy_kwargs`` (without trial or override), as a dict."""
+        overrides = self.trial_id, self.custom_hyperparams
+        self.trial_id, self.custom_hyperparams = None, None
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # rl_zoo3 prints what it read; the real read follows
+                entry, _ = super().read_hyperparameters()
+        finally:
+            self.trial_id, self.custom_hyperparams = overrides
+        return self._policy_kwargs_dict(entry.get("policy_kwargs"))
+
+    def _policy_kwargs_dict(self, policy_kwargs: Any) -> dict[str, Any]:
+        """``policy_kwargs`` as a dict: a config's ``dict(...)`` string evaluated as rl_zoo3 evaluates it."""
+        if isinstance(policy_kwargs, str):
+            policy_kwargs = eval(policy_kwargs, vars(rl_zoo3.exp_manager))
+        if not isinstance(policy_kwargs, dict | None):
+            raise ZooError(f"policy_kwargs must be a dict, got {policy_kwargs!r}; {self._fix}")
+        return policy_kwargs or {}
 
     def _preprocess_hyperparams(self, hyperparams: dict[str, Any]) -> tuple[dict[str, Any], Any, Any, Any]:
         if self.n_timesteps <= 0 and "n_timesteps" not in hyperparams:
@@ -300,14 +349,26 @@ class StpnExperimentManager(ExperimentManager):
             return super().objective(trial)
 
     def load_trial(self, storage: str, study_name: str, trial_id: int | None = None, convert: bool = True) -> dict[str, Any]:
-        # --trial-id: the trial's options merged into the entry's policy_kwargs, as when the trial ran
+        """
+        The hyperparameters of trial ``trial_id`` (by default the best trial), its options merged into the entry's
+        policy_kwargs as when it ran (``convert=False``: its raw Optuna parameters). A trial the study lacks, or one
+        that never finished, is a :class:`ZooError`.
+        """
+        study = load_study(storage, study_name)
+        trials = {trial.number: trial for trial in study.get_trials(deepcopy=False)}
+        if trial_id is None:
+            trial = study.best_trial
+        elif trial_id not in trials:
+            have = f"trials 0-{len(trials) - 1}" if trials else "no trials yet"
+            raise ZooError(f"the study {study_name} in {storage} has no trial {trial_id} (it has {have}); pass one of those")
+        else:
+            trial = trials[trial_id]
+        if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+            raise ZooError(f"trial {trial.number} of the study {study_name} is {trial.state.name}; pass a finished trial")
         if not convert:
-            return super().load_trial(storage, study_name, trial_id, convert=False)
-        policy_kwargs = load_config_entry(Path(self.config), self.env_name.gym_id, self._is_atari).get("policy_kwargs") or {}
-        if isinstance(policy_kwargs, str):
-            policy_kwargs = eval(policy_kwargs, vars(rl_zoo3.exp_manager))  # as rl_zoo3 reads it
-        with tuning_entry(policy_kwargs):
-            return super().load_trial(storage, study_name, trial_id, convert=True)
+            return trial.params
+        with tuning_entry(self._entry_policy_kwargs()):
+            return HYPERPARAMS_CONVERTER[self.algo](trial.params)
 
     def _load_pretrained_agent(self, hyperparams: dict[str, Any], env: VecEnv) -> BaseAlgorithm:
         try:
@@ -317,6 +378,25 @@ class StpnExperimentManager(ExperimentManager):
                 f"cannot continue from {self.trained_agent} ({type(error).__name__}: {error}); pass -i the .zip of a "
                 f"{self.algo} agent trained on {self.env_name.gym_id} by train.py"
             ) from error
+
+
+def open_storage(storage: str) -> optuna.storages.BaseStorage:
+    """The Optuna storage ``--storage`` names: a journal file (``.log``, as rl_zoo3 reads it) or a database URL."""
+    if storage.endswith(".log"):
+        Path(storage).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(storage))
+    return optuna.storages.RDBStorage(storage)
+
+
+def load_study(storage: str, study_name: str) -> optuna.Study:
+    """The existing study ``study_name`` in ``storage``; a missing journal file or study is a :class:`ZooError`."""
+    if storage.endswith(".log") and not Path(storage).is_file():
+        raise ZooError(f"no Optuna journal {storage}; run --optimize first, or pass the study's --storage")
+    try:
+        return optuna.load_study(storage=open_storage(storage), study_name=study_name)
+    except KeyError as error:  # Optuna's "Record does not exist."
+        names = ", ".join(optuna.get_all_study_names(storage=open_storage(storage))) or "none"
+        raise ZooError(f"no study {study_name} in {storage} (studies there: {names}); pass one with --study-name") from error
 
 
 def check_trained_agent(path: str) -> None:

@@ -9,7 +9,7 @@ clamp of ``F``, the variant and the plasticity initialisation). The LSTM gets th
 trials over its learning rate and entropy bonus, so both models are compared each at its own best.
 
 rl_zoo3 replaces an entry's ``policy_kwargs`` with the sampled ones; :func:`tuning_entry` tells the
-samplers the entry's, which the STPN options are merged into (``StpnExperimentManager.objective``
+samplers the entry's, which the STPN options are merged into (:func:`merge_policy_kwargs`) (``StpnExperimentManager.objective``
 sets it). rl_zoo3 calls the converter to rebuild a trial's hyperparameters from its stored raw
 parameters; it goes through the same functions as the samplers, so the two can never disagree.
 """
@@ -35,6 +35,17 @@ def tuning_entry(policy_kwargs: dict[str, Any]) -> Iterator[None]:
         _ENTRY_POLICY_KWARGS.reset(token)
 
 
+def merge_policy_kwargs(entry: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """
+    ``override`` on top of ``entry``, key by key, and ``stpn_kwargs`` key by key too: keys the override does not
+    name keep the entry's values (``net_arch`` and the other values are replaced whole). Neither dict is modified.
+    """
+    merged = {**entry, **override}
+    if "stpn_kwargs" in override:
+        merged["stpn_kwargs"] = {**(entry.get("stpn_kwargs") or {}), **(override["stpn_kwargs"] or {})}
+    return merged
+
+
 def _common_params(raw: dict[str, Any]) -> dict[str, Any]:
     return {"learning_rate": raw["learning_rate"], "ent_coef": raw["ent_coef"]}
 
@@ -50,8 +61,7 @@ def _stpn_hyperparams(raw: dict[str, Any]) -> dict[str, Any]:
     )
     if raw["normalize"]:
         stpn_kwargs.update(norm_time=raw["norm_time"], norm_gain=raw["norm_gain"])
-    policy_kwargs = dict(_ENTRY_POLICY_KWARGS.get() or {})
-    policy_kwargs["stpn_kwargs"] = {**policy_kwargs.get("stpn_kwargs", {}), **stpn_kwargs}
+    policy_kwargs = merge_policy_kwargs(_ENTRY_POLICY_KWARGS.get() or {}, {"stpn_kwargs": stpn_kwargs})
     return {**_common_params(raw), "policy_kwargs": policy_kwargs}
 
 

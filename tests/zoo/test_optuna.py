@@ -99,7 +99,6 @@ def test_processes_share_one_study(tmp_path: Path) -> None:
     assert all("normalize" in trial.params for trial in finished)
 
     # --trial-id trains with the trial's STPN options merged into the entry's policy_kwargs (net_arch kept)
-    # (rl_zoo3 ignores --trial-id 0: it tests the id for truth)
     trial = max(finished, key=lambda trial: trial.number)
     command = [sys.executable, "-c", "from sb3_stpn.cli import train_main; train_main()",
                "--algo", "ppo_stpn", "--env", ENV, "-n", "32",
