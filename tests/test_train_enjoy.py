@@ -1,4 +1,5 @@
-"""End to end, as a user runs them: train.py then enjoy.py, as subprocesses, for ppo_stpn and ppo_lstm."""
+"""End to end, as a user runs them: train.py then enjoy.py, as subprocesses, for ppo_stpn and ppo_lstm (the maze replay's
+policy in-process)."""
 
 import os
 import re
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch as th
 
+from sb3_stpn import StpnPPO
+from sb3_stpn.cli import enjoy_main, train_main
 from tests.common.test_callbacks import read_events
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,3 +99,23 @@ def test_env_without_entry_with_a_text_mission(tmp_path: Path) -> None:
     assert (tmp_path / "logs" / "ppo_stpn" / "MiniGrid-Empty-5x5-v0_1" / "MiniGrid-Empty-5x5-v0.zip").is_file()
     out = run_script("enjoy.py", *minigrid, "--no-render", "-n", "20", cwd=tmp_path).stdout
     assert "STPN energy per step over 20 steps" in out
+
+
+@pytest.mark.parametrize(("flags", "deterministic"), [([], False), (["--deterministic"], True)])
+def test_enjoy_replays_the_maze_with_the_sampled_policy(
+    flags: list[str], deterministic: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As train.py evaluates it (a deterministic maze policy walks into a wall and scores 0); --deterministic overrides."""
+    monkeypatch.chdir(tmp_path)
+    maze = ["--env", "GridMaze-v0", "--hyperparams", "n_envs:2", "n_steps:16", "sequence_length:16", "batch_size:32"]
+    train_main([*maze[:2], "-n", "32", "--eval-freq", "-1", *maze[2:], "n_epochs:1"])
+    modes = []
+    predict = StpnPPO.predict
+
+    def spy(self, observation, state=None, episode_start=None, deterministic=False):
+        modes.append(deterministic)
+        return predict(self, observation, state, episode_start, deterministic)
+
+    monkeypatch.setattr(StpnPPO, "predict", spy)
+    enjoy_main([*maze[:2], "--no-render", "-n", "5", *flags])
+    assert modes and set(modes) == {deterministic}
