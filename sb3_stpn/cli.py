@@ -9,7 +9,7 @@ meaning. On top of the zoo these commands
   actor memory's energy per step, and record a video with ``--record`` (rl_zoo3's record_video); the
   GridMaze ids replay the sampled policy unless ``--deterministic`` (as rl_zoo3 does for Atari and MiniGrid),
 - turn bad input into one ``error:`` line naming the fix and a non-zero exit (130 after Ctrl-C,
-  once the model is saved).
+  once the model is saved), and so a core install without the zoo extra, or ``--track`` without wandb.
 """
 
 import argparse
@@ -26,7 +26,13 @@ from unittest import mock
 
 import gymnasium as gym
 import numpy as np
-import rl_zoo3.import_envs  # registers CartPoleNoVel-v1 & co. and the Atari envs
+
+try:
+    import rl_zoo3.import_envs  # registers CartPoleNoVel-v1 & co. and the Atari envs
+except ModuleNotFoundError as error:  # a core install: the console scripts import this module first
+    raise SystemExit(
+        f'error: {error.name} is not installed: stpn-train and stpn-enjoy need the zoo extra; pip install "sb3-stpn[zoo]"'
+    ) from error
 import rl_zoo3.train
 import rl_zoo3.utils
 from rl_zoo3.exp_manager import ExperimentManager
@@ -121,6 +127,11 @@ def _check_train_args(args: argparse.Namespace) -> None:
         )
     if args.trained_agent:
         check_trained_agent(args.trained_agent)
+    if args.track:
+        try:
+            import wandb  # noqa: F401  (rl_zoo3 imports it only once the run is set up, with a traceback)
+        except ImportError as error:
+            raise ZooError("--track needs Weights & Biases (wandb), which is not installed; pip install wandb") from error
     if args.optimize_hyperparameters or args.trial_id is not None:  # --trial-id reads the study --optimize wrote
         if args.storage is None:
             args.storage = f"{args.log_folder}/optuna.log"
