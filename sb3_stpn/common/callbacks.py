@@ -42,6 +42,7 @@ class StpnDiagnosticsCallback(BaseCallback):
         self._energy_sum, self._energy_count = 0.0, 0
 
     def _on_step(self) -> bool:
+        assert self._recorder is not None, "a step outside a rollout"
         energy = self._recorder.last_energy
         if energy is not None:
             self._energy_sum += energy.sum().item()
@@ -49,12 +50,13 @@ class StpnDiagnosticsCallback(BaseCallback):
         return True
 
     def _on_rollout_end(self) -> None:
+        assert self._recorder is not None, "a rollout end without its start"
         self._recorder.close()
         if self._energy_count:
             self.logger.record("stpn/energy_per_step", self._energy_sum / self._energy_count)
         actor = actor_memory(self.model.policy)
         if isinstance(actor, STPN):  # only StpnPPO drives an STPN policy
-            self._record_plasticity(actor, self.model.last_stpn_states.pi[1])
+            self._record_plasticity(actor, self.model.last_stpn_states.pi[1])  # type: ignore[attr-defined]
 
     def _on_training_end(self) -> None:
         # A rollout cut short by another callback never reaches _on_rollout_end

@@ -222,6 +222,7 @@ class StpnExperimentManager(ExperimentManager):
     def _create_sampler(self, sampler_method: str) -> BaseSampler:
         """rl_zoo3's sampler, one for each trial, seeded from ``(--seed, trial number)`` (see :class:`TrialSeededSampler`)."""
         sampler = super()._create_sampler(sampler_method)
+        make_sampler: Callable[..., BaseSampler]
         if isinstance(sampler, TPESampler):  # with rl_zoo3's settings
             make_sampler = functools.partial(TPESampler, n_startup_trials=self.n_startup_trials, multivariate=True)
         elif isinstance(sampler, RandomSampler):

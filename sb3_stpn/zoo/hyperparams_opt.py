@@ -96,9 +96,9 @@ def sample_ppo_stpn_params(trial: optuna.Trial, n_actions: int, n_envs: int, add
     return _stpn_hyperparams(raw)
 
 
-def convert_ppo_stpn_params(params: dict[str, Any]) -> dict[str, Any]:
+def convert_ppo_stpn_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
     """Hyperparameters of a finished ``ppo_stpn`` trial from its raw Optuna parameters."""
-    return _stpn_hyperparams(params)
+    return _stpn_hyperparams(sampled_params)
 
 
 def sample_ppo_lstm_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
@@ -106,6 +106,6 @@ def sample_ppo_lstm_params(trial: optuna.Trial, n_actions: int, n_envs: int, add
     return _common_params(_sample_common(trial))
 
 
-def convert_ppo_lstm_params(params: dict[str, Any]) -> dict[str, Any]:
+def convert_ppo_lstm_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
     """Hyperparameters of a finished ``ppo_lstm`` trial from its raw Optuna parameters."""
-    return _common_params(params)
+    return _common_params(sampled_params)
