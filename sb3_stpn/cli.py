@@ -3,12 +3,13 @@
 rl_zoo3's own parser reads the command line, so every flag, abbreviation and default keeps the zoo's
 meaning. On top of the zoo these commands
 - default to ``--algo ppo_stpn`` and to the project's ``zoo_configs/<algo>.yml`` (``-conf`` overrides),
-- default Optuna runs to a shared journal file ``<log folder>/optuna.log`` and the study name
-  ``<algo>_<env>``, so that several processes started alike work on one study,
+- default Optuna runs (``--optimize`` and ``--trial-id``) to a shared journal file ``<log folder>/optuna.log``
+  and the study name ``<algo>_<env>``, so that several processes started alike work on one study,
 - make ``enjoy`` read ``-f logs`` by default and load the latest run that holds a model, print the
-  actor memory's energy per step, and record a video with ``--record`` (rl_zoo3's record_video),
+  actor memory's energy per step, and record a video with ``--record`` (rl_zoo3's record_video); the
+  GridMaze ids replay the sampled policy unless ``--deterministic`` (as rl_zoo3 does for Atari and MiniGrid),
 - turn bad input into one ``error:`` line naming the fix and a non-zero exit (130 after Ctrl-C, 143
-  after SIGTERM, once the model is saved).
+  after SIGTERM, once the model is saved), and so a core install without the zoo extra, or ``--track`` without wandb.
 """
 
 import argparse
@@ -28,7 +29,13 @@ from unittest import mock
 
 import gymnasium as gym
 import numpy as np
-import rl_zoo3.import_envs  # registers CartPoleNoVel-v1 & co. and the Atari envs
+
+try:
+    import rl_zoo3.import_envs  # registers CartPoleNoVel-v1 & co. and the Atari envs
+except ModuleNotFoundError as error:  # a core install: the console scripts import this module first
+    raise SystemExit(
+        f'error: {error.name} is not installed: stpn-train and stpn-enjoy need the zoo extra; pip install "sb3-stpn[zoo]"'
+    ) from error
 import rl_zoo3.train
 import rl_zoo3.utils
 import torch as th
@@ -38,6 +45,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 
 from sb3_stpn.common.energy import ActorEnergyRecorder
 from sb3_stpn.common.policies import actor_memory
+from sb3_stpn.envs import GRID_MAZE_IDS
 from sb3_stpn.ppo_stpn.ppo_stpn import warn_if_cuda_is_missing
 from sb3_stpn.zoo import StpnExperimentManager, ZooError
 from sb3_stpn.zoo.exp_manager import check_trained_agent, default_config, load_config_entry, raising_interrupted
@@ -159,7 +167,12 @@ def _check_train_args(args: argparse.Namespace) -> None:
         )
     if args.trained_agent:
         check_trained_agent(args.trained_agent)
-    if args.optimize_hyperparameters:
+    if args.track:
+        try:
+            import wandb  # noqa: F401  (rl_zoo3 imports it only once the run is set up, with a traceback)
+        except ImportError as error:
+            raise ZooError("--track needs Weights & Biases (wandb), which is not installed; pip install wandb") from error
+    if args.optimize_hyperparameters or args.trial_id is not None:  # --trial-id reads the study --optimize wrote
         if args.storage is None:
             args.storage = f"{args.log_folder}/optuna.log"
         if args.study_name is None:
@@ -341,6 +354,8 @@ def _check_enjoy_args(args: argparse.Namespace) -> None:
     _check_device(getattr(args, "device", "auto"))
     if args.n_timesteps <= 0:
         raise ZooError(f"-n must be a positive number of steps, got {args.n_timesteps}")
+    if args.env.gym_id in GRID_MAZE_IDS and not args.deterministic:
+        args.stochastic = True  # the maze is scored with the sampled policy, as train.py evaluates it
 
 
 def _enjoy(argv: list[str]) -> None:

@@ -333,3 +333,42 @@ def test_asking_for_cuda_without_it_warns(workdir: Path, monkeypatch: pytest.Mon
     with pytest.warns(UserWarning, match="'cuda' asks for CUDA, but torch sees no CUDA GPU here: running on the CPU"):
         train_main(["--env", ENV, *TINY, "--device", "cuda", "-f", "cuda_logs"])
     assert (workdir / "cuda_logs" / "ppo_stpn" / f"{ENV}_1" / f"{ENV}.zip").is_file()
+
+
+# Runs a script as if rl_zoo3 were not installed (a core install): importing it fails as a missing package does
+WITHOUT_ZOO = """
+import runpy, sys
+
+
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "rl_zoo3":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
+sys.meta_path.insert(0, NotInstalled())
+runpy.run_path(sys.argv[1], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("script", ["train.py", "enjoy.py"])
+def test_core_install_without_the_zoo_extra(script: str, workdir: Path) -> None:
+    """The scripts (and console scripts) of a core install, without rl_zoo3, name the extra to install in one line."""
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_ZOO, str(REPO / script)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        'error: rl_zoo3 is not installed: stpn-train and stpn-enjoy need the zoo extra; pip install "sb3-stpn[zoo]"'
+    ), result.stderr
+
+
+def test_track_without_wandb(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
+    before = snapshot(workdir / "logs")
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--env", ENV, *TINY, "--track"])
+    check_one_line_error(
+        exit_info.value.code, "--track needs Weights & Biases (wandb), which is not installed; pip install wandb"
+    )
+    assert snapshot(workdir / "logs") == before

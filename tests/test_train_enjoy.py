@@ -1,4 +1,5 @@
-"""End to end, as a user runs them: train.py then enjoy.py, as subprocesses, for ppo_stpn and ppo_lstm."""
+"""End to end, as a user runs them: train.py then enjoy.py, as subprocesses, for ppo_stpn and ppo_lstm (the maze replay's
+policy in-process)."""
 
 import os
 import re
@@ -7,9 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch as th
+from stable_baselines3.common.vec_env import VecNormalize
 
+from sb3_stpn import StpnPPO
+from sb3_stpn.cli import enjoy_main, train_main
 from tests.common.test_callbacks import read_events
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +56,7 @@ def test_train_then_enjoy(algo: str, memory: str, tmp_path: Path) -> None:
     best = run_script("enjoy.py", "--algo", algo, "--env", ENV, "--no-render", "-n", "50", "--load-best", cwd=tmp_path)
     assert "best_model.zip" in best.stdout
 
-    # rl_zoo3's evaluation plots (seaborn, scipy: the zoo extra) read the run's evaluations
+    # rl_zoo3's evaluation plots (rl_zoo3[plots]: the zoo extra) read the run's evaluations
     plots = ["-m", "rl_zoo3.plots.all_plots", "-a", algo, "-e", ENV, "-f", "logs", "--no-display", "-o", "results"]
     run_script(*plots, cwd=tmp_path)
     assert (tmp_path / "results.pkl").is_file()
@@ -144,3 +149,36 @@ def test_sigterm_during_setup_exits_143_and_leaves_no_model_less_folder(tmp_path
     )
     assert result.returncode == 143, result.stderr[-3000:]
     assert not list((tmp_path / "logs" / "ppo_stpn").iterdir())
+
+
+@pytest.mark.parametrize(("flags", "deterministic"), [([], False), (["--deterministic"], True)])
+def test_enjoy_replays_the_maze_with_the_sampled_policy(
+    flags: list[str], deterministic: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As train.py evaluates it (a deterministic maze policy walks into a wall and scores 0); --deterministic overrides."""
+    monkeypatch.chdir(tmp_path)
+    maze = ["--env", "GridMaze-v0", "--hyperparams", "n_envs:2", "n_steps:16", "sequence_length:16", "batch_size:32"]
+    train_main([*maze[:2], "-n", "32", "--eval-freq", "-1", *maze[2:], "n_epochs:1"])
+    modes = []
+    predict = StpnPPO.predict
+
+    def spy(self, observation, state=None, episode_start=None, deterministic=False):
+        modes.append(deterministic)
+        return predict(self, observation, state, episode_start, deterministic)
+
+    monkeypatch.setattr(StpnPPO, "predict", spy)
+    enjoy_main([*maze[:2], "--no-render", "-n", "5", *flags])
+    assert modes and set(modes) == {deterministic}
+
+
+def test_readme_loads_a_zoo_run_with_its_normalisation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's snippet, run as written on a fresh run: the env it builds holds the run's saved statistics."""
+    (snippet,) = [block for block in re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+                  if "get_saved_hyperparams" in block]  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    train_main(["--env", ENV, "-n", "256", "--eval-freq", "-1", *SHRINK])
+    namespace: dict = {}
+    exec(snippet, namespace)
+    env, saved = namespace["env"], VecNormalize.load(f"logs/ppo_stpn/{ENV}_1/{ENV}/vecnormalize.pkl", namespace["env"])
+    assert isinstance(env, VecNormalize) and not env.training and not env.norm_reward
+    assert env.obs_rms.count == saved.obs_rms.count > 1 and np.array_equal(env.obs_rms.mean, saved.obs_rms.mean)

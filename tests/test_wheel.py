@@ -45,17 +45,26 @@ def test_wheel_installs_and_trains_from_another_folder(tmp_path: Path) -> None:
     torch_pin = f"torch=={th.__version__.split('+')[0]}"
     install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-compile"]
     run([*install, torch_pin], cwd=tmp_path)
-    run([*install, f"{wheel}[zoo]"], cwd=tmp_path)
-
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
+
+    # The core install first: its console scripts exist, and say in one line that they need the zoo extra
+    run([*install, str(wheel)], cwd=tmp_path)
+    core = subprocess.run([environment / "bin" / "stpn-train"], cwd=elsewhere, env=ENVIRONMENT, capture_output=True, text=True)
+    assert core.returncode == 1 and core.stderr == (
+        'error: rl_zoo3 is not installed: stpn-train and stpn-enjoy need the zoo extra; pip install "sb3-stpn[zoo]"\n'
+    ), core.stderr
+    run([*install, f"{wheel}[zoo]"], cwd=tmp_path)
+
     # Not activated: the venv's bin is not on PATH, as for `.venv/bin/stpn-train`
     out = run([str(environment / "bin" / "stpn-train"), "--env", ENV, "-n", "256", "--eval-freq", "-1",
                "--hyperparams", "n_envs:1", "n_steps:64", "batch_size:64", "n_epochs:1"], cwd=elsewhere)  # fmt: skip
     assert "site-packages/sb3_stpn/zoo_configs/ppo_stpn.yml" in out  # the installed configs, not the checkout's
     assert (elsewhere / "logs" / "ppo_stpn" / f"{ENV}_1" / f"{ENV}.zip").is_file()
-    # rl_zoo3's plots need the zoo extra's seaborn and scipy (headless: matplotlib's Agg backend, nothing shown)
+    # rl_zoo3's plots need rl_zoo3[plots] (the zoo extra; headless: matplotlib's Agg backend, nothing shown)
     run([str(python), "-m", "rl_zoo3.plots.plot_train", "-a", "ppo_stpn", "-e", ENV, "-f", "logs/"], cwd=elsewhere)
+    # ... whose dependencies are rl_zoo3's own: rliable too, and the pandas it declares (< 3)
+    run([str(python), "-c", "import pandas, rliable; assert int(pandas.__version__.split('.')[0]) < 3"], cwd=elsewhere)
     if shutil.which("c++"):  # the kernel's source is in the wheel and builds (or loads from the shared cache)
         kernel = "from sb3_stpn.common.stpn_kernel import cpp_kernel_available; assert cpp_kernel_available()"
         run([str(python), "-c", kernel], cwd=elsewhere)

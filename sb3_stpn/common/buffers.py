@@ -40,9 +40,12 @@ class SequenceStateStorage:
     pos: int
     full: bool
     device: th.device
+    sequence_length: int
+    n_sequences_per_env: int
+    store_critic_state: bool
     # (n_sequences, n_envs, *state_shape) tensors, allocated on the first add()
-    actor_states: tuple[th.Tensor, th.Tensor] | None
-    critic_states: tuple[th.Tensor, th.Tensor] | None
+    actor_states: tuple[th.Tensor, ...] | None
+    critic_states: tuple[th.Tensor, ...] | None
 
     def __init__(
         self,
@@ -65,14 +68,12 @@ class SequenceStateStorage:
         self.actor_states = self.critic_states = None
         # sb3-contrib's recurrent buffers (the parents, so that RecurrentPPO accepts this one) store
         # the LSTM state at every step: their constructor, reset and add are bypassed for the plain SB3 ones
-        self._base_buffer.__init__(self, buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs)
+        self._base_buffer.__init__(self, buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs)  # type: ignore[arg-type]
 
     def reset(self) -> None:
-        self._base_buffer.reset(self)
+        self._base_buffer.reset(self)  # type: ignore[arg-type]  # the host class is that buffer
 
-    def _stored(
-        self, states: tuple[th.Tensor, th.Tensor] | None, stpn_state: tuple[th.Tensor, ...]
-    ) -> tuple[th.Tensor, th.Tensor]:
+    def _stored(self, states: tuple[th.Tensor, ...] | None, stpn_state: tuple[th.Tensor, ...]) -> tuple[th.Tensor, ...]:
         """Write ``stpn_state`` (layer axis first) into the slot of the sequence starting now."""
         if states is None:
             states = tuple(
@@ -90,12 +91,16 @@ class SequenceStateStorage:
             self.actor_states = self._stored(self.actor_states, lstm_states.pi)
             if self.store_critic_state:
                 self.critic_states = self._stored(self.critic_states, lstm_states.vf)
-        self._base_buffer.add(self, *args, **kwargs)
+        self._base_buffer.add(self, *args, **kwargs)  # type: ignore[arg-type]
 
     def memory_bytes(self) -> int:
         """Bytes taken by the stored STPN states."""
         stored = [self.actor_states, self.critic_states]
         return sum(part.numel() * part.element_size() for states in stored if states is not None for part in states)
+
+    def _gather_observations(self, gather: Callable[[np.ndarray], th.Tensor]) -> th.Tensor | dict[str, th.Tensor]:
+        """The observations of the gathered steps: an array's or each key's (the host class knows which)."""
+        raise NotImplementedError
 
     def get(self, batch_size: int | None = None) -> Generator[RecurrentRolloutBufferSamples, None, None]:
         """
@@ -127,7 +132,7 @@ class SequenceStateStorage:
         start = 0
         for end in range(per_batch, len(order) + per_batch, per_batch):
             end = min(end, len(order))
-            if valid_steps[start:end].sum() >= 2:
+            if int(np.sum(valid_steps[start:end])) >= 2:
                 minibatches.append(order[start:end])
                 start = end
         if start < len(order):
@@ -153,7 +158,8 @@ class SequenceStateStorage:
 
         state_index = th.as_tensor(sequence_in_env, device=self.device), th.as_tensor(env_ids, device=self.device)
 
-        def states_of(states: tuple[th.Tensor, th.Tensor]) -> tuple[th.Tensor, th.Tensor]:
+        def states_of(states: tuple[th.Tensor, ...] | None) -> tuple[th.Tensor, th.Tensor]:
+            assert states is not None, "add() stores the states before get()"
             return states[0][state_index].unsqueeze(0), states[1][state_index].unsqueeze(0)
 
         actor_states = states_of(self.actor_states)
@@ -172,7 +178,8 @@ class SequenceStateStorage:
         )
 
 
-class StpnRolloutBuffer(SequenceStateStorage, RecurrentRolloutBuffer):
+# The mixin's add (the STPN state by keyword) and get (sequence samples) differ from the SB3 buffers' by design
+class StpnRolloutBuffer(SequenceStateStorage, RecurrentRolloutBuffer):  # type: ignore[misc]
     """Rollout buffer for array observations that stores STPN states per training sequence."""
 
     _base_buffer = RolloutBuffer
@@ -182,7 +189,7 @@ class StpnRolloutBuffer(SequenceStateStorage, RecurrentRolloutBuffer):
         return gather(self.observations)
 
 
-class StpnDictRolloutBuffer(SequenceStateStorage, RecurrentDictRolloutBuffer):
+class StpnDictRolloutBuffer(SequenceStateStorage, RecurrentDictRolloutBuffer):  # type: ignore[misc]
     """Rollout buffer for Dict observations that stores STPN states per training sequence."""
 
     _base_buffer = DictRolloutBuffer

@@ -58,6 +58,7 @@ class StpnDiagnosticsCallback(BaseCallback):
         self._energy_sum, self._energy_count = 0.0, 0
 
     def _on_step(self) -> bool:
+        assert self._recorder is not None, "a step outside a rollout"
         energy = self._recorder.last_energy
         if energy is not None:
             self._energy_sum += energy.sum().item()
@@ -65,15 +66,16 @@ class StpnDiagnosticsCallback(BaseCallback):
         return True
 
     def _on_rollout_end(self) -> None:
+        assert self._recorder is not None, "a rollout end without its start"
         self._recorder.close()
         if self._energy_count:
             self.logger.record("stpn/energy_per_step", self._energy_sum / self._energy_count)
         actor = actor_memory(self.model.policy)
         if isinstance(actor, STPN):  # only StpnPPO drives an STPN policy
-            states = self.model.last_stpn_states
+            states = self.model.last_stpn_states  # type: ignore[attr-defined]
             self._record_plasticity(actor, states.pi[1])
             critic = self.model.policy.stpn_critic
-            if critic is not None:
+            if isinstance(critic, STPN):
                 self.logger.record("stpn/critic_F_over_W", fast_to_slow_ratio(critic, states.vf[1]))
             self._before_update = self._parameter_groups()
 
@@ -102,6 +104,7 @@ class StpnDiagnosticsCallback(BaseCallback):
     def _parameter_groups(self) -> dict[str, th.Tensor]:
         """Copies of the actor STPN's decays and rates (as it acts with them), slow weights, and all else, flattened."""
         actor = actor_memory(self.model.policy)
+        assert isinstance(actor, STPN), "only an STPN actor has plasticity parameters"
         groups: dict[str, list[th.Tensor]] = {"weight": [actor.weight], "other": []}
         if actor.plastic:
             decay, rate, _ = actor.plasticity()

@@ -20,7 +20,7 @@ from sb3_stpn.common.stpn import STPN
 
 def _check_single_layer(rnn: nn.RNNBase) -> None:
     """The energy needs every layer's presynaptic input; torch exposes it only for one plain layer."""
-    if rnn.num_layers != 1 or rnn.bidirectional or getattr(rnn, "proj_size", 0):
+    if rnn.num_layers != 1 or rnn.bidirectional or rnn.proj_size:
         raise ValueError("Energy is defined here for single-layer, unidirectional RNNs without projection")
 
 
@@ -34,8 +34,8 @@ def rnn_energy(rnn: nn.RNNBase, x: th.Tensor, h_prev: th.Tensor) -> th.Tensor:
     """
     _check_single_layer(rnn)
     with th.no_grad():
-        input_conductance = rnn.weight_ih_l0.abs().sum(dim=0)
-        hidden_conductance = rnn.weight_hh_l0.abs().sum(dim=0)
+        input_conductance = rnn.get_parameter("weight_ih_l0").abs().sum(dim=0)
+        hidden_conductance = rnn.get_parameter("weight_hh_l0").abs().sum(dim=0)
         return x.square() @ input_conductance + h_prev.square() @ hidden_conductance
 
 

@@ -98,20 +98,21 @@ class StpnActorCriticPolicy(RecurrentActorCriticPolicy):
         # Without a memory of its own, the critic maps features to the STPN output size
         self.critic = None if (shared_stpn or enable_critic_stpn) else nn.Linear(self.features_dim, stpn_hidden_size)
         # The optimizer made by ActorCriticPolicy predates the STPN layers
-        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
 
     # Aliases for sb3-contrib only: the sequence methods inherited from RecurrentActorCriticPolicy address the
     # memory by its LSTM's names. sb3_stpn's own code uses stpn_actor, stpn_critic, shared_stpn or actor_memory().
+    # (Read-only, and an STPN where sb3-contrib declares an LSTM: mypy's override errors are by design.)
     @property
-    def lstm_actor(self) -> STPN:
+    def lstm_actor(self) -> STPN:  # type: ignore[override]
         return self.stpn_actor
 
     @property
-    def lstm_critic(self) -> STPN | None:
+    def lstm_critic(self) -> STPN | None:  # type: ignore[override]
         return self.stpn_critic
 
     @property
-    def shared_lstm(self) -> bool:
+    def shared_lstm(self) -> bool:  # type: ignore[override]
         return self.shared_stpn
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
@@ -210,11 +211,12 @@ class StpnActorCriticCnnPolicy(StpnActorCriticPolicy):
     """STPN policy for image observations: SB3's NatureCNN features extractor by default."""
 
     def __init__(self, *args, features_extractor_class: type[BaseFeaturesExtractor] = NatureCNN, **kwargs):
-        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+        # *args are the leading positional ones: features_extractor_class given there too is Python's TypeError
+        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)  # type: ignore[misc]
 
 
 class StpnMultiInputActorCriticPolicy(StpnActorCriticPolicy):
     """STPN policy for Dict observations: SB3's CombinedExtractor by default."""
 
     def __init__(self, *args, features_extractor_class: type[BaseFeaturesExtractor] = CombinedExtractor, **kwargs):
-        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)  # type: ignore[misc]

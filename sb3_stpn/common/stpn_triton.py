@@ -695,6 +695,7 @@ def forward(
     weight, bias, weight_lambda, weight_gamma, bias_lambda, bias_gamma, norm_gain = (
         None if p is None else p.contiguous() for p in params
     )
+    assert weight is not None, "the layer always has a weight"
     x, h0, fast0 = x.contiguous(), h0.contiguous(), fast0.contiguous()
     steps, batch, inputs = x.shape
     hidden, presynaptic = weight.shape
@@ -751,6 +752,7 @@ def backward(
     weight, _, weight_lambda, weight_gamma, bias_lambda, bias_gamma, norm_gain = (
         None if p is None else p.contiguous() for p in params
     )
+    assert weight is not None, "the layer always has a weight"
     x, h0 = x.contiguous(), h0.contiguous()
     steps, batch, inputs = x.shape
     hidden, presynaptic = weight.shape

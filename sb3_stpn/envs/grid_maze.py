@@ -18,7 +18,7 @@ vector (3x3 receptive field, 4 additional inputs of which one is unused, 4 actio
 
 from collections import deque
 from numbers import Integral, Real
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -56,7 +56,7 @@ def _is_int(value: Any) -> bool:
 
 def _is_finite_real(value: Any) -> bool:
     """True for finite real numbers (Python or NumPy), excluding ``bool``."""
-    return isinstance(value, Real) and not isinstance(value, bool) and bool(np.isfinite(value))
+    return isinstance(value, Real) and not isinstance(value, bool) and bool(np.isfinite(float(value)))
 
 
 def make_grid(size: int) -> np.ndarray:
@@ -83,7 +83,7 @@ class GridMazeEnv(gym.Env[np.ndarray, np.int64]):
     :param render_mode: ``None``, ``"ansi"`` (text grid) or ``"rgb_array"`` (``CELL_PIXELS`` pixels per cell).
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "rgb_array"], "render_fps": 8}
+    metadata: dict[str, Any] = {"render_modes": ["ansi", "rgb_array"], "render_fps": 8}  # as gymnasium declares it
 
     def __init__(
         self,
@@ -224,6 +224,7 @@ class GridMazeEnv(gym.Env[np.ndarray, np.int64]):
 
     def _observation(self) -> np.ndarray:
         """Build the observation vector described in the module docstring."""
+        assert self.agent_pos is not None, "reset() first"
         row, col = self.agent_pos
         obs = np.zeros(OBS_SIZE, dtype=np.float32)
         obs[OBS_NEIGHBOURHOOD] = self.walls[row - 1 : row + 2, col - 1 : col + 2].ravel()

@@ -19,7 +19,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
-from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices
 
 from sb3_stpn.envs.grid_maze import (
     ACTION_DELTAS,
@@ -77,10 +77,10 @@ class GridMazeVecEnv(VecEnv):
         # Every draw picks one of the open cells but one (the centre for reward cells, the reward cell for teleports)
         self._n_choices = len(self._open_cells) - 1
         # The 3x3 walls around every inner cell (border cells are walls, never the agent's)
-        self._neighbourhoods = np.zeros((size, size, 9), dtype=np.float32)
+        neighbourhoods = np.zeros((size, size, 9), dtype=np.float32)
         windows = np.lib.stride_tricks.sliding_window_view(self.maze.walls, (3, 3))
-        self._neighbourhoods[1:-1, 1:-1] = windows.reshape(size - 2, size - 2, 9)
-        self._neighbourhoods = self._neighbourhoods.reshape(size * size, 9)
+        neighbourhoods[1:-1, 1:-1] = windows.reshape(size - 2, size - 2, 9)
+        self._neighbourhoods = neighbourhoods.reshape(size * size, 9)
         # Steps to each reward cell from every cell (-1 for walls), one row per open cell: the oracle's lookup table
         self._distances = np.stack([self.maze._bfs_distances(cell).ravel() for cell in self.maze.open_cells])
         self._action_one_hots = np.eye(N_ACTIONS + 1, N_ACTIONS, dtype=np.float32)  # row _NO_ACTION is all zeros
@@ -104,7 +104,7 @@ class GridMazeVecEnv(VecEnv):
         """``(n_envs, 2)`` array of each maze's reward cell, ``(row, col)``."""
         return np.stack(np.divmod(self._open_cells[self._reward_rank], self.maze.size), axis=1)
 
-    def reset(self) -> VecEnvObs:
+    def reset(self) -> np.ndarray:
         """Start a new episode in every maze, first applying the seed given to ``seed()`` if any."""
         if self._seeds[0] is not None:
             self._rng = np.random.default_rng(self._seeds[0])
@@ -123,7 +123,7 @@ class GridMazeVecEnv(VecEnv):
             raise ValueError(f"actions must be {self.num_envs} integers in [0, {N_ACTIONS}), one per maze, got {actions!r}")
         self._actions = actions.astype(np.int64)
 
-    def step_wait(self) -> VecEnvStepReturn:
+    def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
         """Move every agent, pay and teleport at reward cells, auto-reset mazes whose time is up."""
         actions = self._actions
         target = self._agent + self._action_offsets[actions]
@@ -164,7 +164,7 @@ class GridMazeVecEnv(VecEnv):
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
         """An option every maze shares (``size``, ``episode_length``, ``walls``, ``render_mode``...), once per index."""
-        return [getattr(self.maze, attr_name)] * len(self._get_indices(indices))
+        return [getattr(self.maze, attr_name)] * len(list(self._get_indices(indices)))
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
         """Unsupported: the mazes share one set of options, fixed at construction."""
@@ -176,7 +176,7 @@ class GridMazeVecEnv(VecEnv):
 
     def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
         """No maze is wrapped by a gym wrapper (wrap the whole VecEnv with VecEnv wrappers instead)."""
-        return [False] * len(self._get_indices(indices))
+        return [False] * len(list(self._get_indices(indices)))
 
     def _draw_ranks_except(self, mazes: np.ndarray, excluded_ranks: np.ndarray) -> np.ndarray:
         """For each of ``mazes``, a uniformly drawn open cell (as an index into ``_open_cells``) other than the
@@ -268,6 +268,7 @@ def reference_returns(policy: ReferencePolicy, n_episodes: int, seed: int = 0, *
     rng = np.random.default_rng(seed)
     returns = np.zeros(n_episodes)
     for _ in range(env.maze.episode_length):
-        observations, rewards, _, _ = env.step(policy(observations, env, rng))
+        env.step_async(policy(observations, env, rng))
+        observations, rewards, _, _ = env.step_wait()
         returns += rewards
     return returns.tolist()

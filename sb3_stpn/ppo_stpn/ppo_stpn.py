@@ -56,6 +56,8 @@ class StpnPPO(RecurrentPPO):
         "MultiInputStpnPolicy": MultiInputStpnPolicy,
     }
     policy: StpnActorCriticPolicy
+    # RecurrentPPO's name for the carried state (here the STPNs' (h, F)), which sb3-contrib types None before setup
+    _last_lstm_states: RNNStates  # type: ignore[assignment]
 
     def __init__(
         self,

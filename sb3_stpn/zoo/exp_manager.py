@@ -17,27 +17,43 @@
 - A run that fails with any error removes its own fresh, model-less run folder; a run stopped by
   Ctrl-C or SIGTERM saves its model, then re-raises the interrupt so that the command exits 130 or 143.
 - Each run claims its folder atomically, so that runs started together never share one.
+- A ``policy_kwargs`` override (``--hyperparams``) is merged into the entry's instead of replacing it, and
+  ``--trial-id 0`` is honoured (rl_zoo3 tests the id for truth); a trial the study lacks is one error line.
+- Optuna studies are created before the first trial, a PostgreSQL database's tables under a lock, so that workers
+  started together never crash; a missing driver or an unreachable database is one error line. Workers started
+  alike never repeat each other's trials: each trial's sampler is seeded from ``(seed, trial number)``.
 """
 
+import contextlib
 import difflib
+import functools
 import inspect
+import io
 import os
 import shutil
 import signal
 import sys
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import optuna
 import rl_zoo3.exp_manager
+import sqlalchemy
 import yaml
 from gymnasium import spaces
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler, RandomSampler, TPESampler
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
 from rl_zoo3.exp_manager import ExperimentManager
+from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER
 from rl_zoo3.utils import ALGOS
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -49,7 +65,7 @@ from sb3_stpn.common.callbacks import StpnDiagnosticsCallback
 from sb3_stpn.common.stpn import STPN
 from sb3_stpn.common.stpn_kernel import DivergedStateError
 from sb3_stpn.envs import GRID_MAZE_IDS, make_grid_maze_vec_env
-from sb3_stpn.zoo.hyperparams_opt import tuning_entry
+from sb3_stpn.zoo.hyperparams_opt import merge_policy_kwargs, tuning_entry
 from sb3_stpn.zoo.saving import checkpoint_vec_normalize_path, load_problem
 
 AUTO_POLICY = "auto"
@@ -61,6 +77,8 @@ _PACKAGE = Path(__file__).resolve().parents[1]
 # The project's configs, <algo>.yml: the repository's top-level zoo_configs/, which a wheel installs
 # as package data in sb3_stpn/zoo_configs/ (mapped in pyproject.toml, not copied)
 CONFIG_DIR = _PACKAGE / "zoo_configs" if (_PACKAGE / "zoo_configs").is_dir() else _PACKAGE.parent / "zoo_configs"
+# The PostgreSQL advisory lock workers take in turn to create Optuna's tables (any constant, the same in every worker)
+_SCHEMA_LOCK_KEY = 0x5B3_57F0
 
 
 class ZooError(Exception):
@@ -228,7 +246,25 @@ class StpnExperimentManager(ExperimentManager):
 
     def hyperparameters_optimization(self) -> None:
         with self._removing_run_folder_on_failure():
+            if self.storage is not None and self.study_name is not None:
+                # Create the study (a database's tables too) before rl_zoo3 opens it: workers started together never
+                # race in creating them, and an unusable storage is one error line
+                optuna.create_study(
+                    storage=open_storage(self.storage), study_name=self.study_name, direction="maximize", load_if_exists=True
+                )
             super().hyperparameters_optimization()
+
+    def _create_sampler(self, sampler_method: str) -> BaseSampler:
+        """rl_zoo3's sampler, one for each trial, seeded from ``(--seed, trial number)`` (see :class:`TrialSeededSampler`)."""
+        sampler = super()._create_sampler(sampler_method)
+        make_sampler: Callable[..., BaseSampler]
+        if isinstance(sampler, TPESampler):  # with rl_zoo3's settings
+            make_sampler = functools.partial(TPESampler, n_startup_trials=self.n_startup_trials, multivariate=True)
+        elif isinstance(sampler, RandomSampler):
+            make_sampler = RandomSampler
+        else:
+            return sampler  # optunahub's AutoSampler, seeded by rl_zoo3 alone
+        return TrialSeededSampler(make_sampler, self.seed)
 
     @contextmanager
     def _removing_run_folder_on_failure(self) -> Iterator[None]:
@@ -266,7 +302,12 @@ class StpnExperimentManager(ExperimentManager):
         super().create_log_folder()
 
     def read_hyperparameters(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        # rl_zoo3 loads a --trial-id only when the id is truthy (never trial 0), and lets a policy_kwargs override replace
+        # the entry's: it gets one override instead, the trial's hyperparameters then --hyperparams, policy_kwargs merged
+        trial_id, custom_hyperparams = self.trial_id, self.custom_hyperparams
         try:
+            self.custom_hyperparams = self._overrides()
+            self.trial_id = None
             hyperparams, saved_hyperparams = super().read_hyperparameters()
         except ZooError:
             raise
@@ -275,12 +316,48 @@ class StpnExperimentManager(ExperimentManager):
                 f"cannot read hyperparameters from -conf {self.config} ({type(error).__name__}: {error}); pass a .yml "
                 "file, a .py file or an importable module defining a dict `hyperparams` with an entry for the env"
             ) from error
+        finally:
+            self.trial_id, self.custom_hyperparams = trial_id, custom_hyperparams
         if hyperparams.get("policy", AUTO_POLICY) == AUTO_POLICY:
             for entry in (hyperparams, saved_hyperparams):  # saved too: enjoy wraps its env from the saved config
                 wrappers = entry.get("env_wrapper") or []
                 wrappers = [wrappers] if isinstance(wrappers, (str, dict)) else wrappers
                 entry["env_wrapper"] = [*wrappers, FIT_OBSERVATION_WRAPPER]
         return hyperparams, saved_hyperparams
+
+    def _overrides(self) -> dict[str, Any] | None:
+        """What goes on top of the config entry: the --trial-id trial's hyperparameters, then --hyperparams."""
+        custom = self.custom_hyperparams or {}
+        trial: dict[str, Any] = {}
+        if self.trial_id is not None:
+            if self.storage is None or self.study_name is None:
+                raise ZooError(f"--trial-id {self.trial_id} needs the study's --storage and --study-name; pass both")
+            print(f"Loading trial {self.trial_id} of the Optuna study {self.study_name}")
+            trial = self.load_trial(self.storage, self.study_name, self.trial_id)
+        overrides = {**trial, **custom}
+        if "policy_kwargs" in custom:
+            base = trial["policy_kwargs"] if "policy_kwargs" in trial else self._entry_policy_kwargs()
+            overrides["policy_kwargs"] = merge_policy_kwargs(base, self._policy_kwargs_dict(custom["policy_kwargs"]))
+        return overrides or None
+
+    def _entry_policy_kwargs(self) -> dict[str, Any]:
+        """The config entry's own ``policy_kwargs`` (without trial or override), as a dict."""
+        overrides = self.trial_id, self.custom_hyperparams
+        self.trial_id, self.custom_hyperparams = None, None
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # rl_zoo3 prints what it read; the real read follows
+                entry, _ = super().read_hyperparameters()
+        finally:
+            self.trial_id, self.custom_hyperparams = overrides
+        return self._policy_kwargs_dict(entry.get("policy_kwargs"))
+
+    def _policy_kwargs_dict(self, policy_kwargs: Any) -> dict[str, Any]:
+        """``policy_kwargs`` as a dict: a config's ``dict(...)`` string evaluated as rl_zoo3 evaluates it."""
+        if isinstance(policy_kwargs, str):
+            policy_kwargs = eval(policy_kwargs, vars(rl_zoo3.exp_manager))
+        if not isinstance(policy_kwargs, dict | None):
+            raise ZooError(f"policy_kwargs must be a dict, got {policy_kwargs!r}; {self._fix}")
+        return policy_kwargs or {}
 
     def _preprocess_hyperparams(self, hyperparams: dict[str, Any]) -> tuple[dict[str, Any], Any, Any, Any]:
         if self.n_timesteps <= 0 and "n_timesteps" not in hyperparams:
@@ -373,14 +450,27 @@ class StpnExperimentManager(ExperimentManager):
             return super().objective(trial)
 
     def load_trial(self, storage: str, study_name: str, trial_id: int | None = None, convert: bool = True) -> dict[str, Any]:
-        # --trial-id: the trial's options merged into the entry's policy_kwargs, as when the trial ran
+        """
+        The hyperparameters of trial ``trial_id`` (by default the best trial), its options merged into the entry's
+        policy_kwargs as when it ran (``convert=False``: its raw Optuna parameters). A trial the study lacks, or one
+        that never finished, is a :class:`ZooError`.
+        """
+        study = load_study(storage, study_name)
+        trials = {trial.number: trial for trial in study.get_trials(deepcopy=False)}
+        if trial_id is None:
+            trial = study.best_trial
+        elif trial_id not in trials:
+            have = f"trials 0-{len(trials) - 1}" if trials else "no trials yet"
+            where = f"the study {study_name} in {shown_storage(storage)}"
+            raise ZooError(f"{where} has no trial {trial_id} (it has {have}); pass one of those")
+        else:
+            trial = trials[trial_id]
+        if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+            raise ZooError(f"trial {trial.number} of the study {study_name} is {trial.state.name}; pass a finished trial")
         if not convert:
-            return super().load_trial(storage, study_name, trial_id, convert=False)
-        policy_kwargs = load_config_entry(Path(self.config), self.env_name.gym_id, self._is_atari).get("policy_kwargs") or {}
-        if isinstance(policy_kwargs, str):
-            policy_kwargs = eval(policy_kwargs, vars(rl_zoo3.exp_manager))  # as rl_zoo3 reads it
-        with tuning_entry(policy_kwargs):
-            return super().load_trial(storage, study_name, trial_id, convert=True)
+            return trial.params
+        with tuning_entry(self._entry_policy_kwargs()):
+            return HYPERPARAMS_CONVERTER[self.algo](trial.params)
 
     def _maybe_normalize(self, env: VecEnv, eval_env: bool) -> VecEnv:
         # -i rl_model_<N>_steps.zip: the statistics saved with that checkpoint, where rl_zoo3 reads the run's final
@@ -415,6 +505,121 @@ class StpnExperimentManager(ExperimentManager):
                 f"cannot continue from {self.trained_agent} ({type(error).__name__}: {error}); pass -i the .zip of a "
                 f"{self.algo} agent trained on {self.env_name.gym_id} by train.py"
             ) from error
+
+
+def open_storage(storage: str) -> optuna.storages.BaseStorage:
+    """
+    The Optuna storage ``--storage`` names: a journal file (``.log``, as rl_zoo3 reads it) or a database URL, whose
+    tables are created race-free on PostgreSQL; a missing driver or an unusable database is a :class:`ZooError`.
+    """
+    if storage.endswith(".log"):
+        Path(storage).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(storage))
+    shown = shown_storage(storage)
+    try:
+        engine = sqlalchemy.create_engine(storage)
+    except sqlalchemy.exc.ArgumentError as error:
+        raise ZooError(
+            f"--storage {storage} is neither a journal file (NAME.log) nor a database URL; pass one, e.g. "
+            "postgresql://USER:PASSWORD@HOST/DATABASE"
+        ) from error
+    except ImportError as error:  # SQLAlchemy imports the URL's driver here
+        raise ZooError(
+            f"--storage {shown}: the database driver is not installed ({error}); for postgresql:// URLs "
+            'pip install "sb3-stpn[postgres]"'
+        ) from error
+    try:
+        with _schema_lock(engine):
+            return optuna.storages.RDBStorage(storage)
+    except sqlalchemy.exc.OperationalError as error:  # no server there, connection refused, wrong password, no database
+        reason = " ".join(str(error.orig or error).split())
+        raise ZooError(
+            f"cannot open the Optuna database {shown} ({reason}); start the server or fix the URL's host, port, user, "
+            "password or database name"
+        ) from error
+    finally:
+        engine.dispose()
+
+
+def shown_storage(storage: str) -> str:
+    """``--storage`` as messages show it: a database URL's password hidden."""
+    try:
+        return sqlalchemy.engine.make_url(storage).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:  # a journal file
+        return storage
+
+
+@contextmanager
+def _schema_lock(engine: sqlalchemy.engine.Engine) -> Iterator[None]:
+    """
+    On PostgreSQL, hold a server-wide advisory lock while Optuna creates its tables: workers started together on an
+    empty database otherwise race in CREATE TABLE, and one crashes (UniqueViolation on pg_type_typname_nsp_index).
+    """
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+        try:
+            yield
+        finally:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+
+
+class TrialSeededSampler(BaseSampler):
+    """
+    Samples each trial with its own sampler, seeded from ``(seed, trial number)``.
+
+    Optuna workers started alike get the same ``--seed``, so samplers seeded with it propose the same trials in every
+    worker. The storage hands out trial numbers, unique in a study: seeding each trial from its number makes the
+    workers' trials differ, while one process with a fixed seed proposes the same trials every time.
+    """
+
+    def __init__(self, make_sampler: Callable[..., BaseSampler], seed: int) -> None:
+        """``make_sampler(seed=...)`` makes a trial's sampler (picklable, as rl_zoo3 pickles the study)."""
+        self.make_sampler = make_sampler
+        self.seed = seed
+        self._samplers: dict[int, BaseSampler] = {}
+
+    def _sampler(self, trial: FrozenTrial) -> BaseSampler:
+        if trial.number not in self._samplers:
+            seed = np.random.SeedSequence([self.seed, trial.number]).generate_state(1)[0]
+            self._samplers[trial.number] = self.make_sampler(seed=int(seed))
+        return self._samplers[trial.number]
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._sampler(trial).before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self._sampler(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return self._sampler(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        return self._sampler(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
+        sampler = self._sampler(trial)
+        del self._samplers[trial.number]
+        sampler.after_trial(study, trial, state, values)
+
+
+def load_study(storage: str, study_name: str) -> optuna.Study:
+    """The existing study ``study_name`` in ``storage``; a missing journal file or study is a :class:`ZooError`."""
+    if storage.endswith(".log") and not Path(storage).is_file():
+        raise ZooError(f"no Optuna journal {storage}; run --optimize first, or pass the study's --storage")
+    try:
+        return optuna.load_study(storage=open_storage(storage), study_name=study_name)
+    except KeyError as error:  # Optuna's "Record does not exist."
+        names = ", ".join(optuna.get_all_study_names(storage=open_storage(storage))) or "none"
+        raise ZooError(
+            f"no study {study_name} in {shown_storage(storage)} (studies there: {names}); pass one with --study-name"
+        ) from error
 
 
 def check_trained_agent(path: str) -> None:

@@ -10,7 +10,7 @@ The LSTM gets the same number of trials over its learning rate and entropy bonus
 compared each at its own best.
 
 rl_zoo3 replaces an entry's ``policy_kwargs`` with the sampled ones; :func:`tuning_entry` tells the
-samplers the entry's, which the STPN options are merged into (``StpnExperimentManager.objective``
+samplers the entry's, which the STPN options are merged into (:func:`merge_policy_kwargs`) (``StpnExperimentManager.objective``
 sets it). rl_zoo3 calls the converter to rebuild a trial's hyperparameters from its stored raw
 parameters; it goes through the same functions as the samplers, so the two can never disagree.
 """
@@ -36,6 +36,17 @@ def tuning_entry(policy_kwargs: dict[str, Any]) -> Iterator[None]:
         _ENTRY_POLICY_KWARGS.reset(token)
 
 
+def merge_policy_kwargs(entry: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """
+    ``override`` on top of ``entry``, key by key, and ``stpn_kwargs`` key by key too: keys the override does not
+    name keep the entry's values (``net_arch`` and the other values are replaced whole). Neither dict is modified.
+    """
+    merged = {**entry, **override}
+    if "stpn_kwargs" in override:
+        merged["stpn_kwargs"] = {**(entry.get("stpn_kwargs") or {}), **(override["stpn_kwargs"] or {})}
+    return merged
+
+
 def _common_params(raw: dict[str, Any]) -> dict[str, Any]:
     return {"learning_rate": raw["learning_rate"], "ent_coef": raw["ent_coef"]}
 
@@ -55,8 +66,7 @@ def _stpn_hyperparams(raw: dict[str, Any]) -> dict[str, Any]:
         stpn_kwargs.update(lambda_lr_scale=scale, gamma_lr_scale=scale)
     if raw["normalize"]:
         stpn_kwargs.update(norm_time=raw["norm_time"], norm_gain=raw["norm_gain"])
-    policy_kwargs = dict(_ENTRY_POLICY_KWARGS.get() or {})
-    policy_kwargs["stpn_kwargs"] = {**policy_kwargs.get("stpn_kwargs", {}), **stpn_kwargs}
+    policy_kwargs = merge_policy_kwargs(_ENTRY_POLICY_KWARGS.get() or {}, {"stpn_kwargs": stpn_kwargs})
     return {**_common_params(raw), "policy_kwargs": policy_kwargs}
 
 
@@ -95,9 +105,9 @@ def sample_ppo_stpn_params(trial: optuna.Trial, n_actions: int, n_envs: int, add
     return _stpn_hyperparams(raw)
 
 
-def convert_ppo_stpn_params(params: dict[str, Any]) -> dict[str, Any]:
+def convert_ppo_stpn_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
     """Hyperparameters of a finished ``ppo_stpn`` trial from its raw Optuna parameters."""
-    return _stpn_hyperparams(params)
+    return _stpn_hyperparams(sampled_params)
 
 
 def sample_ppo_lstm_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
@@ -105,6 +115,6 @@ def sample_ppo_lstm_params(trial: optuna.Trial, n_actions: int, n_envs: int, add
     return _common_params(_sample_common(trial))
 
 
-def convert_ppo_lstm_params(params: dict[str, Any]) -> dict[str, Any]:
+def convert_ppo_lstm_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
     """Hyperparameters of a finished ``ppo_lstm`` trial from its raw Optuna parameters."""
-    return _common_params(params)
+    return _common_params(sampled_params)

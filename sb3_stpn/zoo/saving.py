@@ -78,7 +78,7 @@ def atomic_saves() -> Iterator[None]:
 def load_problem(path: str | os.PathLike[str]) -> str | None:
     """Why the model zip ``path`` does not load (its data and every tensor read), or None if it does."""
     try:
-        load_from_zip_file(path, device="cpu")
+        load_from_zip_file(os.fspath(path), device="cpu")
     except Exception as error:  # a 0-byte, truncated or foreign file fails in many ways inside SB3 and torch
         return f"{type(error).__name__}: {error}".split("\n")[0]
     return None

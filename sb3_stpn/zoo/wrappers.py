@@ -6,6 +6,7 @@ MiniGrid's observation, for example, is a Dict with a Text ``mission`` and a 7x7
 """
 
 import warnings
+from typing import TypeGuard
 
 import gymnasium as gym
 import numpy as np
@@ -19,16 +20,17 @@ SB3_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBin
 NATURE_CNN_MIN_SIDE = 36  # kernels 8, 4, 3 with strides 4, 2, 1
 
 
-def is_small_image(space: spaces.Space) -> bool:
-    """Whether SB3 would treat ``space`` as an image that NatureCNN cannot take (smaller than 36x36)."""
-    if not is_image_space(space):
+def is_small_image(space: spaces.Space) -> TypeGuard[spaces.Box]:
+    """Whether SB3 would treat ``space`` as an image (a Box) that NatureCNN cannot take (smaller than 36x36)."""
+    if not isinstance(space, spaces.Box) or not is_image_space(space):
         return False
     height, width = space.shape[1:] if is_image_space_channels_first(space) else space.shape[:2]
     return min(height, width) < NATURE_CNN_MIN_SIDE
 
 
-def _unit_box(space: spaces.Box) -> spaces.Box:
+def _unit_box(space: spaces.Space) -> spaces.Box:
     """A small uint8 image as SB3 would normalise it, in [0, 1] floats: policies flatten it instead of using a CNN."""
+    assert is_small_image(space)
     return spaces.Box(0.0, 1.0, space.shape, np.float32)
 
 

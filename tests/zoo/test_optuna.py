@@ -1,5 +1,7 @@
-"""Optuna search for ppo_stpn: the sampler/converter agree, and two processes share one study by default."""
+"""Optuna search for ppo_stpn: the sampler/converter agree, and two processes share one study by default, each trial
+its own."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -7,11 +9,10 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 
 from sb3_stpn.cli import train_main
 from sb3_stpn.zoo import StpnExperimentManager
+from sb3_stpn.zoo.exp_manager import TrialSeededSampler, open_storage
 from sb3_stpn.zoo.hyperparams_opt import (
     convert_ppo_lstm_params,
     convert_ppo_stpn_params,
@@ -21,16 +22,55 @@ from sb3_stpn.zoo.hyperparams_opt import (
 )
 
 ENV = "CartPoleNoVel-v1"
-# Runs train_main with the sampled rollouts shrunk, so that a trial takes seconds
+# Runs train_main with the sampled rollouts shrunk, so that a trial takes seconds; once imported, each worker waits
+# until all $WORKERS have marked themselves ready in $READY_DIR, so that they open the storage at the same moment
 WORKER = """
-import sys
+import os, sys, time
+from pathlib import Path
 from rl_zoo3.hyperparams_opt import HYPERPARAMS_SAMPLER
 from sb3_stpn.cli import train_main
 
 sample = HYPERPARAMS_SAMPLER["ppo_stpn"]
 HYPERPARAMS_SAMPLER["ppo_stpn"] = lambda *args: {**sample(*args), "n_steps": 16, "batch_size": 16, "n_epochs": 1}
+ready = Path(os.environ["READY_DIR"])
+(ready / str(os.getpid())).touch()
+while len(list(ready.iterdir())) < int(os.environ["WORKERS"]):
+    time.sleep(0.005)
 train_main(sys.argv[1:])
 """
+# Two trials in each of two workers
+WORKERS, TRIALS = 2, 2
+
+
+def run_workers(folder: Path, storage: str | None = None) -> optuna.Study:
+    """
+    Start WORKERS processes with the same command (the same --seed) together, on ``storage`` (default: the journal
+    <log folder>/optuna.log); return the study they shared, the only one there.
+    """
+    command = [sys.executable, "-c", WORKER, "--algo", "ppo_stpn", "--env", ENV, "--optimize", "--n-trials", str(TRIALS),
+               "-n", "32", "--n-evaluations", "1", "--eval-episodes", "1", "--no-optim-plots", "--num-threads", "1",
+               "--hyperparams", "n_envs:1", "--sampler", "random", "--pruner", "none", "--seed", "0",
+               *(["--storage", storage] if storage else [])]  # fmt: skip
+    (folder / "ready").mkdir()
+    environment = {**os.environ, "READY_DIR": str(folder / "ready"), "WORKERS": str(WORKERS), "OMP_NUM_THREADS": "1"}
+    workers = [
+        subprocess.Popen(command, cwd=folder, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(WORKERS)
+    ]
+    for worker in workers:
+        out, _ = worker.communicate(timeout=300)
+        assert worker.returncode == 0, out[-3000:]
+    shared = open_storage(storage or str(folder / "logs" / "optuna.log"))
+    assert optuna.get_all_study_names(shared) == [f"ppo_stpn_{ENV}"]
+    return optuna.load_study(study_name=f"ppo_stpn_{ENV}", storage=shared)
+
+
+def check_distinct_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Every worker's trials finished, and no two tried the same configuration."""
+    finished = study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+    assert len(finished) == WORKERS * TRIALS
+    assert len({tuple(sorted(trial.params.items())) for trial in finished}) == len(finished)
+    return finished
 
 
 @pytest.mark.parametrize(
@@ -95,25 +135,14 @@ def test_every_spelling_of_optimize_gets_the_shared_study(flag: str, tmp_path: P
 
 
 def test_processes_share_one_study(tmp_path: Path) -> None:
-    """Started alike without --storage, workers meet in <log folder>/optuna.log under the study <algo>_<env>."""
-    command = [sys.executable, "-c", WORKER, "--algo", "ppo_stpn", "--env", ENV, "--optimize", "--n-trials", "1",
-               "-n", "32", "--n-evaluations", "1", "--eval-episodes", "1", "--no-optim-plots", "--num-threads", "1",
-               "--hyperparams", "n_envs:1", "--sampler", "random", "--pruner", "none", "--seed", "0"]  # fmt: skip
-    workers = [
-        subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)
-    ]
-    for worker in workers:
-        out, _ = worker.communicate(timeout=300)
-        assert worker.returncode == 0, out[-3000:]
-
-    storage = JournalStorage(JournalFileBackend(str(tmp_path / "logs" / "optuna.log")))
-    study = optuna.load_study(study_name=f"ppo_stpn_{ENV}", storage=storage)
-    finished = study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
-    assert len(finished) == len(workers)
+    """
+    Started alike (the same --seed) without --storage, workers meet in <log folder>/optuna.log under the study
+    <algo>_<env>, and each runs trials of its own.
+    """
+    finished = check_distinct_trials(run_workers(tmp_path))
     assert all("normalize" in trial.params for trial in finished)
 
     # --trial-id trains with the trial's STPN options merged into the entry's policy_kwargs (net_arch kept)
-    # (rl_zoo3 ignores --trial-id 0: it tests the id for truth)
     trial = max(finished, key=lambda trial: trial.number)
     command = [sys.executable, "-c", "from sb3_stpn.cli import train_main; train_main()",
                "--algo", "ppo_stpn", "--env", ENV, "-n", "32",
@@ -126,3 +155,22 @@ def test_processes_share_one_study(tmp_path: Path) -> None:
     assert config["policy_kwargs"]["net_arch"] == dict(pi=[64], vf=[64])  # the entry's, kept
     assert config["policy_kwargs"]["stpn_kwargs"]["normalize"] == trial.params["normalize"]
     assert config["learning_rate"] == trial.params["learning_rate"]
+
+
+def test_trial_seeded_sampler_differs_across_workers_and_repeats_in_one_process() -> None:
+    """Two workers seeded alike on one study propose different trials; a process seeded alike again repeats its own."""
+
+    def proposals(study: optuna.Study, sampler: TrialSeededSampler, n_trials: int) -> list[dict]:
+        study.sampler = sampler
+        trials = [study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}) for _ in range(n_trials)]
+        for trial in trials:
+            study.tell(trial, 0.0)
+        return [trial.params for trial in trials]
+
+    def sampler() -> TrialSeededSampler:
+        return TrialSeededSampler(lambda seed: optuna.samplers.RandomSampler(seed=seed), seed=0)
+
+    shared = optuna.create_study()
+    first, second = proposals(shared, sampler(), 2), proposals(shared, sampler(), 2)  # two workers, one study
+    assert len({params["x"] for params in first + second}) == 4
+    assert proposals(optuna.create_study(), sampler(), 2) == first  # a new study, the same seed: the same trials

@@ -1,0 +1,92 @@
+"""StpnExperimentManager drops no setting silently: policy_kwargs overrides merge into the entry's, and --trial-id
+loads the trial asked for (trial 0 included, from the default journal) or says in one line that the study lacks it."""
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from sb3_stpn.cli import train_main
+from sb3_stpn.zoo.hyperparams_opt import sample_ppo_stpn_params
+from tests.test_cli_errors import check_one_line_error
+
+ENV = "CartPoleNoVel-v1"
+TINY = ["-n", "16", "--eval-freq", "-1", "--hyperparams", "n_envs:1", "n_steps:8", "batch_size:8", "n_epochs:1"]
+# The CartPoleNoVel-v1 entry's policy_kwargs (zoo_configs/ppo_stpn.yml)
+ENTRY_STPN_KWARGS = dict(normalize=False, clamp=1.0, lambda_init=(0.0603, 1.0), gamma_init=1.497e-04)
+
+
+def saved_config(log_folder: Path) -> dict:
+    """The hyperparameters the (only) run under ``log_folder`` saved in its config.yml."""
+    (config,) = log_folder.rglob("config.yml")
+    return dict(yaml.unsafe_load(config.read_text()))
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("dict(stpn_hidden_size=32)", dict(stpn_hidden_size=32, stpn_kwargs=ENTRY_STPN_KWARGS)),  # the README's example
+        ("dict(stpn_kwargs=dict(clamp=0.5))", dict(stpn_hidden_size=64, stpn_kwargs={**ENTRY_STPN_KWARGS, "clamp": 0.5})),
+    ],
+)
+def test_policy_kwargs_override_merges_into_the_entry(
+    override: str, expected: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keys the override names change; net_arch, activation_fn, ortho_init and the other stpn_kwargs stay."""
+    monkeypatch.chdir(tmp_path)
+    train_main(["--env", ENV, *TINY, f"policy_kwargs:{override}"])
+    policy_kwargs = saved_config(tmp_path / "logs")["policy_kwargs"]
+    assert policy_kwargs["net_arch"] == dict(pi=[64], vf=[64])
+    assert policy_kwargs["ortho_init"] is False and policy_kwargs["activation_fn"].__name__ == "ReLU"
+    assert {name: policy_kwargs[name] for name in expected} == expected
+
+
+@pytest.fixture
+def study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> optuna.Study:
+    """The study --optimize would have written to the default journal: two finished ppo_stpn trials."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "logs").mkdir()
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "logs" / "optuna.log")))
+    study = optuna.create_study(storage=storage, study_name=f"ppo_stpn_{ENV}", direction="maximize")
+    for value in (1.0, 2.0):
+        trial = study.ask()
+        sample_ppo_stpn_params(trial, n_actions=2, n_envs=1, additional_args={})
+        study.tell(trial, value)
+    return study
+
+
+def test_trial_id_0_from_the_default_journal(study: optuna.Study, tmp_path: Path) -> None:
+    """Without --storage, --trial-id reads logs/optuna.log, as --optimize writes it; trial 0 is not skipped."""
+    train_main(["--env", ENV, *TINY, "--trial-id", "0"])
+    config = saved_config(tmp_path / "logs")
+    params = study.trials[0].params
+    assert config["learning_rate"] == params["learning_rate"]
+    assert config["policy_kwargs"]["stpn_kwargs"]["normalize"] == params["normalize"]
+    assert config["policy_kwargs"]["net_arch"] == dict(pi=[64], vf=[64])  # the entry's, kept
+
+
+def test_trial_id_and_policy_kwargs_override(study: optuna.Study, tmp_path: Path) -> None:
+    """rl_zoo3's order (entry, then trial, then --hyperparams), the override merged into the trial's policy_kwargs."""
+    train_main(["--env", ENV, *TINY, "policy_kwargs:dict(stpn_hidden_size=16)", "--trial-id", "1"])
+    policy_kwargs = saved_config(tmp_path / "logs")["policy_kwargs"]
+    assert policy_kwargs["stpn_hidden_size"] == 16
+    assert policy_kwargs["stpn_kwargs"]["gamma_init"] == study.trials[1].params["gamma_init"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--trial-id", "2"], f"the study ppo_stpn_{ENV} in logs/optuna.log has no trial 2 (it has trials 0-1)"),
+        (["--trial-id", "-1"], "has no trial -1"),
+        (["--trial-id", "0", "--study-name", "other"], f"no study other in logs/optuna.log (studies there: ppo_stpn_{ENV})"),
+        (["--trial-id", "0", "--storage", "missing.log"], "no Optuna journal missing.log; run --optimize first"),
+    ],
+)
+def test_trial_id_the_study_lacks(argv: list[str], expected: str, study: optuna.Study, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--env", ENV, *TINY, *argv])
+    check_one_line_error(exit_info.value.code, expected)
+    assert not list(tmp_path.rglob("config.yml"))  # nothing trained
