@@ -32,8 +32,8 @@ class StpnDiagnosticsCallback(BaseCallback):
       mean, std, min and max as ``..._mean`` etc. (every output);
     - ``stpn/update_weight_lambda``, ``stpn/update_weight_gamma``, ``stpn/update_weight``,
       ``stpn/update_other``: the last PPO update's relative size ``||delta|| / ||before||`` of the
-      actor's decays, rates, slow weights, and of every other policy parameter: whether the optimiser
-      moves the plasticity faster than the rest.
+      actor's decays, rates, slow weights, and of every other policy parameter but a critic STPN's decays
+      and rates: whether the optimiser moves the plasticity faster than the rest.
 
     A plastic bias's extra column of ``F`` is not a synapse and is left out. A plasticity-free twin
     (``plastic=False``) logs only what it has: no lambda or gamma tags.
@@ -105,12 +105,19 @@ class StpnDiagnosticsCallback(BaseCallback):
         """Copies of the actor STPN's decays and rates (as it acts with them), slow weights, and all else, flattened."""
         actor = actor_memory(self.model.policy)
         assert isinstance(actor, STPN), "only an STPN actor has plasticity parameters"
-        groups: dict[str, list[th.Tensor]] = {"weight": [actor.weight], "other": []}
+        groups: dict[str, list[th.Tensor]] = {"weight": [actor.weight]}
         if actor.plastic:
             decay, rate, _ = actor.plasticity()
             groups.update(weight_lambda=[decay], weight_gamma=[rate])
-        grouped = {id(actor.weight), id(actor.weight_lambda), id(actor.weight_gamma)}
-        groups["other"] = [p for p in self.model.policy.parameters() if id(p) not in grouped]
+        # "other" leaves out every layer's stored plasticity parameters: scaled by 1 / lr_scale, they would swamp it
+        left_out = {id(actor.weight)} | {
+            id(parameter)
+            for layer in self.model.policy.modules()
+            if isinstance(layer, STPN)
+            for name, parameter in layer.named_parameters()
+            if name.endswith(("_lambda", "_gamma"))
+        }
+        groups["other"] = [p for p in self.model.policy.parameters() if id(p) not in left_out]
         with th.no_grad():
             return {name: th.cat([p.detach().flatten() for p in tensors]).clone() for name, tensors in groups.items()}
 

@@ -84,6 +84,9 @@ def test_plasticity_statistics_and_update_sizes_are_logged(tmp_path: Path) -> No
     # Slowed a hundredfold, the rates move (relative to their size) far less than the paper's do
     slowed = _learn_logging(tmp_path / "slowed", {"gamma_lr_scale": 0.01})
     assert max(_values(slowed, "stpn/update_weight_gamma")) < 0.1 * min(_values(events, "stpn/update_weight_gamma"))
+    # A critic's stored decays, 1 / scale times their acting size, do not swamp the size of the other parameters' update
+    slow_decays = _learn_logging(tmp_path / "slow_decays", {"lambda_lr_scale": 0.01})
+    assert min(_values(slow_decays, "stpn/update_other")) > 0.1 * min(_values(events, "stpn/update_other"))
 
 
 def test_plasticity_free_twin_logs_no_plasticity_and_zero_fast_weights(tmp_path: Path) -> None:
