@@ -51,7 +51,8 @@ class CrashingEnv(NanEnv):
 gym.register("CrashingEnv-v0", entry_point=CrashingEnv, max_episode_steps=50)
 """
 # Decays of 1000 without normalisation: F, then the gradients and the weights, overflow within a few rollouts
-DIVERGING = "policy_kwargs:dict(stpn_kwargs=dict(normalize=False, lambda_init=(1000.0, 1000.0)))"
+# clamp=None: the override merges into the entry's stpn_kwargs, whose clamp would bound F
+DIVERGING = "policy_kwargs:dict(stpn_kwargs=dict(normalize=False, clamp=None, lambda_init=(1000.0, 1000.0)))"
 # A Python config (rl_zoo3 reads a dict ``hyperparams``) whose entry lacks n_timesteps
 NO_BUDGET_CONFIG = f"hyperparams = {{'{ENV}': dict(policy='MlpStpnPolicy', n_steps=8)}}\n"
 
