@@ -86,7 +86,7 @@ def sample_ppo_stpn_params(trial: optuna.Trial, n_actions: int, n_envs: int, add
     ``norm_time`` and ``norm_gain`` are sampled only when the weights are normalised (else they do nothing).
     ``plasticity_lr_scale`` trains ``weight_lambda`` and ``weight_gamma`` at that fraction of the learning rate
     (``lambda_lr_scale`` and ``gamma_lr_scale``; 1 is the paper's model): at the full rate Adam moves the tiny
-    initial gammas by more than their own size in one update (docs/learning.md, round 5).
+    initial gammas far beyond their size within a few updates (docs/plasticity.md).
     """
     raw = _sample_common(trial)
     raw.update(
