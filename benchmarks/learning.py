@@ -249,9 +249,8 @@ def make_plasticity_warmup_callback(updates: int) -> Any:
             frozen = self.rollouts < updates
             for layer in self.model.policy.modules():
                 if isinstance(layer, STPN):
-                    for name, parameter in layer.named_parameters():
-                        if "lambda" in name or "gamma" in name:
-                            parameter.requires_grad_(not frozen)
+                    for parameter in layer.plasticity_parameters():
+                        parameter.requires_grad_(not frozen)
             self.rollouts += 1
 
     return PlasticityWarmup()

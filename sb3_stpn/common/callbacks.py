@@ -114,8 +114,7 @@ class StpnDiagnosticsCallback(BaseCallback):
             id(parameter)
             for layer in self.model.policy.modules()
             if isinstance(layer, STPN)
-            for name, parameter in layer.named_parameters()
-            if name.endswith(("_lambda", "_gamma"))
+            for parameter in layer.plasticity_parameters()
         }
         groups["other"] = [p for p in self.model.policy.parameters() if id(p) not in left_out]
         with th.no_grad():

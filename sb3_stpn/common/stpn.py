@@ -177,6 +177,10 @@ class STPN(nn.Module):
             nn.init.uniform_(decay, low, high)
             nn.init.uniform_(rate, -gamma_bound, gamma_bound)
 
+    def plasticity_parameters(self) -> list[nn.Parameter]:
+        """The stored decays and rates (``weight_lambda``, ``weight_gamma`` and a plastic bias's): none for the twin."""
+        return [parameter for name, parameter in self.named_parameters() if name.endswith(("_lambda", "_gamma"))]
+
     def plasticity(self) -> tuple[th.Tensor, th.Tensor, tuple[th.Tensor, th.Tensor] | None]:
         """The decays and rates the layer acts with: ``(lambda, gamma, (bias_lambda, bias_gamma) or None)``."""
 
