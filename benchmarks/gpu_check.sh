@@ -43,7 +43,7 @@ stage() {
 # The kernel tests in SHARDS parallel pytest processes (Triton's disk cache is shared and safe)
 kernel_tests() {
   local ids status=0 pids=()
-  ids=$("$PYTHON" -m pytest --collect-only -q -p no:cacheprovider tests/common/test_stpn_triton.py | grep '::') || return 1
+  ids=$("$PYTHON" -m pytest --collect-only -q -p no:cacheprovider tests/ops/stpn/test_fused_triton.py | grep '::') || return 1
   echo "$(wc -l <<<"$ids") tests in $SHARDS shards"
   for ((shard = 0; shard < SHARDS; shard++)); do
     mapfile -t part < <(awk -v n="$SHARDS" -v i="$shard" 'NR % n == i' <<<"$ids")

@@ -11,7 +11,7 @@ Bytes the fused kernels move per sample and step, with S = H * K elements of F a
   two passes run block by block of 16 neurons, the second on the block's columns still in cache); W,
   lambda, gamma read three times in all and their three gradients read and written. Forward only
   (inference) ``2 S + 3 H K``.
-- ``triton``: forward + backward ``16 S + 9 H K`` (see ``sb3_stpn.common.stpn_triton``: the backward's
+- ``triton``: forward + backward ``16 S + 9 H K`` (see ``sb3_stpn.ops.stpn.fused_triton``: the backward's
   two passes each read F again and the per-sample gradients of W, lambda, gamma are read and written
   at every step; W, lambda, gamma are read nine times in all, from L2). A rollout step ``3 S + 4 H K``.
 The implied bandwidth (bytes / time) sits next to the device's copy bandwidth, measured on a large
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch as th
 
-from sb3_stpn.common import stpn_kernel
 from sb3_stpn.common.stpn import STPN
+from sb3_stpn.ops.stpn import dispatch as stpn_kernel
 
 TRAIN_CASES = [(256, 32, 4, 64), (8, 128, 512, 128), (64, 32, 32, 64)]
 ROLLOUT_CASES = [(8, 1, 512, 128), (8, 1, 4, 64)]

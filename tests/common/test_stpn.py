@@ -6,8 +6,8 @@ import pytest
 import torch as th
 
 from sb3_stpn import STPN
-from sb3_stpn.common.stpn_kernel import DivergedStateError
-from tests.common.test_stpn_kernel import spec_sequence
+from sb3_stpn.ops.stpn.dispatch import DivergedStateError
+from tests.ops.stpn.test_dispatch import spec_sequence
 
 INPUT, HIDDEN, BATCH, STEPS = 3, 5, 4, 6
 

@@ -14,7 +14,7 @@ import pytest
 import torch as th
 from torch.utils import cpp_extension
 
-from sb3_stpn.common import stpn_kernel
+from sb3_stpn.ops.stpn import dispatch as stpn_kernel
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -102,7 +102,7 @@ def test_ninja_of_the_package_is_found_without_an_activated_environment(monkeypa
 # A process that builds with torch's loader, its compile step stubbed out (only the locking around it is torch's)
 STUBBED_BUILD = """
 from torch.utils import cpp_extension
-from sb3_stpn.common import stpn_kernel
+from sb3_stpn.ops.stpn import dispatch as stpn_kernel
 cpp_extension._write_ninja_file_and_build_library = lambda **kwargs: None
 cpp_extension._import_module_from_library = lambda *args: None
 stpn_kernel._build_cpp_extension()
@@ -143,7 +143,7 @@ def test_waiting_for_a_live_build_times_out_naming_the_lock(
 def test_a_real_build_killed_midway_leaves_the_next_one_working(extensions_root: Path) -> None:
     """The issue's repro: SIGKILL the first build while it compiles (torch's lock taken), then build again."""
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(extensions_root), "PYTHONPATH": str(REPO)}
-    build = [sys.executable, "-c", "from sb3_stpn.common.stpn_kernel import cpp_kernel_available as a; assert a()"]
+    build = [sys.executable, "-c", "from sb3_stpn.ops.stpn.dispatch import cpp_kernel_available as a; assert a()"]
     first = subprocess.Popen(build, env=env, stderr=subprocess.DEVNULL)
     lock = stpn_kernel.cpp_build_directory() / "lock"
     deadline = time.monotonic() + 60

@@ -641,7 +641,7 @@ def _cpp_backward(
 def _triton_ops() -> ModuleType | None:
     """The Triton kernels (imported on first use); None, logged once, when triton does not import."""
     try:
-        from sb3_stpn.common import stpn_triton
+        from sb3_stpn.ops.stpn import fused_triton as stpn_triton
     except Exception as error:  # triton missing or broken must not stop the layer
         logger.warning("sb3_stpn: the Triton STPN kernel is unavailable (%s); using the torch-op path", error)
         return None

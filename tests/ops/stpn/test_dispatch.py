@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch as th
 
-from sb3_stpn.common import stpn_kernel
 from sb3_stpn.common.stpn import STPN
-from sb3_stpn.common.stpn_kernel import KERNEL_ENV, DivergedStateError, StpnConfig, stpn_sequence
+from sb3_stpn.ops.stpn import dispatch as stpn_kernel
+from sb3_stpn.ops.stpn.dispatch import KERNEL_ENV, DivergedStateError, StpnConfig, stpn_sequence
 
 STEPS, BATCH, INPUTS, HIDDEN = 7, 3, 4, 5
 
@@ -356,7 +356,7 @@ def bad_input_outcomes() -> Callable[[str], tuple[dict[str, list[str]], str]]:
     def outcomes(kernel: str) -> tuple[dict[str, list[str]], str]:
         if kernel not in cache:
             child = subprocess.run(
-                [sys.executable, "-c", "from tests.common.test_stpn_kernel import report_bad_inputs; report_bad_inputs()"],
+                [sys.executable, "-c", "from tests.ops.stpn.test_dispatch import report_bad_inputs; report_bad_inputs()"],
                 env={**os.environ, KERNEL_ENV: kernel},
                 cwd=Path(__file__).parents[2],
                 capture_output=True,

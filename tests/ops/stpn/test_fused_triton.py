@@ -14,7 +14,7 @@ import types
 import pytest
 import torch as th
 
-import sb3_stpn.common
+import sb3_stpn.ops.stpn
 
 CUDA = th.cuda.is_available()
 if not CUDA:
@@ -22,9 +22,10 @@ if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
-from sb3_stpn.common import stpn_kernel, stpn_triton  # noqa: E402
 from sb3_stpn.common.stpn import STPN  # noqa: E402
-from sb3_stpn.common.stpn_kernel import KERNEL_ENV, kernel_choice  # noqa: E402
+from sb3_stpn.ops.stpn import dispatch as stpn_kernel  # noqa: E402
+from sb3_stpn.ops.stpn import fused_triton as stpn_triton  # noqa: E402
+from sb3_stpn.ops.stpn.dispatch import KERNEL_ENV, kernel_choice  # noqa: E402
 
 DEVICE = th.device("cuda" if CUDA else "cpu")
 STEPS, BATCH, INPUTS, HIDDEN = 6, 2, 3, 5
@@ -210,8 +211,8 @@ def test_choice_of_the_path(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_fallback_when_triton_does_not_import(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.delattr(sb3_stpn.common, "stpn_triton")
-    monkeypatch.setitem(sys.modules, "sb3_stpn.common.stpn_triton", None)
+    monkeypatch.delattr(sb3_stpn.ops.stpn, "fused_triton")
+    monkeypatch.setitem(sys.modules, "sb3_stpn.ops.stpn.fused_triton", None)
     stpn_kernel._triton_ops.cache_clear()
     try:
         monkeypatch.setenv(KERNEL_ENV, "auto")
@@ -233,7 +234,7 @@ COMPILE_FOR_SM90 = """
 from triton import compile
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from sb3_stpn.common import stpn_triton as kernels
+from sb3_stpn.ops.stpn import fused_triton as kernels
 
 flags = dict(RECURRENT=True, NORMALIZE=True, OJA=True, PLASTIC=True, CLAMP=True, GAIN=True, POST=True)
 flags.update(BLOCK_H=64, BLOCK_K=16)
