@@ -30,7 +30,7 @@ QUICK_STEPS = {"CartPoleNoVel-v1": 512}
 
 def run_child(algo: str, env_id: str, steps: int, device: str) -> dict:
     """Train ``algo`` on ``env_id`` for ``steps`` steps from its zoo config on ``device``; return speed and peak RSS."""
-    from sb3_stpn.ops.stpn.dispatch import KERNEL_ENV, cpp_kernel_available
+    from sb3_stpn.ops.stpn import KERNEL_ENV, cpp_kernel_available
     from sb3_stpn.zoo import CONFIG_DIR, StpnExperimentManager
 
     with tempfile.TemporaryDirectory() as log_folder:

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch as th
 
+import sb3_stpn.ops.stpn as stpn_kernel
 from sb3_stpn.common.stpn import STPN
-from sb3_stpn.ops.stpn import dispatch as stpn_kernel
 
 TRAIN_CASES = [(256, 32, 4, 64), (8, 128, 512, 128), (64, 32, 32, 64)]
 ROLLOUT_CASES = [(8, 1, 512, 128), (8, 1, 4, 64)]

@@ -14,4 +14,4 @@ fi
 # Build the C++ STPN kernel now (cached under ~/.cache/torch_extensions, one folder per source, torch
 # version and CPU) rather than at the first forward; without a compiler the layer logs one line and runs
 # its plain PyTorch path instead.
-.venv/bin/python -c "from sb3_stpn.ops.stpn.dispatch import cpp_kernel_available; print('C++ STPN kernel:', 'ready' if cpp_kernel_available() else 'unavailable, using PyTorch ops')"
+.venv/bin/python -c "from sb3_stpn.ops.stpn import cpp_kernel_available; print('C++ STPN kernel:', 'ready' if cpp_kernel_available() else 'unavailable, using PyTorch ops')"

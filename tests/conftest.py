@@ -3,8 +3,7 @@
 import pytest
 import torch as th
 
-from sb3_stpn.ops.stpn import dispatch as stpn_kernel
-from sb3_stpn.ops.stpn.dispatch import KERNEL_ENV
+from sb3_stpn.ops.stpn import KERNEL_ENV, cpp_kernel_available, dispatch
 
 # The test models are tiny: one thread avoids oversubscribing the small CI machine
 th.set_num_threads(1)
@@ -12,7 +11,7 @@ th.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def cpp_available() -> bool:
-    return stpn_kernel.cpp_kernel_available()
+    return cpp_kernel_available()
 
 
 @pytest.fixture(params=["reference", "torch", "cpp"])
@@ -21,5 +20,5 @@ def kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, cpp_
     if request.param == "cpp" and not cpp_available:
         pytest.skip("the C++ kernel could not be built here (no compiler?)")
     monkeypatch.setenv(KERNEL_ENV, request.param)
-    monkeypatch.setattr(stpn_kernel, "SEGMENT_BUDGET_BYTES", 1)
+    monkeypatch.setattr(dispatch, "SEGMENT_BUDGET_BYTES", 1)
     return request.param

@@ -66,5 +66,5 @@ def test_wheel_installs_and_trains_from_another_folder(tmp_path: Path) -> None:
     # ... whose dependencies are rl_zoo3's own: rliable too, and the pandas it declares (< 3)
     run([str(python), "-c", "import pandas, rliable; assert int(pandas.__version__.split('.')[0]) < 3"], cwd=elsewhere)
     if shutil.which("c++"):  # the kernel's source is in the wheel and builds (or loads from the shared cache)
-        kernel = "from sb3_stpn.ops.stpn.dispatch import cpp_kernel_available; assert cpp_kernel_available()"
+        kernel = "from sb3_stpn.ops.stpn import cpp_kernel_available; assert cpp_kernel_available()"
         run([str(python), "-c", kernel], cwd=elsewhere)

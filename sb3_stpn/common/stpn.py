@@ -14,7 +14,7 @@ from typing import Literal
 import torch as th
 from torch import nn
 
-from sb3_stpn.ops.stpn.dispatch import DIVERGENCE_ADVICE, DivergedStateError, StpnConfig, stpn_sequence
+from sb3_stpn.ops.stpn import DIVERGENCE_ADVICE, DivergedStateError, StpnConfig, stpn_sequence
 
 PlasticityRule = Literal["hebbian", "oja"]
 NormTime = Literal["pre", "post"]

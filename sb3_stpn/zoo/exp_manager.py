@@ -64,7 +64,7 @@ from stable_baselines3.common.vec_env import VecCheckNan, VecEnv, VecNormalize
 from sb3_stpn.common.callbacks import StpnDiagnosticsCallback
 from sb3_stpn.common.stpn import STPN
 from sb3_stpn.envs import GRID_MAZE_IDS, make_grid_maze_vec_env
-from sb3_stpn.ops.stpn.dispatch import DivergedStateError
+from sb3_stpn.ops.stpn import DivergedStateError
 from sb3_stpn.zoo.hyperparams_opt import merge_policy_kwargs, tuning_entry
 from sb3_stpn.zoo.saving import checkpoint_vec_normalize_path, load_problem
 

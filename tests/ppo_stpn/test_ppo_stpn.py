@@ -21,7 +21,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 
 from sb3_stpn import StpnPPO
 from sb3_stpn.common.policies import StpnActorCriticPolicy
-from sb3_stpn.ops.stpn.dispatch import KERNEL_ENV
+from sb3_stpn.ops.stpn import KERNEL_ENV
 
 TINY = dict(n_steps=32, batch_size=16, n_epochs=2, sequence_length=8, seed=0, policy_kwargs=dict(stpn_hidden_size=8))
 

@@ -48,7 +48,7 @@ import torch as th
 import triton
 import triton.language as tl
 
-from sb3_stpn.ops.stpn.dispatch import NORM_EPS, StpnConfig
+from sb3_stpn.ops.stpn.config import NORM_EPS, StpnConfig
 
 # Elements of one (neurons x columns) tile: bounds BLOCK_K, so that a tile's operands fit in registers.
 # Compiled for sm_90 without a GPU (H=64: 16 columns on 8 warps), the float32 kernels take 62-128

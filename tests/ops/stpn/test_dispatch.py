@@ -13,8 +13,8 @@ import pytest
 import torch as th
 
 from sb3_stpn.common.stpn import STPN
+from sb3_stpn.ops.stpn import KERNEL_ENV, DivergedStateError, StpnConfig, fused_cpp, stpn_sequence
 from sb3_stpn.ops.stpn import dispatch as stpn_kernel
-from sb3_stpn.ops.stpn.dispatch import KERNEL_ENV, DivergedStateError, StpnConfig, stpn_sequence
 
 STEPS, BATCH, INPUTS, HIDDEN = 7, 3, 4, 5
 
@@ -244,12 +244,12 @@ def test_fallback_when_the_build_fails(monkeypatch: pytest.MonkeyPatch, caplog: 
     def broken_build() -> None:
         raise RuntimeError("no compiler")
 
-    monkeypatch.setattr(stpn_kernel, "_build_cpp_extension", broken_build)
-    stpn_kernel._cpp_ops.cache_clear()
+    monkeypatch.setattr(fused_cpp, "_build_cpp_extension", broken_build)
+    fused_cpp._cpp_ops.cache_clear()
     try:
         monkeypatch.setenv(KERNEL_ENV, "auto")
         x = th.zeros(2, 1, 3)
-        with caplog.at_level(logging.WARNING, logger=stpn_kernel.__name__):
+        with caplog.at_level(logging.WARNING, logger=fused_cpp.__name__):
             assert stpn_kernel.kernel_choice(x) == "torch"
             assert stpn_kernel.kernel_choice(x) == "torch"
         warnings = [r for r in caplog.records if "C++ STPN kernel is unavailable" in r.getMessage()]
@@ -263,7 +263,7 @@ def test_fallback_when_the_build_fails(monkeypatch: pytest.MonkeyPatch, caplog: 
             stpn_kernel.kernel_choice(x)
     finally:
         monkeypatch.undo()
-        stpn_kernel._cpp_ops.cache_clear()
+        fused_cpp._cpp_ops.cache_clear()
 
 
 def test_auto_and_bad_choice(monkeypatch: pytest.MonkeyPatch, cpp_available: bool) -> None:
@@ -311,11 +311,11 @@ def _bad_native_calls() -> dict[str, tuple[Callable[[], object], str]]:
     flags = (True, True, False, False, -1.0)
 
     def forward(x=x, h=h, fast=fast, starts=None, params=params):
-        return stpn_kernel._cpp_ops().forward(x, h, fast, starts, *params, *flags, False, 2)
+        return fused_cpp._cpp_ops().forward(x, h, fast, starts, *params, *flags, False, 2)
 
     def backward(keep_checkpoints: int = 2, d_fast_batch: int = 5):
         (outputs, _, _, checkpoints), _ = forward()
-        return stpn_kernel._cpp_ops().backward(
+        return fused_cpp._cpp_ops().backward(
             x, h, None, checkpoints[:keep_checkpoints], outputs, *params, *flags, 2, outputs, fast[:d_fast_batch]
         )
 

@@ -14,7 +14,7 @@ import pytest
 import torch as th
 from torch.utils import cpp_extension
 
-from sb3_stpn.ops.stpn import dispatch as stpn_kernel
+from sb3_stpn.ops.stpn import fused_cpp
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,39 +32,39 @@ def test_cache_folder_is_keyed_by_what_the_build_depends_on(extensions_root: Pat
     def folder_with(target: object, name: str, value: object) -> Path:
         with monkeypatch.context() as patch:
             patch.setattr(target, name, value)
-            return stpn_kernel.cpp_build_directory()
+            return fused_cpp.cpp_build_directory()
 
     def folder_with_compiler(compiler: str) -> Path:
         with monkeypatch.context() as patch:
             patch.setenv("CXX", compiler)
-            return stpn_kernel.cpp_build_directory()
+            return fused_cpp.cpp_build_directory()
 
     monkeypatch.delenv("CXX", raising=False)
-    here = stpn_kernel.cpp_build_directory()
-    assert here.parent == extensions_root and here == stpn_kernel.cpp_build_directory()
+    here = fused_cpp.cpp_build_directory()
+    assert here.parent == extensions_root and here == fused_cpp.cpp_build_directory()
     assert folder_with_compiler("c++") == here  # torch's default compiler
     edited, checkout = extensions_root / "edited" / "stpn.cpp", extensions_root / "checkout" / "stpn.cpp"
     for copy in (edited, checkout):
         copy.parent.mkdir()
-        shutil.copyfile(stpn_kernel.CPP_SOURCE, copy)
+        shutil.copyfile(fused_cpp.CPP_SOURCE, copy)
     with edited.open("a") as file:
         file.write("// edited\n")
     other_venv = ["/other/venv/lib/python3.11/site-packages/torch/include"]
     others = {
         folder_with(th, "__version__", "9.9.9"),
-        folder_with(stpn_kernel, "_cpu_instruction_set", lambda: "x86_64 flags: sse2"),
-        folder_with(stpn_kernel, "CPP_SOURCE", edited),
+        folder_with(fused_cpp, "_cpu_instruction_set", lambda: "x86_64 flags: sse2"),
+        folder_with(fused_cpp, "CPP_SOURCE", edited),
         folder_with(cpp_extension, "include_paths", lambda *args, **kwargs: other_venv),
         folder_with_compiler("clang++"),
     }
     assert len(others) == 5 and here not in others
-    assert folder_with(stpn_kernel, "CPP_SOURCE", checkout) == here
+    assert folder_with(fused_cpp, "CPP_SOURCE", checkout) == here
 
 
 def test_cpu_instruction_set_names_the_cpu_features() -> None:
     if not Path("/proc/cpuinfo").is_file():
         pytest.skip("no /proc/cpuinfo")
-    assert any(flag in stpn_kernel._cpu_instruction_set().split() for flag in ("sse2", "avx2", "fp", "asimd"))
+    assert any(flag in fused_cpp._cpu_instruction_set().split() for flag in ("sse2", "avx2", "fp", "asimd"))
 
 
 def test_build_says_so_in_one_line_and_reuses_the_cache(
@@ -78,15 +78,15 @@ def test_build_says_so_in_one_line_and_reuses_the_cache(
         Path(kwargs["build_directory"], kwargs["name"] + cpp_extension.LIB_EXT).write_bytes(b"")
 
     monkeypatch.setattr(cpp_extension, "load", fake_load)
-    stpn_kernel._build_cpp_extension()
+    fused_cpp._build_cpp_extension()
     assert capsys.readouterr().err.splitlines() == [
-        f"sb3_stpn: building the C++ STPN kernel in {stpn_kernel.cpp_build_directory()} (about a minute, once)"
+        f"sb3_stpn: building the C++ STPN kernel in {fused_cpp.cpp_build_directory()} (about a minute, once)"
     ]
     build_directory = Path(calls[0]["build_directory"])
-    assert build_directory == stpn_kernel.cpp_build_directory() and calls[0]["name"] == build_directory.name
-    assert Path(calls[0]["sources"][0]).read_text() == stpn_kernel.CPP_SOURCE.read_text()
+    assert build_directory == fused_cpp.cpp_build_directory() and calls[0]["name"] == build_directory.name
+    assert Path(calls[0]["sources"][0]).read_text() == fused_cpp.CPP_SOURCE.read_text()
     assert Path(calls[0]["sources"][0]).parent == build_directory  # a copy: every checkout builds the same path
-    stpn_kernel._build_cpp_extension()
+    fused_cpp._build_cpp_extension()
     assert capsys.readouterr().err == "" and len(calls) == 2
 
 
@@ -94,7 +94,7 @@ def test_ninja_of_the_package_is_found_without_an_activated_environment(monkeypa
     """torch runs `ninja` from PATH; `.venv/bin/python train.py` does not put the venv's bin on it."""
     monkeypatch.setenv("PATH", "/nonexistent")
     assert shutil.which("ninja") is None
-    with stpn_kernel._ninja_on_path():
+    with fused_cpp._ninja_on_path():
         assert shutil.which("ninja") is not None
     assert os.environ["PATH"] == "/nonexistent"
 
@@ -102,10 +102,10 @@ def test_ninja_of_the_package_is_found_without_an_activated_environment(monkeypa
 # A process that builds with torch's loader, its compile step stubbed out (only the locking around it is torch's)
 STUBBED_BUILD = """
 from torch.utils import cpp_extension
-from sb3_stpn.ops.stpn import dispatch as stpn_kernel
+from sb3_stpn.ops.stpn import fused_cpp
 cpp_extension._write_ninja_file_and_build_library = lambda **kwargs: None
 cpp_extension._import_module_from_library = lambda *args: None
-stpn_kernel._build_cpp_extension()
+fused_cpp._build_cpp_extension()
 print("built")
 """
 
@@ -117,7 +117,7 @@ def run_stubbed_build(extensions_root: Path, timeout: float) -> subprocess.Compl
 
 def test_a_lock_left_by_a_killed_build_does_not_hang_the_next_one(extensions_root: Path) -> None:
     """torch's lock file outlives a build killed by SIGKILL/SIGTERM/the OOM killer; the next build must not wait on it."""
-    build_directory = stpn_kernel.cpp_build_directory()
+    build_directory = fused_cpp.cpp_build_directory()
     build_directory.mkdir(mode=0o700)
     (build_directory / "lock").touch()  # what the killed build left
     result = run_stubbed_build(extensions_root, timeout=45)
@@ -127,13 +127,13 @@ def test_a_lock_left_by_a_killed_build_does_not_hang_the_next_one(extensions_roo
 def test_waiting_for_a_live_build_times_out_naming_the_lock(
     extensions_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    build_directory = stpn_kernel.cpp_build_directory()
+    build_directory = fused_cpp.cpp_build_directory()
     build_directory.mkdir(mode=0o700)
-    monkeypatch.setattr(stpn_kernel, "BUILD_LOCK_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(fused_cpp, "BUILD_LOCK_TIMEOUT_S", 0.5)
     with open(build_directory / "build.flock", "a") as held:  # another open file: a second holder, as in another process
         fcntl.flock(held, fcntl.LOCK_EX)
         with pytest.raises(TimeoutError, match=f"waited 0.5 s for {build_directory / 'build.flock'}"):
-            stpn_kernel._build_cpp_extension()
+            fused_cpp._build_cpp_extension()
     assert f"waiting for another process building the C++ STPN kernel ({build_directory / 'build.flock'})" in (
         capsys.readouterr().err
     )
@@ -143,9 +143,9 @@ def test_waiting_for_a_live_build_times_out_naming_the_lock(
 def test_a_real_build_killed_midway_leaves_the_next_one_working(extensions_root: Path) -> None:
     """The issue's repro: SIGKILL the first build while it compiles (torch's lock taken), then build again."""
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(extensions_root), "PYTHONPATH": str(REPO)}
-    build = [sys.executable, "-c", "from sb3_stpn.ops.stpn.dispatch import cpp_kernel_available as a; assert a()"]
+    build = [sys.executable, "-c", "from sb3_stpn.ops.stpn import cpp_kernel_available as a; assert a()"]
     first = subprocess.Popen(build, env=env, stderr=subprocess.DEVNULL)
-    lock = stpn_kernel.cpp_build_directory() / "lock"
+    lock = fused_cpp.cpp_build_directory() / "lock"
     deadline = time.monotonic() + 60
     while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -169,8 +169,8 @@ def fake_build(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
 def test_the_cache_folder_is_private(extensions_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_build(monkeypatch)
-    stpn_kernel._build_cpp_extension()
-    assert stat.S_IMODE(stpn_kernel.cpp_build_directory().stat().st_mode) == 0o700
+    fused_cpp._build_cpp_extension()
+    assert stat.S_IMODE(fused_cpp.cpp_build_directory().stat().st_mode) == 0o700
 
 
 @pytest.mark.parametrize("fault", ["group-writable", "another user's", "a symbolic link"])
@@ -179,7 +179,7 @@ def test_a_cache_folder_others_could_write_is_refused(
 ) -> None:
     """In a shared TORCH_EXTENSIONS_DIR another account could plant the code this process builds and loads."""
     calls = fake_build(monkeypatch)
-    folder = stpn_kernel.cpp_build_directory()
+    folder = fused_cpp.cpp_build_directory()
     if fault == "a symbolic link":
         folder.symlink_to(tmp_path_factory.mktemp("elsewhere"))
     else:
@@ -196,7 +196,7 @@ def test_a_cache_folder_others_could_write_is_refused(
         "a symbolic link": "is a symbolic link",
     }[fault]
     with pytest.raises(PermissionError, match=f"refusing the kernel cache folder {folder}, which {expected}"):
-        stpn_kernel._build_cpp_extension()
+        fused_cpp._build_cpp_extension()
     assert calls == []
 
 
@@ -204,24 +204,24 @@ def test_a_planted_source_is_replaced_and_its_library_rebuilt(
     extensions_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     calls = fake_build(monkeypatch)
-    folder = stpn_kernel.cpp_build_directory()
+    folder = fused_cpp.cpp_build_directory()
     folder.mkdir(mode=0o700)
     (folder / "stpn.cpp").write_text("// planted\n")
     library = folder / f"{folder.name}{cpp_extension.LIB_EXT}"
     library.write_bytes(b"built from the planted source")
-    stpn_kernel._build_cpp_extension()
-    assert calls[0]["source"] == stpn_kernel.CPP_SOURCE.read_bytes() and library.read_bytes() == b""
+    fused_cpp._build_cpp_extension()
+    assert calls[0]["source"] == fused_cpp.CPP_SOURCE.read_bytes() and library.read_bytes() == b""
     assert "differs from the package's kernel source" in capsys.readouterr().err
 
 
 def test_the_copy_of_the_source_follows_no_planted_link(extensions_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The old copy went through the predictable stpn.<pid>.tmp: a link planted there redirected the write."""
     fake_build(monkeypatch)
-    folder = stpn_kernel.cpp_build_directory()
+    folder = fused_cpp.cpp_build_directory()
     folder.mkdir(mode=0o700)
     victim = extensions_root / "victim"
     victim.write_text("must stay")
     (folder / f"stpn.{os.getpid()}.tmp").symlink_to(victim)
-    stpn_kernel._build_cpp_extension()
+    fused_cpp._build_cpp_extension()
     assert victim.read_text() == "must stay"
-    assert (folder / "stpn.cpp").read_bytes() == stpn_kernel.CPP_SOURCE.read_bytes()
+    assert (folder / "stpn.cpp").read_bytes() == fused_cpp.CPP_SOURCE.read_bytes()

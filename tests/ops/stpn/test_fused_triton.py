@@ -23,9 +23,9 @@ if not CUDA:
 pytest.importorskip("triton")
 
 from sb3_stpn.common.stpn import STPN  # noqa: E402
+from sb3_stpn.ops.stpn import KERNEL_ENV, DivergedStateError, kernel_choice  # noqa: E402
 from sb3_stpn.ops.stpn import dispatch as stpn_kernel  # noqa: E402
 from sb3_stpn.ops.stpn import fused_triton as stpn_triton  # noqa: E402
-from sb3_stpn.ops.stpn.dispatch import KERNEL_ENV, kernel_choice  # noqa: E402
 
 DEVICE = th.device("cuda" if CUDA else "cpu")
 STEPS, BATCH, INPUTS, HIDDEN = 6, 2, 3, 5
@@ -189,7 +189,7 @@ def test_diverging_state_raises_a_clear_error(monkeypatch: pytest.MonkeyPatch, g
     with th.no_grad():
         layer.bias_lambda.fill_(1e10)
         layer.bias_gamma.fill_(1.0)
-    with th.set_grad_enabled(grad), pytest.raises(stpn_kernel.DivergedStateError, match="F became inf or NaN"):
+    with th.set_grad_enabled(grad), pytest.raises(DivergedStateError, match="F became inf or NaN"):
         layer(th.randn(STEPS, BATCH, INPUTS, device=DEVICE))
 
 
