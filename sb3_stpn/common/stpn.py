@@ -14,7 +14,7 @@ from typing import Literal
 import torch as th
 from torch import nn
 
-from sb3_stpn.ops.stpn import DIVERGENCE_ADVICE, DivergedStateError, StpnConfig, stpn_sequence
+from sb3_stpn.ops.stpn import DIVERGENCE_ADVICE, DivergedStateError, StpnConfig, StpnParams, stpn_sequence
 
 PlasticityRule = Literal["hebbian", "oja"]
 NormTime = Literal["pre", "post"]
@@ -222,20 +222,18 @@ class STPN(nn.Module):
         if state is None:
             state = self.initial_state(x.shape[1], x.device, x.dtype)
         weight_lambda, weight_gamma, bias_plasticity = self.plasticity()
+        bias_lambda, bias_gamma = (None, None) if bias_plasticity is None else bias_plasticity
+        params = StpnParams(
+            self.weight, self.bias, weight_lambda, weight_gamma, bias_lambda, bias_gamma, norm_gain=self.norm_gain
+        )
         try:
             outputs, h, fast, energy = stpn_sequence(
                 x,
-                state[0],
-                state[1],
-                episode_starts,
-                self.weight,
-                self.bias,
-                weight_lambda,
-                weight_gamma,
-                bias_plasticity,
-                self.config,
-                self.record_energy,
-                norm_gain=self.norm_gain,
+                state,
+                params=params,
+                config=self.config,
+                episode_starts=episode_starts,
+                record_energy=self.record_energy,
             )
         except DivergedStateError:  # the kernel cannot name the layer, nor tell a broken parameter from a growing F
             broken = [name for name, parameter in self.named_parameters() if not th.isfinite(parameter).all()]

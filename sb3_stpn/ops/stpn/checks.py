@@ -2,7 +2,7 @@
 
 import torch as th
 
-from sb3_stpn.ops.stpn.config import StpnConfig
+from sb3_stpn.ops.stpn.config import StpnConfig, StpnParams
 
 
 def _shape_error(name: str, expected: tuple, got: tuple, fix: str) -> ValueError:
@@ -12,25 +12,21 @@ def _shape_error(name: str, expected: tuple, got: tuple, fix: str) -> ValueError
     return ValueError(f"STPN: {name} must have shape {expected}, got {tuple(got)}: {fix}")
 
 
-PARAMETER_NAMES = ("bias", "weight_lambda", "weight_gamma", "bias_lambda", "bias_gamma", "norm_gain")
-
-
 def check_inputs(
     x: th.Tensor,
     h0: th.Tensor,
     fast0: th.Tensor,
     episode_starts: th.Tensor | None,
-    weight: th.Tensor,
-    parameters: tuple[th.Tensor | None, ...],
+    params: StpnParams,
     config: StpnConfig,
 ) -> None:
     """
     Raise a ``ValueError`` naming the expected and received shape, dtype or device of the first bad input.
 
-    ``parameters``: the others than ``weight``, in the order of ``PARAMETER_NAMES``, None where absent;
-    their dtype and device are ``weight``'s (``Module.to`` moves them together), so only their shapes
-    are checked here.
+    The parameters' dtype and device are ``weight``'s (``Module.to`` moves them together), so only their
+    shapes are checked here.
     """
+    weight = params.weight
     hidden, presynaptic = weight.shape
     inputs = presynaptic - hidden if config.recurrent else presynaptic
     x_shape = x.shape
@@ -49,7 +45,7 @@ def check_inputs(
     state_fix = f"pass the state this layer returned for a batch of {batch} (or None for zeros)"
     if h0.shape != (batch, hidden):
         raise _shape_error("the state h", (batch, hidden), tuple(h0.shape), state_fix)
-    fast_shape = (batch, hidden, presynaptic + (parameters[3] is not None))
+    fast_shape = (batch, hidden, presynaptic + (params.bias_lambda is not None))
     if fast0.shape != fast_shape:
         raise _shape_error("the state F", fast_shape, tuple(fast0.shape), state_fix)
     if episode_starts is not None:
@@ -59,8 +55,8 @@ def check_inputs(
             raise ValueError(f"STPN: episode_starts is on {episode_starts.device}, x on {device}: move it to {device}")
     # Per neuron, or per synapse, or (scalar plasticity) one scalar
     neuron, synapse = (hidden,), (hidden, presynaptic)
-    for name, tensor in zip(PARAMETER_NAMES, parameters, strict=True):
-        if tensor is not None:
+    for name, tensor in params._asdict().items():
+        if tensor is not None and name != "weight":
             allowed = (synapse, ()) if name.startswith("weight") else (neuron, ()) if name.startswith("bias_") else (neuron,)
             if tensor.shape not in allowed:
                 raise _shape_error(name, allowed[0], tuple(tensor.shape), "pass the layer's own parameter")

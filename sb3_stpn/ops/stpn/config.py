@@ -1,10 +1,14 @@
-"""The contract every path of the STPN op shares: its options, the norm epsilon and the divergence error."""
+"""
+The contract every path of the STPN op shares: its options, its parameters, the backend interface, the norm
+epsilon and the divergence error. The recurrence itself is stated in this folder's ``README.md``.
+"""
 
 from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 import torch as th
 
-# Added to the row norms so that an all-zero row does not divide by zero (shared/STPN.md)
+# Added to the row norms so that an all-zero row does not divide by zero (README.md)
 NORM_EPS = 1e-16
 
 
@@ -37,3 +41,67 @@ def raise_if_diverged(finite: th.Tensor | bool) -> None:
     """Raise :class:`DivergedStateError` unless the kernel's flag ``finite`` (a bool, or a bool scalar tensor) is set."""
     if not finite:
         raise DivergedStateError(f"STPN: {DIVERGENCE_ADVICE}")
+
+
+class StpnParams(NamedTuple):
+    """
+    The learned tensors of one layer, as every path takes them (README.md, Parameters); ``None`` where the layer
+    has none. The field order is the C++ kernel's argument order, so that ``*params`` passes them there.
+    """
+
+    weight: th.Tensor
+    bias: th.Tensor
+    weight_lambda: th.Tensor
+    weight_gamma: th.Tensor
+    bias_lambda: th.Tensor | None = None
+    bias_gamma: th.Tensor | None = None
+    norm_gain: th.Tensor | None = None
+
+
+class StpnGradients(NamedTuple):
+    """A backward's result: the gradients of ``x``, ``h0`` and ``F_0``, and of each parameter (``None`` where absent)."""
+
+    x: th.Tensor
+    h0: th.Tensor
+    fast0: th.Tensor
+    params: StpnParams
+
+
+class StpnBackend(Protocol):
+    """
+    A fused path (the modules ``fused_torch``, ``fused_cpp`` and ``fused_triton``): the sequence without a graph,
+    keeping F at the start of every segment of ``every`` steps (none if 0), and its BPTT from those checkpoints.
+    """
+
+    # Whether the recompute buffer holds a segment of the whole batch (True) or of one sample per thread (False)
+    PER_BATCH_SEGMENT: bool
+
+    def forward(
+        self,
+        x: th.Tensor,
+        h0: th.Tensor,
+        fast0: th.Tensor,
+        starts: th.Tensor | None,
+        params: StpnParams,
+        config: StpnConfig,
+        record_energy: bool,
+        every: int,
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None, th.Tensor]:
+        """Outputs (T, B, H), ``F_T``, energy (T, B) if asked, and the checkpoints (segments, B, H, Kp)."""
+        ...
+
+    def backward(
+        self,
+        x: th.Tensor,
+        h0: th.Tensor,
+        starts: th.Tensor | None,
+        checkpoints: th.Tensor,
+        outputs: th.Tensor,
+        params: StpnParams,
+        config: StpnConfig,
+        every: int,
+        d_outputs: th.Tensor,
+        d_fast: th.Tensor,
+    ) -> StpnGradients:
+        """The gradients, given those of the outputs and of ``F_T``."""
+        ...

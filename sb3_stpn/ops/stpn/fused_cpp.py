@@ -15,18 +15,21 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import torch as th
 
-from sb3_stpn.ops.stpn.config import StpnConfig, raise_if_diverged
+from sb3_stpn.ops.stpn.config import StpnConfig, StpnGradients, StpnParams, raise_if_diverged
 
 logger = logging.getLogger(__name__)
 
 CPP_SOURCE = Path(__file__).parent / "csrc" / "stpn.cpp"
+# Each thread recomputes one sample's segment (StpnBackend)
+PER_BATCH_SEGMENT = False
 
 
 @functools.cache
-def _cpp_ops() -> object | None:
+def _cpp_ops() -> Any:
     """Build (or load from the cache) the C++ kernel; None, logged once, when it cannot be built."""
     try:
         return _build_cpp_extension()
@@ -83,7 +86,7 @@ def cpp_build_directory() -> Path:
     return Path(root) / f"sb3_stpn_kernel_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
-def _build_cpp_extension() -> object:
+def _build_cpp_extension() -> Any:
     """Load the C++ kernel, building it first (about a minute, said in one line) if its cache folder has none."""
     from torch.utils import cpp_extension
 
@@ -206,16 +209,17 @@ def _cpp_flags(config: StpnConfig) -> tuple[bool, bool, bool, bool, float]:
     return config.recurrent, config.normalize, config.rule == "oja", config.norm_time == "post", clamp
 
 
-def _cpp_forward(
+def forward(
     x: th.Tensor,
     h0: th.Tensor,
     fast0: th.Tensor,
     starts: th.Tensor | None,
-    params: tuple[th.Tensor | None, ...],
+    params: StpnParams,
     config: StpnConfig,
     record_energy: bool,
     every: int,
 ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None, th.Tensor]:
+    """The sequence in the C++ kernel (``StpnBackend.forward``); it flags an inf or NaN in F, raised here."""
     (outputs, fast, energy, checkpoints), finite = _cpp_ops().forward(
         x, h0, fast0, starts, *params, *_cpp_flags(config), record_energy, every
     )
@@ -223,18 +227,22 @@ def _cpp_forward(
     return outputs, fast, energy if record_energy else None, checkpoints
 
 
-def _cpp_backward(
+def backward(
     x: th.Tensor,
     h0: th.Tensor,
     starts: th.Tensor | None,
     checkpoints: th.Tensor,
     outputs: th.Tensor,
-    params: tuple[th.Tensor | None, ...],
+    params: StpnParams,
     config: StpnConfig,
     every: int,
     d_outputs: th.Tensor,
     d_fast: th.Tensor,
-) -> tuple[th.Tensor | None, ...]:
-    grads = _cpp_ops().backward(x, h0, starts, checkpoints, outputs, *params, *_cpp_flags(config), every, d_outputs, d_fast)
+) -> StpnGradients:
+    """BPTT in the C++ kernel (``StpnBackend.backward``)."""
+    dx, dh0, d_fast0, *grads = _cpp_ops().backward(
+        x, h0, starts, checkpoints, outputs, *params, *_cpp_flags(config), every, d_outputs, d_fast
+    )
     # The kernel returns an empty tensor for each absent parameter (bias lambda and gamma, norm gain)
-    return tuple(grads[:3]) + tuple(None if p is None else g for p, g in zip(params, grads[3:], strict=True))
+    present = StpnParams._make(None if p is None else g for p, g in zip(params, grads, strict=True))
+    return StpnGradients(dx, dh0, d_fast0, present)

@@ -2,23 +2,24 @@
 
 import torch as th
 
-from sb3_stpn.ops.stpn.config import NORM_EPS, StpnConfig
+from sb3_stpn.ops.stpn.config import NORM_EPS, StpnConfig, StpnGradients, StpnParams
 from sb3_stpn.ops.stpn.naive import stpn_sequence_reference, stpn_step
 
+# The recompute buffer holds the segment of the whole batch (StpnBackend)
+PER_BATCH_SEGMENT = True
 
-def _torch_forward(
+
+def forward(
     x: th.Tensor,
     h0: th.Tensor,
     fast0: th.Tensor,
     starts: th.Tensor | None,
-    params: tuple[th.Tensor | None, ...],
+    params: StpnParams,
     config: StpnConfig,
     record_energy: bool,
     every: int,
 ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None, th.Tensor]:
     """The reference loop, segment by segment, keeping F at each segment start (none if ``every`` is 0)."""
-    weight, bias, weight_lambda, weight_gamma, bias_lambda, bias_gamma, norm_gain = params
-    bias_plasticity = None if bias_lambda is None else (bias_lambda, bias_gamma)
     steps = x.shape[0]
     every = every or steps
     h, fast = h0, fast0
@@ -28,26 +29,20 @@ def _torch_forward(
         segment = slice(t0, t0 + every)
         out, h, fast, energy = stpn_sequence_reference(
             x[segment],
-            h,
-            fast,
-            None if starts is None else starts[segment],
-            weight,
-            bias,
-            weight_lambda,
-            weight_gamma,
-            bias_plasticity,
-            config,
-            record_energy,
-            norm_gain,
+            (h, fast),
+            params=params,
+            config=config,
+            episode_starts=None if starts is None else starts[segment],
+            record_energy=record_energy,
         )
         outputs.append(out)
         energies.append(energy)
-    energy = th.cat(energies) if record_energy else None
+    energy = th.cat([e for e in energies if e is not None]) if record_energy else None
     return th.cat(outputs), fast, energy, th.stack(checkpoints)
 
 
 def _norm_backward(
-    d_norm: th.Tensor, efficacy: th.Tensor, raw_norm: th.Tensor, norm_gain: th.Tensor | None, grads: list
+    d_norm: th.Tensor, efficacy: th.Tensor, raw_norm: th.Tensor, norm_gain: th.Tensor | None, grads: dict[str, th.Tensor]
 ) -> th.Tensor:
     """
     Through n = g * (||efficacy|| + eps): the gradient of ``efficacy`` given that of n, adding g's to ``grads``.
@@ -55,26 +50,26 @@ def _norm_backward(
     ``raw_norm`` is ||efficacy|| without eps; its gradient efficacy / ||efficacy|| is zero for a zero row, as in torch.
     """
     if norm_gain is not None:
-        grads[6] += (d_norm * (raw_norm + NORM_EPS)).sum(0)
+        grads["norm_gain"] += (d_norm * (raw_norm + NORM_EPS)).sum(0)
         d_norm = d_norm * norm_gain
     return th.where(raw_norm > 0, d_norm / raw_norm, 0.0).unsqueeze(-1) * efficacy
 
 
-def _torch_step_backward(
+def _step_backward(
     z: th.Tensor,
     fast: th.Tensor,
     h: th.Tensor,
     d_fast: th.Tensor,
     dh: th.Tensor,
-    params: tuple[th.Tensor | None, ...],
-    grads: list[th.Tensor | None],
+    params: StpnParams,
+    grads: dict[str, th.Tensor],
     config: StpnConfig,
 ) -> tuple[th.Tensor, th.Tensor]:
     """
     Hand-derived backward of ``stpn_step`` for a batch: ``fast`` is F entering the step (after a reset).
 
     :param d_fast: gradient of F after the step; ``dh``: the whole gradient of the step's output ``h``.
-    :param grads: the parameter gradients (None for absent parameters), accumulated in place.
+    :param grads: the gradients of the parameters the layer has, by name, accumulated in place.
     :return: the gradients of ``z`` and of F entering the step.
     """
     weight, _, weight_lambda, weight_gamma, bias_lambda, bias_gamma, norm_gain = params
@@ -105,12 +100,12 @@ def _torch_step_backward(
             inv_new_norm = inv_new_norm / norm_gain
         d_new_norm = -(d_new * clamped).sum(-1) * inv_new_norm.square()
         d_new_efficacy = _norm_backward(d_new_norm, new_efficacy, new_raw_norm, norm_gain, grads)
-        grads[0] += d_new_efficacy.sum(0)
+        grads["weight"] += d_new_efficacy.sum(0)
         d_new = d_new * inv_new_norm.unsqueeze(-1) + d_new_efficacy
     if config.clamp is not None:
         d_new = d_new * (updated.abs() <= config.clamp)
-    grads[2] += (d_new * decayed).sum(0)
-    grads[3] += (d_new * h_col * trace_row).sum(0)
+    grads["weight_lambda"] += (d_new * decayed).sum(0)
+    grads["weight_gamma"] += (d_new * h_col * trace_row).sum(0)
     d_gamma_new = d_new * weight_gamma
     d_trace = (d_gamma_new * h_col).sum(1)
     dh = dh + (d_gamma_new * trace_row).sum(-1)
@@ -120,26 +115,28 @@ def _torch_step_backward(
     if config.rule == "oja":
         d_synaptic = d_synaptic - h_col * d_trace.unsqueeze(1)
         dh = dh - th.bmm(synaptic, d_trace.unsqueeze(-1)).squeeze(-1)
-    if bias_lambda is not None:
+    if bias_lambda is not None and bias_gamma is not None:
         fast_bias = fast[..., presynaptic]
         d_bias_new = d_fast[..., presynaptic]
         if config.clamp is not None:
             d_bias_new = d_bias_new * ((bias_lambda * fast_bias + bias_gamma * h).abs() <= config.clamp)
-        grads[4] += (d_bias_new * fast_bias).sum(0)
-        grads[5] += (d_bias_new * h).sum(0)
+        grads["bias_lambda"] += (d_bias_new * fast_bias).sum(0)
+        grads["bias_gamma"] += (d_bias_new * h).sum(0)
         dh = dh + d_bias_new * bias_gamma
     d_drive = dh * (1.0 - h.square())
-    grads[1] += d_drive.sum(0)
+    grads["bias"] += d_drive.sum(0)
     d_raw = d_drive
-    d_efficacy = 0.0
+    d_efficacy_through_norm = None
     if config.normalize:
         drive = th.bmm(efficacy, z.unsqueeze(-1)).squeeze(-1)
         d_raw = d_drive * inv_norm
         d_decayed_norm = 0.0 if post_norm else (d_new * weight_lambda * synaptic).sum(-1)
         d_norm = -(d_decayed_norm + d_drive * drive) * inv_norm.square()
-        d_efficacy = _norm_backward(d_norm, efficacy, raw_norm, norm_gain, grads)
-    d_efficacy = d_efficacy + d_raw.unsqueeze(-1) * z.unsqueeze(1)
-    grads[0] += d_efficacy.sum(0)
+        d_efficacy_through_norm = _norm_backward(d_norm, efficacy, raw_norm, norm_gain, grads)
+    d_efficacy = d_raw.unsqueeze(-1) * z.unsqueeze(1)
+    if d_efficacy_through_norm is not None:
+        d_efficacy = d_efficacy_through_norm + d_efficacy
+    grads["weight"] += d_efficacy.sum(0)
     d_synaptic = d_synaptic + d_efficacy
     dz = d_trace + th.bmm(d_raw.unsqueeze(1), efficacy).squeeze(1)
     if bias_lambda is not None:
@@ -148,23 +145,21 @@ def _torch_step_backward(
     return dz, d_synaptic
 
 
-def _torch_backward(
+def backward(
     x: th.Tensor,
     h0: th.Tensor,
     starts: th.Tensor | None,
     checkpoints: th.Tensor,
     outputs: th.Tensor,
-    params: tuple[th.Tensor | None, ...],
+    params: StpnParams,
     config: StpnConfig,
     every: int,
     d_outputs: th.Tensor,
     d_fast: th.Tensor,
-) -> tuple[th.Tensor | None, ...]:
+) -> StpnGradients:
     """BPTT with torch ops: per segment, recompute the states entering its steps, then walk it in reverse."""
-    weight, bias, weight_lambda, weight_gamma, bias_lambda, bias_gamma, norm_gain = params
-    bias_plasticity = None if bias_lambda is None else (bias_lambda, bias_gamma)
     steps, _, inputs = x.shape
-    grads = [None if p is None else th.zeros_like(p) for p in params]
+    grads = {name: th.zeros_like(p) for name, p in params._asdict().items() if p is not None}
     dx = th.empty_like(x)
     dh_carry = th.zeros_like(h0)
     keep = None if starts is None else (1.0 - starts).unsqueeze(-1)
@@ -184,26 +179,13 @@ def _torch_backward(
                 fast = fast * keep[t].unsqueeze(-1)
             states.append(fast)
             if t + 1 < t1:
-                _, fast, _ = stpn_step(
-                    x[t],
-                    step_input(t)[1],
-                    fast,
-                    weight,
-                    bias,
-                    weight_lambda,
-                    weight_gamma,
-                    bias_plasticity,
-                    config,
-                    norm_gain=norm_gain,
-                )
+                _, fast, _ = stpn_step(x[t], step_input(t)[1], fast, params, config)
         for t in reversed(range(t0, t1)):
             z, _ = step_input(t)
-            dz, d_fast = _torch_step_backward(
-                z, states[t - t0], outputs[t], d_fast, d_outputs[t] + dh_carry, params, grads, config
-            )
+            dz, d_fast = _step_backward(z, states[t - t0], outputs[t], d_fast, d_outputs[t] + dh_carry, params, grads, config)
             dx[t] = dz[:, :inputs]
             dh_carry = dz[:, inputs:] if config.recurrent else th.zeros_like(dh_carry)
             if keep is not None:
                 d_fast = d_fast * keep[t].unsqueeze(-1)
                 dh_carry = dh_carry * keep[t]
-    return (dx, dh_carry, d_fast, *grads)
+    return StpnGradients(dx, dh_carry, d_fast, StpnParams(**grads))

@@ -48,13 +48,15 @@ import torch as th
 import triton
 import triton.language as tl
 
-from sb3_stpn.ops.stpn.config import NORM_EPS, StpnConfig
+from sb3_stpn.ops.stpn.config import NORM_EPS, StpnConfig, StpnGradients, StpnParams, raise_if_diverged
 
 # Elements of one (neurons x columns) tile: bounds BLOCK_K, so that a tile's operands fit in registers.
 # Compiled for sm_90 without a GPU (H=64: 16 columns on 8 warps), the float32 kernels take 62-128
 # registers a thread forward and 126-254 backward, with at most 48 bytes spilled; 32 columns spilled
 # more in the backward. Not tuned on a GPU.
 TILE_ELEMENTS = 1024
+# One program recomputes every sample's segment at once: the buffer holds the batch's (StpnBackend)
+PER_BATCH_SEGMENT = True
 # Kernels read module globals only as constexpr
 _NORM_EPS = tl.constexpr(NORM_EPS)
 # Size arguments stay runtime values (Triton would compile a kernel of its own for a size of 1, e.g. T=1)
@@ -686,7 +688,7 @@ def forward(
     h0: th.Tensor,
     fast0: th.Tensor,
     starts: th.Tensor | None,
-    params: tuple[th.Tensor | None, ...],
+    params: StpnParams,
     config: StpnConfig,
     record_energy: bool,
     every: int,
@@ -695,7 +697,7 @@ def forward(
     weight, bias, weight_lambda, weight_gamma, bias_lambda, bias_gamma, norm_gain = (
         None if p is None else p.contiguous() for p in params
     )
-    assert weight is not None, "the layer always has a weight"
+    assert weight is not None and bias is not None, "the layer always has a weight and a bias"
     x, h0, fast0 = x.contiguous(), h0.contiguous(), fast0.contiguous()
     steps, batch, inputs = x.shape
     hidden, presynaptic = weight.shape
@@ -704,35 +706,38 @@ def forward(
     energy = x.new_empty(steps, batch) if record_energy else None
     checkpoints = x.new_empty(math.ceil(steps / every) if every else 0, *fast0.shape)
     plastic = bias_lambda is not None
+    # Absent tensors are never read (their flags are off): any pointer stands in for them
     with _on_device_of(x):
         _forward_kernel[(batch,)](
-            x,
-            h0,
-            fast0,
-            _keeps(starts, x),
-            outputs,
-            fast,
-            x if energy is None else energy,
-            checkpoints,
-            weight,
-            bias,
-            weight_lambda,
-            weight_gamma,
-            bias_lambda if plastic else bias,
-            bias_gamma if plastic else bias,
-            bias if norm_gain is None else norm_gain,
-            _clamp_tensor(config, x),
-            steps,
-            batch,
-            inputs,
-            hidden,
-            presynaptic,
-            every,
+            x=x,
+            h0=h0,
+            f0=fast0,
+            keeps=_keeps(starts, x),
+            out=outputs,
+            fast=fast,
+            energy=x if energy is None else energy,
+            ckpt=checkpoints,
+            W=weight,
+            bias=bias,
+            L=weight_lambda,
+            G=weight_gamma,
+            BL=bias_lambda if plastic else bias,
+            BG=bias_gamma if plastic else bias,
+            NG=bias if norm_gain is None else norm_gain,
+            clamp_ptr=_clamp_tensor(config, x),
+            T=steps,
+            B=batch,
+            IN=inputs,
+            H=hidden,
+            K=presynaptic,
+            every=every,
             ENERGY=record_energy,
             CHECKPOINT=every > 0,
             **_flags(config, plastic, norm_gain is not None),
             **_blocks(hidden, presynaptic),
         )
+    # The Triton kernels have no divergence flag yet (the C++ one has): F_T is checked once per call
+    raise_if_diverged(th.isfinite(fast).all())
     return outputs, fast, energy, checkpoints
 
 
@@ -742,13 +747,13 @@ def backward(
     starts: th.Tensor | None,
     checkpoints: th.Tensor,
     outputs: th.Tensor,
-    params: tuple[th.Tensor | None, ...],
+    params: StpnParams,
     config: StpnConfig,
     every: int,
     d_outputs: th.Tensor,
     d_fast: th.Tensor,
-) -> tuple[th.Tensor | None, ...]:
-    """BPTT: the gradients of x, h0, F_0 and of the parameters, in ``params``' order (None for absent ones)."""
+) -> StpnGradients:
+    """BPTT: the gradients of x, h0, F_0 and of the parameters (None for absent ones)."""
     weight, _, weight_lambda, weight_gamma, bias_lambda, bias_gamma, norm_gain = (
         None if p is None else p.contiguous() for p in params
     )
@@ -768,42 +773,50 @@ def backward(
     grad_b, grad_bl, grad_bg, grad_ng = (x.new_zeros(batch, hidden) for _ in range(4))
     with _on_device_of(x):
         _backward_kernel[(batch,)](
-            x,
-            h0,
-            _keeps(starts, x),
-            checkpoints.contiguous(),
-            outputs.contiguous(),
-            weight,
-            weight_lambda,
-            weight_gamma,
-            bias_lambda if plastic else weight,
-            bias_gamma if plastic else weight,
-            weight if norm_gain is None else norm_gain,
-            _clamp_tensor(config, x),
-            d_outputs.contiguous(),
-            d_fast,
-            dx,
-            dh0,
-            states,
-            sums,
-            dz,
-            grad_w,
-            grad_l,
-            grad_g,
-            grad_b,
-            grad_bl,
-            grad_bg,
-            grad_ng,
-            steps,
-            batch,
-            inputs,
-            hidden,
-            presynaptic,
-            segment,
-            checkpoints.shape[0],
+            x=x,
+            h0=h0,
+            keeps=_keeps(starts, x),
+            ckpt=checkpoints.contiguous(),
+            out=outputs.contiguous(),
+            W=weight,
+            L=weight_lambda,
+            G=weight_gamma,
+            BL=bias_lambda if plastic else weight,
+            BG=bias_gamma if plastic else weight,
+            NG=weight if norm_gain is None else norm_gain,
+            clamp_ptr=_clamp_tensor(config, x),
+            d_out=d_outputs.contiguous(),
+            d_fast=d_fast,
+            dx=dx,
+            dh=dh0,
+            states=states,
+            sums=sums,
+            dz=dz,
+            grad_w=grad_w,
+            grad_l=grad_l,
+            grad_g=grad_g,
+            grad_b=grad_b,
+            grad_bl=grad_bl,
+            grad_bg=grad_bg,
+            grad_ng=grad_ng,
+            T=steps,
+            B=batch,
+            IN=inputs,
+            H=hidden,
+            K=presynaptic,
+            every=segment,
+            segments=checkpoints.shape[0],
             **_flags(config, plastic, norm_gain is not None),
             **_blocks(hidden, presynaptic),
         )
-    bias_grads = (grad_bl.sum(0), grad_bg.sum(0)) if plastic else (None, None)
-    gain_grad = None if norm_gain is None else grad_ng.sum(0)
-    return (dx, dh0, d_fast, grad_w.sum(0), grad_b.sum(0), grad_l.sum(0), grad_g.sum(0), *bias_grads, gain_grad)
+    # The per-sample parameter gradients, summed over the batch once per call
+    grads = StpnParams(
+        weight=grad_w.sum(0),
+        bias=grad_b.sum(0),
+        weight_lambda=grad_l.sum(0),
+        weight_gamma=grad_g.sum(0),
+        bias_lambda=grad_bl.sum(0) if plastic else None,
+        bias_gamma=grad_bg.sum(0) if plastic else None,
+        norm_gain=None if norm_gain is None else grad_ng.sum(0),
+    )
+    return StpnGradients(dx, dh0, d_fast, grads)

@@ -2,7 +2,7 @@
 
 import torch as th
 
-from sb3_stpn.ops.stpn.config import NORM_EPS, StpnConfig, raise_if_diverged
+from sb3_stpn.ops.stpn.config import NORM_EPS, StpnConfig, StpnParams, raise_if_diverged
 
 
 def row_norm(efficacy: th.Tensor, norm_gain: th.Tensor | None) -> th.Tensor:
@@ -15,20 +15,16 @@ def stpn_step(
     x: th.Tensor,
     h: th.Tensor,
     fast: th.Tensor,
-    weight: th.Tensor,
-    bias: th.Tensor,
-    weight_lambda: th.Tensor,
-    weight_gamma: th.Tensor,
-    bias_plasticity: tuple[th.Tensor, th.Tensor] | None,
+    params: StpnParams,
     config: StpnConfig,
     record_energy: bool = False,
-    norm_gain: th.Tensor | None = None,
 ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
     """
-    One step of the STPN: ``x`` (B, I), ``h`` (B, H), ``fast`` (B, H, K[+1]), ``norm_gain`` (H,) or None.
+    One step of the STPN (README.md, One step): ``x`` (B, I), ``h`` (B, H), ``fast`` (B, H, K[+1]).
 
     :return: the new ``h``, the new ``F`` and, if asked, the energy per sample (B,).
     """
+    weight, bias, weight_lambda, weight_gamma, bias_lambda, bias_gamma, norm_gain = params
     z = th.cat([x, h], dim=-1) if config.recurrent else x
     presynaptic = z.shape[-1]
     synaptic_fast = fast[..., :presynaptic]
@@ -42,7 +38,7 @@ def stpn_step(
         if not post_norm:
             decayed = synaptic_fast / norm.unsqueeze(-1)
     drive = drive + bias
-    if bias_plasticity is not None:
+    if bias_lambda is not None:
         drive = drive + fast[..., presynaptic]
     h_new = th.tanh(drive)
 
@@ -55,8 +51,7 @@ def stpn_step(
         fast_new = fast_new.clamp(-config.clamp, config.clamp)
     if post_norm:
         fast_new = fast_new / row_norm(weight + fast_new, norm_gain).unsqueeze(-1)
-    if bias_plasticity is not None:
-        bias_lambda, bias_gamma = bias_plasticity
+    if bias_lambda is not None and bias_gamma is not None:
         fast_bias = bias_lambda * fast[..., presynaptic] + bias_gamma * h_new
         if config.clamp is not None:
             fast_bias = fast_bias.clamp(-config.clamp, config.clamp)
@@ -74,25 +69,21 @@ def stpn_step(
 
 def stpn_sequence_reference(
     x: th.Tensor,
-    h0: th.Tensor,
-    fast0: th.Tensor,
-    episode_starts: th.Tensor | None,
-    weight: th.Tensor,
-    bias: th.Tensor,
-    weight_lambda: th.Tensor,
-    weight_gamma: th.Tensor,
-    bias_plasticity: tuple[th.Tensor, th.Tensor] | None,
+    state: tuple[th.Tensor, th.Tensor],
+    *,
+    params: StpnParams,
     config: StpnConfig,
+    episode_starts: th.Tensor | None = None,
     record_energy: bool = False,
-    norm_gain: th.Tensor | None = None,
 ) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor | None]:
     """
-    Run the STPN over ``x`` (T, B, I) from state ``(h0, fast0)``, one autograd-recorded step at a time.
+    Run the STPN over ``x`` (T, B, I) from ``state = (h0, F_0)``, one autograd-recorded step at a time.
 
     ``episode_starts`` (T, B) zeroes the state of a row before the step it marks.
 
     :return: outputs (T, B, H), final ``h``, final ``F`` and, if asked, energy (T, B).
     """
+    h0, fast0 = state
     h, fast = h0, fast0
     outputs, energies = [], []
     finite = th.ones((), dtype=th.bool, device=x.device)
@@ -101,9 +92,7 @@ def stpn_sequence_reference(
             keep = 1.0 - episode_starts[t].to(x.dtype)
             h = h * keep.unsqueeze(-1)
             fast = fast * keep.view(-1, 1, 1)
-        h_new, fast, energy = stpn_step(
-            x[t], h, fast, weight, bias, weight_lambda, weight_gamma, bias_plasticity, config, record_energy, norm_gain
-        )
+        h_new, fast, energy = stpn_step(x[t], h, fast, params, config, record_energy)
         # Accumulated on the device, read once per call
         finite = finite & th.isfinite(fast).all()
         # STPNf has no recurrent input: its carried h is just the last output
@@ -111,5 +100,5 @@ def stpn_sequence_reference(
         outputs.append(h_new)
         energies.append(energy)
     raise_if_diverged(finite)
-    energy = th.stack(energies) if record_energy else None
+    energy = th.stack([e for e in energies if e is not None]) if record_energy else None
     return th.stack(outputs), h, fast, energy

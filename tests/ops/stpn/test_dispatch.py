@@ -13,7 +13,7 @@ import pytest
 import torch as th
 
 from sb3_stpn.common.stpn import STPN
-from sb3_stpn.ops.stpn import KERNEL_ENV, DivergedStateError, StpnConfig, fused_cpp, stpn_sequence
+from sb3_stpn.ops.stpn import KERNEL_ENV, DivergedStateError, StpnConfig, StpnParams, fused_cpp, stpn_sequence
 from sb3_stpn.ops.stpn import dispatch as stpn_kernel
 
 STEPS, BATCH, INPUTS, HIDDEN = 7, 3, 4, 5
@@ -100,20 +100,9 @@ def make_problem(
 
 def run_path(tensors: dict, starts: th.Tensor, config: StpnConfig) -> tuple:
     t = tensors
-    bias_plasticity = None if t["bias_lam"] is None else (t["bias_lam"], t["bias_gam"])
+    params = StpnParams(t["weight"], t["bias"], t["lam"], t["gam"], t["bias_lam"], t["bias_gam"], t["norm_gain"])
     return stpn_sequence(
-        t["x"],
-        t["h0"],
-        t["fast0"],
-        starts,
-        t["weight"],
-        t["bias"],
-        t["lam"],
-        t["gam"],
-        bias_plasticity,
-        config,
-        True,
-        norm_gain=t["norm_gain"],
+        t["x"], (t["h0"], t["fast0"]), params=params, config=config, episode_starts=starts, record_energy=True
     )
 
 
