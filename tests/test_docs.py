@@ -1,0 +1,159 @@
+"""The README's and the docs' commands, run as a user copies them but with a tiny budget, so that none goes stale.
+
+Every line of a ```bash block in README.md and docs/**/*.md (not the archive, docs/history/) that runs ``train.py``
+or ``enjoy.py`` with ``python`` or ``.venv/bin/python`` (alone or after ``&&``, ``\\`` continuations joined) must
+exit with status 0, and every ```python example of the docs pages must run. Only the budget shrinks, to one tiny
+rollout (``-n``, ``--n-trials``, the rollout's size). The commands run in one folder, where a fixture first trains
+the run and writes the study they refer to; the PostgreSQL ones run against a throw-away server.
+"""
+
+import re
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.test_train_enjoy import run_script
+from tests.zoo import test_optuna_postgres
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = [
+    REPO / "README.md",
+    *sorted(path for path in (REPO / "docs").rglob("*.md") if path.relative_to(REPO / "docs").parts[0] != "history"),
+]
+PYTHONS = ("python", ".venv/bin/python")
+SCRIPTS = ("train.py", "enjoy.py")
+OPTIMIZE = ("-optimize", "--optimize", "--optimize-hyperparameters")
+# One rollout of 2 envs x 32 steps, one epoch; ppo_lstm has no sequence_length
+SHRINK = ["n_envs:2", "n_steps:32", "batch_size:64", "n_epochs:1"]
+STPN_SHRINK = [*SHRINK, "sequence_length:32"]
+# What the documented PostgreSQL URL stands for: the throw-away server's database
+POSTGRES_PLACEHOLDER = "postgresql://stpn:PASSWORD@db-host:5432/optuna"
+# The throw-away PostgreSQL server of the Optuna tests (skips where its binaries are absent), under its own name here
+postgres_server = test_optuna_postgres.server
+
+
+def bash_lines(text: str) -> Iterator[tuple[int, str]]:
+    """Each line of the text's ```bash blocks, with its line number and its ``\\`` continuations joined."""
+    in_bash, pending, start = False, "", 0
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith("```"):
+            in_bash = line.strip() == "```bash"
+            continue
+        if not in_bash:
+            continue
+        start = start if pending else number
+        if line.endswith("\\"):
+            pending += line[:-1]
+            continue
+        yield start, pending + line
+        pending = ""
+
+
+def doc_commands() -> dict[tuple[str, ...], list[str]]:
+    """The documented ``train.py``/``enjoy.py`` commands (script and arguments), each with the places it is shown."""
+    commands: dict[tuple[str, ...], list[str]] = {}
+    for path in DOCS:
+        for number, line in bash_lines(path.read_text()):
+            words = shlex.split(line, comments=True)
+            parts: list[list[str]] = [[]]
+            for word in words:
+                if word == "&&":
+                    parts.append([])
+                else:
+                    parts[-1].append(word)
+            for part in parts:
+                if len(part) >= 2 and part[0] in PYTHONS and part[1] in SCRIPTS:
+                    commands.setdefault(tuple(part[1:]), []).append(f"{path.relative_to(REPO)}:{number}")
+    return commands
+
+
+COMMANDS = doc_commands()
+
+
+def doc_examples() -> dict[str, str]:
+    """The docs pages' ```python examples by place (the README's, a 20k-step quick start and the zoo-run loader, are
+    left to tests/test_train_enjoy.py, which runs the loader)."""
+    examples: dict[str, str] = {}
+    for path in DOCS[1:]:
+        text = path.read_text()
+        for match in re.finditer(r"```python\n(.*?)```", text, re.S):
+            number = text.count("\n", 0, match.start()) + 2  # the example's first line
+            examples[f"{path.relative_to(REPO)}:{number}"] = match.group(1)
+    return examples
+
+
+EXAMPLES = doc_examples()
+POSTGRES = {command: places for command, places in COMMANDS.items() if POSTGRES_PLACEHOLDER in " ".join(command)}
+LOCAL = {command: places for command, places in COMMANDS.items() if command not in POSTGRES}
+
+
+def with_value(args: list[str], spellings: tuple[str, ...], value: str) -> list[str]:
+    """``args`` with the flag of these spellings set to ``value``: replaced where it is given, else added."""
+    for index, arg in enumerate(args):
+        if arg in spellings:
+            return [*args[: index + 1], value, *args[index + 2 :]]
+    return [*args, spellings[0], value]
+
+
+def tiny(command: tuple[str, ...]) -> list[str]:
+    """The command with a tiny budget: a few dozen steps (and one trial), a rollout of 2 envs x 32 steps."""
+    script, *args = command
+    if script == "enjoy.py":
+        return [script, *with_value(args, ("-n", "--n-timesteps"), "50")]
+    args = with_value(args, ("-n", "--n-timesteps"), "64")
+    if any(arg in OPTIMIZE for arg in args):
+        args = with_value(args, ("--n-trials",), "1")
+    algo = args[args.index("--algo") + 1] if "--algo" in args else "ppo_stpn"
+    shrink = STPN_SHRINK if algo == "ppo_stpn" else SHRINK
+    # The documented overrides come after the shrinking ones, so that they win
+    at = next((index for index, arg in enumerate(args) if arg in ("--hyperparams", "-params")), None)
+    args = [*args, "--hyperparams", *shrink] if at is None else [*args[: at + 1], *shrink, *args[at + 1 :]]
+    return [script, *args]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding what the commands load: the run logs/ppo_stpn/CartPoleNoVel-v1_1 (with a best model) and
+    trial 0 of the default study."""
+    folder = tmp_path_factory.mktemp("docs")
+    train = ["train.py", "--env", "CartPoleNoVel-v1", "--seed", "0"]
+    run_script(*tiny((*train, "--eval-freq", "64", "--eval-episodes", "1")), cwd=folder)
+    assert (folder / "logs" / "ppo_stpn" / "CartPoleNoVel-v1_1" / "best_model.zip").is_file()
+    run_script(*tiny((*train, "--optimize")), cwd=folder)
+    return folder
+
+
+def test_the_docs_show_commands() -> None:
+    """An empty scan must fail: the README and docs show this many distinct commands, two of them for PostgreSQL."""
+    assert len(LOCAL) >= 12 and len(POSTGRES) >= 2, COMMANDS
+    assert len(EXAMPLES) >= 2, EXAMPLES
+    assert any("README.md" in place for places in COMMANDS.values() for place in places)
+
+
+def test_tiny_keeps_the_documented_flags() -> None:
+    """Only the budget changes: a documented value stays, and documented overrides win over the shrinking ones."""
+    command = ("train.py", "--env", "X", "-n", "200000", "--seed", "3", "--hyperparams", "n_envs:4")
+    assert tiny(command) == ["train.py", "--env", "X", "-n", "64", "--seed", "3", "--hyperparams", *STPN_SHRINK, "n_envs:4"]
+    assert tiny(("train.py", "--algo", "ppo_lstm", "--optimize"))[-7:] == ["--n-trials", "1", "--hyperparams", *SHRINK]
+    assert tiny(("enjoy.py", "--record", "-n", "1000")) == ["enjoy.py", "--record", "-n", "50"]
+
+
+@pytest.mark.parametrize("command", list(LOCAL), ids=[" ".join(places) for places in LOCAL.values()])
+def test_documented_command_runs(command: tuple[str, ...], workdir: Path) -> None:
+    run_script(*tiny(command), cwd=workdir)
+
+
+@pytest.mark.parametrize("example", list(EXAMPLES.values()), ids=list(EXAMPLES))
+def test_documented_python_example_runs(example: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, "<example>", "exec"), {})
+
+
+def test_documented_postgres_commands_run(postgres_server: str, workdir: Path) -> None:
+    """The PostgreSQL commands in the order shown (the trial they train is the one the search before wrote), on the
+    throw-away server's database instead of the placeholder."""
+    url = f"{postgres_server}/postgres"
+    for command in POSTGRES:
+        run_script(*tiny(tuple(arg.replace(POSTGRES_PLACEHOLDER, url) for arg in command)), cwd=workdir)
