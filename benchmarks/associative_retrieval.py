@@ -5,7 +5,7 @@ from the pairs, e.g. ``c9k8j3f1??c``; the answer is the digit paired with the qu
 model reads the one-hot sequence (26 letters + 10 digits + '?') and a linear readout of its last
 output predicts the digit. All models get the same data, optimiser (Adam) and budget; the script
 prints a markdown table of test accuracy (mean ± std over seeds), parameter counts and the mean
-synaptic energy per step (``shared/STPN.md``) on the test set, and writes everything as JSON.
+synaptic energy per step (``sb3_stpn/ops/stpn/README.md``) on the test set, and writes everything as JSON.
 
 Run: ``python -m benchmarks.associative_retrieval [--quick] [--epochs N] [--seeds N] [--n-train N]``.
 """

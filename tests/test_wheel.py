@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,9 @@ def test_wheel_installs_and_trains_from_another_folder(tmp_path: Path) -> None:
     shutil.copytree(REPO, source, ignore=NOT_SOURCES)  # a clean tree: no stale build/ leaks into the wheel
     run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-w", str(tmp_path / "dist")], cwd=source)
     (wheel,) = (tmp_path / "dist").glob("sb3_stpn-*.whl")
+    # The op's statement of the model ships beside it (its docstrings cite it), and so does the kernel's source
+    with zipfile.ZipFile(wheel) as archive:
+        assert {"sb3_stpn/ops/stpn/README.md", "sb3_stpn/ops/stpn/csrc/stpn.cpp"} <= set(archive.namelist())
 
     environment = tmp_path / "venv"
     venv.create(environment)  # without pip: this pip installs into it (--python), which saves seconds

@@ -17,7 +17,7 @@ class StpnDiagnosticsCallback(BaseCallback):
 
     For any recurrent PPO (``StpnPPO`` or sb3-contrib's ``RecurrentPPO`` with a single-layer LSTM):
 
-    - ``stpn/energy_per_step``: the actor's synaptic energy (``shared/STPN.md``, Energy), mean
+    - ``stpn/energy_per_step``: the actor's synaptic energy (``sb3_stpn/ops/stpn/README.md``, Energy), mean
       over the rollout's steps and environments; one tag for both, so the curves overlay.
 
     For STPN actors also, from the state carried at the rollout's end and the current parameters:

@@ -1,6 +1,6 @@
 """Synaptic-transmission energy of recurrent layers, comparable between STPN and LSTM/RNN baselines.
 
-``shared/STPN.md`` (Energy) counts voltage squared times conductance: at every step and for every
+``sb3_stpn/ops/stpn/README.md`` (Energy) counts voltage squared times conductance: at every step and for every
 sample, ``E_t = sum_ik z_{t,k}^2 |W_ik|`` with ``z_t = [x_t, h_{t-1}]``. The STPN layer computes
 its own (plastic, normalised) version when ``STPN.record_energy`` is set; this module computes the
 same sum over the fixed weights of a torch ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (all gates' input and

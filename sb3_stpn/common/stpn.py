@@ -1,6 +1,6 @@
 """The Short-Term Plasticity Neuron layer (Rodriguez, Guo & Moraitis, ICML 2022).
 
-The model and its parameter names follow the project's contract (``shared/STPN.md``):
+The model and its parameter names follow the op's statement of the model (``sb3_stpn/ops/stpn/README.md``):
 every synapse holds a slow weight ``W`` and a fast, decaying component ``F`` that a
 Hebbian (or Oja) term updates at every step; how fast each synapse forgets
 (``weight_lambda``) and how strongly it learns (``weight_gamma``) are trained by
@@ -160,7 +160,7 @@ class STPN(nn.Module):
         )
 
     def reset_parameters(self) -> None:
-        """The paper's initialisation (see the table in ``shared/STPN.md``)."""
+        """The paper's initialisation (the table in ``sb3_stpn/ops/stpn/README.md``, Parameters)."""
         bound = 1.0 / math.sqrt(self.hidden_size)
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)

@@ -1,10 +1,10 @@
 """
 The ``triton`` path of ``stpn_sequence``: the STPN sequence as two fused Triton kernels, forward and BPTT.
 
-Same contract and memory plan as the ``cpp`` path (``stpn_kernel._Backend``): the forward keeps the
+Same contract and memory plan as the ``cpp`` path (``config.StpnBackend``): the forward keeps the
 outputs and F at the start of every segment of C steps; the backward recomputes one segment at a time
-from its checkpoint and walks it in reverse with the hand-derived gradient of ``stpn_kernel.stpn_step``.
-Imported lazily by ``stpn_kernel`` (which falls back to the ``torch`` path when triton does not import).
+from its checkpoint and walks it in reverse with the hand-derived gradient of ``naive.stpn_step``.
+Imported lazily by ``dispatch`` (which falls back to the ``torch`` path when triton does not import).
 Every variant of the layer; ``norm_time="post"`` (the new F divided by its own norm) costs one more
 pass over F per step, forward and backward.
 
@@ -28,15 +28,14 @@ first program has):
   reads and writes dF and this sample's lambda and gamma gradients (``7 S + 2 P``); pass 2 reads F,
   reads and writes dF and the W gradient (``5 S + P``): ``14 S + 6 P``.
 - Training, forward + backward: ``16 S + 9 P``, about 25 H K (the ``cpp`` kernel: 22 H K, see
-  ``benchmarks/layer.py``): in float32, 0.42 MB a sample and step at H=64, K=66 and 35 MB at H=128,
-  K=2720. The per-sample parameter gradients (3 P a sample) are summed over the batch once per call,
-  after the kernel.
+  ``benchmarks/layer.py``). The per-sample parameter gradients (3 P a sample) are summed over the batch
+  once per call, after the kernel.
 - ``norm_time="post"`` adds a pass that divides the new F by its norm (F read and written, ``2 S``,
   forward and in the recompute) and, backward, a pass for that norm's gradient (F and dF read) and the
   W gradient's read and write in pass 1: ``8 S`` more per training step.
 
 Extra memory on the device: the segment buffer B * (C - 1) * S and per-sample gradients 3 * B * H * K,
-so the segment length C is budgeted for the whole batch (``per_batch_segment``), as for ``torch``.
+so the segment length C is budgeted for the whole batch (``PER_BATCH_SEGMENT``), as for ``torch``.
 Small batches use few of a GPU's multiprocessors (one program a sample): B=8 at the Atari sizes leaves
 most of an H100 idle, the price of a kernel without grid-wide synchronisation.
 """
@@ -50,10 +49,8 @@ import triton.language as tl
 
 from sb3_stpn.ops.stpn.config import NORM_EPS, StpnConfig, StpnGradients, StpnParams, raise_if_diverged
 
-# Elements of one (neurons x columns) tile: bounds BLOCK_K, so that a tile's operands fit in registers.
-# Compiled for sm_90 without a GPU (H=64: 16 columns on 8 warps), the float32 kernels take 62-128
-# registers a thread forward and 126-254 backward, with at most 48 bytes spilled; 32 columns spilled
-# more in the backward. Not tuned on a GPU.
+# Elements of one (neurons x columns) tile: bounds BLOCK_K, so that a tile's operands fit in registers
+# (register counts and spills as compiled: docs/performance.md). Not tuned on a GPU.
 TILE_ELEMENTS = 1024
 # One program recomputes every sample's segment at once: the buffer holds the batch's (StpnBackend)
 PER_BATCH_SEGMENT = True
@@ -127,7 +124,7 @@ def _sums(
 
 @triton.jit
 def _inverse_norm(squares, gain, NORMALIZE: tl.constexpr):
-    """1 / n per neuron, n = g * (||G|| + eps) (shared/STPN.md; g = 1 without a learned gain); 1 without normalisation."""
+    """1 / n per neuron, n = g * (||G|| + eps) (README.md; g = 1 without a learned gain); 1 without normalisation."""
     inverse = tl.full(squares.shape, 1.0, squares.dtype)
     if NORMALIZE:
         inverse = 1.0 / (gain * (tl.sqrt(squares) + _NORM_EPS))
@@ -274,7 +271,7 @@ def _forward_kernel(
 ):
     """Sample ``program_id``: the whole sequence, F_T into ``fast``, F entering steps 0, C, 2C... into ``ckpt``."""
     # 64-bit offsets from the sample on (B * S overflows int32 at large batches); within a sample, 32-bit
-    # (64-bit tile offsets took 1.7x the registers)
+    # (64-bit tile offsets cost registers: docs/performance.md)
     b = tl.program_id(0).to(tl.int64)
     Kp = K
     if PLASTIC:
@@ -420,7 +417,7 @@ def _backward_kernel(
     Writes ``dx``; adds this sample's parameter gradients into ``grad_*[b]``.
     """
     # 64-bit offsets from the sample on (B * S overflows int32 at large batches); within a sample, 32-bit
-    # (64-bit tile offsets took 1.7x the registers)
+    # (64-bit tile offsets cost registers: docs/performance.md)
     b = tl.program_id(0).to(tl.int64)
     Kp = K
     if PLASTIC:

@@ -1,5 +1,5 @@
-// Fused CPU kernel of the STPN recurrence (shared/STPN.md): the whole time loop forward and its
-// hand-derived backward (BPTT), compiled at first use by sb3_stpn/ops/stpn/dispatch.py.
+// Fused CPU kernel of the STPN recurrence (sb3_stpn/ops/stpn/README.md): the whole time loop forward and its
+// hand-derived backward (BPTT), compiled at first use by sb3_stpn/ops/stpn/fused_cpp.py.
 //
 // Every sample is independent, so the work is split over the batch (ATen's OpenMP parallel_for) and a
 // sample runs all its steps with its F hot in cache. G = W + F, its norms, the drive and the F update
