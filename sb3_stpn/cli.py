@@ -80,7 +80,7 @@ def _zoo_parser(defaults: dict[str, Any], check: Callable[[argparse.Namespace], 
         check(parsed)
         return parsed
 
-    argparse.ArgumentParser.parse_args = parse_zoo_args  # type: ignore[method-assign]
+    argparse.ArgumentParser.parse_args = parse_zoo_args  # type: ignore[method-assign,assignment]
     try:
         yield
     finally:
@@ -283,7 +283,7 @@ def _latest_model_path(
     for run_id in _run_ids(folder, algo, env_name) if exp_id == 0 else [exp_id]:
         run = Path(folder, algo, f"{env_name}_{run_id}")
         checkpoints = _checkpoint_steps(run) if load_last_checkpoint else []
-        picks = [{"load_checkpoint": str(steps)} for steps in checkpoints] or [
+        picks: list[dict[str, Any]] = [{"load_checkpoint": str(steps)} for steps in checkpoints] or [
             {"load_best": load_best, "load_checkpoint": load_checkpoint, "load_last_checkpoint": load_last_checkpoint}
         ]
         for pick in picks:
@@ -300,9 +300,9 @@ def _latest_model_path(
             broken.append((found[1], problem))
     if broken:
         raise _cannot_load(*broken[0])
-    found = f" ({error})" if error else ""
+    reason = f" ({error})" if error else ""
     raise ZooError(
-        f"no trained {algo} agent for {env_name} in {folder}{found}; train one with "
+        f"no trained {algo} agent for {env_name} in {folder}{reason}; train one with "
         f"`stpn-train --algo {algo} --env {env_name} -f {folder}` or pass the right -f/--exp-id"
     )
 
@@ -325,9 +325,11 @@ class CheckpointStatistics:
         self.model_path = found[1]
         return found
 
-    def create_test_env(self, *args: Any, stats_path: str | None = None, hyperparams: Any = None, **kwargs: Any) -> Any:
+    def create_test_env(self, env_id: str, *, stats_path: str | None = None, hyperparams: Any = None, **kwargs: Any) -> Any:
+        """rl_zoo3's create_test_env (which rl_zoo3.enjoy calls with keywords), with the checkpoint's own statistics."""
+
         def create(stats_path: str | None) -> Any:
-            return _zoo_create_test_env(*args, stats_path=stats_path, hyperparams=hyperparams, **kwargs)
+            return _zoo_create_test_env(env_id, stats_path=stats_path, hyperparams=hyperparams, **kwargs)
 
         if stats_path is None or self.model_path is None or not (hyperparams or {}).get("normalize"):
             return create(stats_path)

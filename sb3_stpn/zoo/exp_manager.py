@@ -57,7 +57,7 @@ from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER
 from rl_zoo3.utils import ALGOS
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import CheckpointCallback
+from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
 from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.vec_env import VecCheckNan, VecEnv, VecNormalize
 
@@ -155,7 +155,8 @@ def load_config_entry(config: Path, env_id: str, is_atari: bool) -> dict[str, An
     except OSError as error:
         raise ZooError(f"cannot read the config {config} ({error.strerror}); pass an existing file with -conf") from error
     except yaml.YAMLError as error:
-        where = f" at line {error.problem_mark.line + 1}" if getattr(error, "problem_mark", None) else ""
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
         problem = getattr(error, "problem", None) or "invalid YAML"
         raise ZooError(f"malformed YAML in {config}{where}: {problem}; fix the file") from error
     if not isinstance(entries, dict):
@@ -186,7 +187,7 @@ def accepted_kwargs(cls: type) -> set[str]:
     for klass in cls.__mro__:
         if "__init__" not in vars(klass):
             continue
-        parameters = inspect.signature(klass.__init__).parameters.values()
+        parameters = inspect.signature(vars(klass)["__init__"]).parameters.values()
         names.update(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
         if not any(p.kind == p.VAR_KEYWORD for p in parameters):
             break
@@ -359,16 +360,18 @@ class StpnExperimentManager(ExperimentManager):
             raise ZooError(f"policy_kwargs must be a dict, got {policy_kwargs!r}; {self._fix}")
         return policy_kwargs or {}
 
-    def _preprocess_hyperparams(self, hyperparams: dict[str, Any]) -> tuple[dict[str, Any], Any, Any, Any]:
+    def _preprocess_hyperparams(
+        self, hyperparams: dict[str, Any]
+    ) -> tuple[dict[str, Any], Callable | None, list[BaseCallback], Callable | None]:
         if self.n_timesteps <= 0 and "n_timesteps" not in hyperparams:
             raise ZooError(f"no n_timesteps in the {self.env_name.gym_id} entry of {self.config}; add it or pass -n STEPS")
         for name in POSITIVE_INTEGERS:
             value = hyperparams.get(name)
             if value is not None and not (isinstance(value, (int, float)) and value >= 1 and value == int(value)):
                 raise ZooError(f"{name} must be a positive integer, got {value!r}; {self._fix}")
-        hyperparams, *rest = super()._preprocess_hyperparams(hyperparams)
+        hyperparams, env_wrapper, callbacks, vec_env_wrapper = super()._preprocess_hyperparams(hyperparams)
         self._check_hyperparameters(hyperparams)
-        return (hyperparams, *rest)
+        return hyperparams, env_wrapper, callbacks, vec_env_wrapper
 
     def _check_hyperparameters(self, hyperparams: dict[str, Any]) -> None:
         """Check model arguments, policy kwargs and ``stpn_kwargs`` by name before anything is built."""
@@ -438,7 +441,8 @@ class StpnExperimentManager(ExperimentManager):
         def grid_maze_vec_env(env_fns: list, **_vec_env_kwargs: Any) -> VecEnv:
             return make_grid_maze_vec_env(len(env_fns), monitor_dir=monitor_dir, **maze_kwargs)
 
-        vec_env_class, self.vec_env_class = self.vec_env_class, grid_maze_vec_env
+        # rl_zoo3 only calls vec_env_class(env_fns, **vec_env_kwargs): a factory stands in for the class
+        vec_env_class, self.vec_env_class = self.vec_env_class, grid_maze_vec_env  # type: ignore[assignment]
         try:
             return super().create_envs(n_envs, eval_env, no_log)
         finally:
