@@ -95,6 +95,10 @@ def test_trials_of_studies_without_the_plasticity_scale_convert_to_the_paper_rat
     assert stpn_kwargs == {"recurrent": False, "normalize": False, "clamp": 1.0, "lambda_init": (0.1, 1.0), "gamma_init": 1e-3}
     scaled = convert_ppo_stpn_params({**old_trial, "plasticity_lr_scale": 0.01})["policy_kwargs"]["stpn_kwargs"]
     assert scaled == {**stpn_kwargs, "lambda_lr_scale": 0.01, "gamma_lr_scale": 0.01}
+    # Under an entry that trains the plasticity at 0.1x, an old trial still gets the rate it was trained at
+    with tuning_entry({"stpn_kwargs": {"lambda_lr_scale": 0.1, "gamma_lr_scale": 0.1}}):
+        replayed = convert_ppo_stpn_params(old_trial)["policy_kwargs"]["stpn_kwargs"]
+    assert replayed == {**stpn_kwargs, "lambda_lr_scale": 1.0, "gamma_lr_scale": 1.0}
 
 
 def test_spaces_tune_the_memory_on_top_of_the_entry() -> None:
