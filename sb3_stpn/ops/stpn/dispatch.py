@@ -79,14 +79,15 @@ class _FusedStpn(th.autograd.Function):
         *tensors: th.Tensor | None,
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
         # The parameters come as separate arguments, so that autograd tracks each
-        params = StpnParams(*tensors)
+        params = StpnParams._make(tensors)
         steps, batch = x.shape[:2]
         step_bytes = fast0[0].numel() * fast0.element_size() * (batch if backend.PER_BATCH_SEGMENT else 1)
         every = checkpoint_interval(steps, step_bytes)
         outputs, fast, energy, checkpoints = backend.forward(
             x, h0, fast0, starts, params=params, config=config, record_energy=record_energy, every=every
         )
-        ctx.save_for_backward(x, h0, starts, checkpoints, outputs, *params)
+        # None for an absent parameter (or no episode starts): save_for_backward takes it, its stub says Tensor
+        ctx.save_for_backward(x, h0, starts, checkpoints, outputs, *params)  # type: ignore[arg-type]
         ctx.backend, ctx.config, ctx.every = backend, config, every  # type: ignore[attr-defined]
         if energy is not None:
             ctx.mark_non_differentiable(energy)
