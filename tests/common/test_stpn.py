@@ -7,7 +7,7 @@ import torch as th
 
 from sb3_stpn import STPN
 from sb3_stpn.ops.stpn import DivergedStateError
-from tests.ops.stpn.test_dispatch import spec_sequence
+from tests.ops.stpn.spec import spec_sequence
 
 INPUT, HIDDEN, BATCH, STEPS = 3, 5, 4, 6
 

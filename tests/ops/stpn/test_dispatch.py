@@ -1,4 +1,4 @@
-"""Every path of ``stpn_sequence`` against a float64 re-statement of ``shared/STPN.md`` written here."""
+"""Every path of ``stpn_sequence`` against the float64 re-statement of the op's README.md in ``spec.py``."""
 
 import itertools
 import json
@@ -13,109 +13,9 @@ import pytest
 import torch as th
 
 from sb3_stpn.common.stpn import STPN
-from sb3_stpn.ops.stpn import KERNEL_ENV, DivergedStateError, StpnConfig, StpnParams, fused_cpp, stpn_sequence
+from sb3_stpn.ops.stpn import KERNEL_ENV, DivergedStateError, StpnConfig, fused_cpp
 from sb3_stpn.ops.stpn import dispatch as stpn_kernel
-
-STEPS, BATCH, INPUTS, HIDDEN = 7, 3, 4, 5
-
-
-def spec_sequence(x, h0, fast0, weight, bias, lam, gam, bias_lam, bias_gam, norm_gain=None, *, starts, config):
-    """shared/STPN.md, step by step with einsum: outputs, final h and F, energy."""
-    presynaptic = weight.shape[1]
-    gain = 1.0 if norm_gain is None else norm_gain
-
-    def row_norm(efficacy: th.Tensor) -> th.Tensor:
-        return gain * (efficacy.square().sum(-1).sqrt() + 1e-16) if config.normalize else th.ones_like(h0[:, :1])
-
-    post = config.normalize and config.norm_time == "post"
-    if config.lambda_max is not None:
-        lam = lam.clamp(max=config.lambda_max)
-        bias_lam = None if bias_lam is None else bias_lam.clamp(max=config.lambda_max)
-    h, fast = h0, fast0
-    outputs, energies = [], []
-    for t in range(x.shape[0]):
-        if starts is not None:
-            keep = (starts[t] == 0).to(x.dtype)
-            h, fast = h * keep[:, None], fast * keep[:, None, None]
-        z = th.cat([x[t], h], dim=1) if config.recurrent else x[t]
-        synaptic = fast[:, :, :presynaptic]
-        efficacy = weight + synaptic
-        norm = row_norm(efficacy)
-        drive = th.einsum("bik,bk->bi", efficacy, z) / norm + bias
-        if bias_lam is not None:
-            drive = drive + fast[:, :, presynaptic]
-        h = th.tanh(drive)
-        trace = z - th.einsum("bik,bi->bk", synaptic, h) if config.rule == "oja" else z
-        decayed = synaptic if post else synaptic / norm[..., None]
-        new_fast = lam * decayed + gam * th.einsum("bi,bk->bik", h, trace)
-        if config.clamp is not None:
-            new_fast = th.clamp(new_fast, -config.clamp, config.clamp)
-        if post:
-            new_fast = new_fast / row_norm(weight + new_fast)[..., None]
-        if bias_lam is not None:
-            new_bias = bias_lam * fast[:, :, presynaptic] + bias_gam * h
-            if config.clamp is not None:
-                new_bias = th.clamp(new_bias, -config.clamp, config.clamp)
-            new_fast = th.cat([new_fast, new_bias[..., None]], dim=-1)
-        energies.append(th.einsum("bik,bk->b", (efficacy / norm[..., None]).abs(), z.square()).detach())
-        outputs.append(h)
-        fast = new_fast
-    return th.stack(outputs), h, fast, th.stack(energies)
-
-
-def make_problem(
-    config: StpnConfig,
-    plastic_bias: bool,
-    scalar: bool,
-    norm_gain: bool = False,
-    dtype: th.dtype = th.float64,
-    seed: int = 0,
-    hidden: int = HIDDEN,
-):
-    """Random inputs, nonzero state, parameters and resets mid-sequence (all but the resets require grad)."""
-    generator = th.Generator().manual_seed(seed)
-    presynaptic = INPUTS + (hidden if config.recurrent else 0)
-
-    def rand(*shape: int, scale: float = 1.0, mean: float = 0.0) -> th.Tensor:
-        return (mean + scale * th.randn(shape, generator=generator, dtype=th.float64)).to(dtype).requires_grad_()
-
-    plastic_shape = () if scalar else (hidden, presynaptic)
-    bias_shape = () if scalar else (hidden,)
-    tensors = {
-        "x": rand(STEPS, BATCH, INPUTS),
-        "h0": rand(BATCH, hidden, scale=0.5),
-        "fast0": rand(BATCH, hidden, presynaptic + int(plastic_bias), scale=0.3),
-        "weight": rand(hidden, presynaptic, scale=0.5),
-        "bias": rand(hidden, scale=0.5),
-        "lam": rand(*plastic_shape),
-        "gam": rand(*plastic_shape, scale=0.5),
-        "bias_lam": rand(*bias_shape) if plastic_bias else None,
-        "bias_gam": rand(*bias_shape, scale=0.5) if plastic_bias else None,
-        "norm_gain": rand(hidden, scale=0.3, mean=1.0) if norm_gain else None,
-    }
-    starts = th.zeros(STEPS, BATCH, dtype=dtype)
-    starts[2, 0] = starts[4, 1] = starts[5, 0] = 1
-    return tensors, starts
-
-
-def run_path(tensors: dict, starts: th.Tensor, config: StpnConfig) -> tuple:
-    t = tensors
-    params = StpnParams(t["weight"], t["bias"], t["lam"], t["gam"], t["bias_lam"], t["bias_gam"], t["norm_gain"])
-    return stpn_sequence(
-        t["x"], (t["h0"], t["fast0"]), params=params, config=config, episode_starts=starts, record_energy=True
-    )
-
-
-def results_and_grads(outputs: tuple, tensors: dict) -> list[th.Tensor]:
-    """The outputs, then the gradients of a loss on outputs, h_T and F_T w.r.t. every input (zero when unused)."""
-    out, h, fast, energy = outputs
-    loss = (
-        (out * th.linspace(-1, 1, out.shape[-1], dtype=out.dtype)).sum() + 0.3 * h.sum() + 0.7 * (fast * fast.detach()).sum()
-    )
-    leaves = [v for v in tensors.values() if v is not None]
-    grads = th.autograd.grad(loss, leaves, allow_unused=True)
-    return [out, h, fast, energy] + [th.zeros_like(v) if g is None else g for g, v in zip(grads, leaves, strict=True)]
-
+from tests.ops.stpn.spec import HIDDEN, make_problem, results_and_grads, run_path, spec_sequence
 
 # Every combination of the options; norm_time and norm_gain only where they act (with normalize),
 # scalar plasticity with the default norm options only (it changes the parameters' shapes, nothing else)
