@@ -7,7 +7,7 @@ import torch as th
 
 from sb3_stpn import STPN
 from sb3_stpn.ops.stpn import DivergedStateError
-from tests.ops.stpn.spec import spec_sequence
+from tests.ops.stpn.spec import assert_close_by_name, named_results, spec_sequence
 
 INPUT, HIDDEN, BATCH, STEPS = 3, 5, 4, 6
 
@@ -191,8 +191,8 @@ def test_layer_matches_the_float64_spec(kwargs: dict) -> None:
         starts=starts,
         config=layer.config,
     )
-    for got, want in zip((output, h, fast, layer.last_energy), expected, strict=True):
-        th.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    got = named_results((output, h, fast, layer.last_energy))
+    assert_close_by_name(got, named_results(expected), rtol=1e-9, atol=1e-12)
 
 
 TWIN_OPTIONS = {
@@ -224,13 +224,16 @@ def test_plasticity_free_twin_matches_the_float64_spec_with_zero_rates(kernel: s
         x, h0, fast0, twin.weight, twin.bias, zero, zero, None, None, twin.norm_gain, starts=starts, config=twin.config
     )
     assert th.equal(fast, th.zeros_like(fast))
-    for got, want in zip((output, h, fast), (want_output, want_h, want_fast), strict=True):
-        th.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
-    leaves = [x, *([h0] if twin.recurrent else []), *twin.parameters()]  # STPNf does not read h0
-    got_grads = th.autograd.grad((output * th.linspace(-1, 1, HIDDEN, dtype=th.float64)).sum() + h.sum(), leaves)
-    want_grads = th.autograd.grad((want_output * th.linspace(-1, 1, HIDDEN, dtype=th.float64)).sum() + want_h.sum(), leaves)
-    for got, want in zip(got_grads, want_grads, strict=True):
-        th.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    got = {"outputs": output, "h_T": h, "F_T": fast}
+    assert_close_by_name(got, {"outputs": want_output, "h_T": want_h, "F_T": want_fast}, rtol=1e-9, atol=1e-12, label=kernel)
+    # STPNf does not read h0
+    leaves = {"x": x, **({"h0": h0} if twin.recurrent else {}), **dict(twin.named_parameters())}
+
+    def grads_of(outputs: th.Tensor, last_h: th.Tensor) -> dict[str, th.Tensor]:
+        loss = (outputs * th.linspace(-1, 1, HIDDEN, dtype=th.float64)).sum() + last_h.sum()
+        return dict(zip(leaves, th.autograd.grad(loss, list(leaves.values())), strict=True))
+
+    assert_close_by_name(grads_of(output, h), grads_of(want_output, want_h), rtol=1e-9, atol=1e-12, label=kernel)
 
 
 def test_plastic_bias_needs_plasticity() -> None:

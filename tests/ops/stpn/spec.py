@@ -1,6 +1,11 @@
 """
-The float64 spec the op's tests compare every path against, and the helpers they share: a module, not a test
-module, so that the layer's tests and the op's import it without importing one another.
+The float64 spec the op's tests compare every path against, and the helpers they share (not a test module,
+so that the layer's tests and the op's import it without importing each other).
+
+``spec_sequence`` re-states the recurrence of ``sb3_stpn/ops/stpn/README.md`` step by step with einsum,
+independently of ``naive.py``; ``make_problem``, ``run_path`` and ``results_and_grads`` build a random problem,
+run it on the path ``SB3_STPN_KERNEL`` names and collect its results and gradients keyed by name;
+``assert_close_by_name`` compares two such dicts.
 """
 
 import torch as th
@@ -11,7 +16,7 @@ STEPS, BATCH, INPUTS, HIDDEN = 7, 3, 4, 5
 
 
 def spec_sequence(x, h0, fast0, weight, bias, lam, gam, bias_lam, bias_gam, norm_gain=None, *, starts, config):
-    """The recurrence of sb3_stpn/ops/stpn/README.md, step by step with einsum: outputs, final h and F, energy."""
+    """The recurrence of the op's README.md, step by step with einsum: outputs, final h and F, energy."""
     presynaptic = weight.shape[1]
     gain = 1.0 if norm_gain is None else norm_gain
 
@@ -63,7 +68,10 @@ def make_problem(
     seed: int = 0,
     hidden: int = HIDDEN,
 ):
-    """Random inputs, nonzero state, parameters and resets mid-sequence (all but the resets require grad)."""
+    """
+    Random inputs, nonzero state, parameters and resets mid-sequence (all but the resets require grad). The
+    tensors are keyed by the names of ``stpn_sequence``'s state and ``StpnParams``, in ``spec_sequence``'s order.
+    """
     generator = th.Generator().manual_seed(seed)
     presynaptic = INPUTS + (hidden if config.recurrent else 0)
 
@@ -78,10 +86,10 @@ def make_problem(
         "fast0": rand(BATCH, hidden, presynaptic + int(plastic_bias), scale=0.3),
         "weight": rand(hidden, presynaptic, scale=0.5),
         "bias": rand(hidden, scale=0.5),
-        "lam": rand(*plastic_shape),
-        "gam": rand(*plastic_shape, scale=0.5),
-        "bias_lam": rand(*bias_shape) if plastic_bias else None,
-        "bias_gam": rand(*bias_shape, scale=0.5) if plastic_bias else None,
+        "weight_lambda": rand(*plastic_shape),
+        "weight_gamma": rand(*plastic_shape, scale=0.5),
+        "bias_lambda": rand(*bias_shape) if plastic_bias else None,
+        "bias_gamma": rand(*bias_shape, scale=0.5) if plastic_bias else None,
         "norm_gain": rand(hidden, scale=0.3, mean=1.0) if norm_gain else None,
     }
     starts = th.zeros(STEPS, BATCH, dtype=dtype)
@@ -90,19 +98,56 @@ def make_problem(
 
 
 def run_path(tensors: dict, starts: th.Tensor, config: StpnConfig) -> tuple:
-    t = tensors
-    params = StpnParams(t["weight"], t["bias"], t["lam"], t["gam"], t["bias_lam"], t["bias_gam"], t["norm_gain"])
+    params = StpnParams(**{name: tensors[name] for name in StpnParams._fields})
     return stpn_sequence(
-        t["x"], (t["h0"], t["fast0"]), params=params, config=config, episode_starts=starts, record_energy=True
+        tensors["x"],
+        (tensors["h0"], tensors["fast0"]),
+        params=params,
+        config=config,
+        episode_starts=starts,
+        record_energy=True,
     )
 
 
-def results_and_grads(outputs: tuple, tensors: dict) -> list[th.Tensor]:
-    """The outputs, then the gradients of a loss on outputs, h_T and F_T w.r.t. every input (zero when unused)."""
-    out, h, fast, energy = outputs
+def named_results(outputs: tuple) -> dict[str, th.Tensor]:
+    """The four results of ``stpn_sequence`` (or ``spec_sequence``), keyed by name."""
+    return dict(zip(("outputs", "h_T", "F_T", "energy"), outputs, strict=True))
+
+
+def results_and_grads(outputs: tuple, tensors: dict) -> dict[str, th.Tensor]:
+    """
+    The results, then ``grad <name>``: the gradients of a loss on outputs, h_T and F_T w.r.t. every tensor of
+    the problem that is not None (zero when unused).
+    """
+    out, h, fast, _ = outputs
     loss = (
         (out * th.linspace(-1, 1, out.shape[-1], dtype=out.dtype)).sum() + 0.3 * h.sum() + 0.7 * (fast * fast.detach()).sum()
     )
-    leaves = [v for v in tensors.values() if v is not None]
-    grads = th.autograd.grad(loss, leaves, allow_unused=True)
-    return [out, h, fast, energy] + [th.zeros_like(v) if g is None else g for g, v in zip(grads, leaves, strict=True)]
+    leaves = {name: tensor for name, tensor in tensors.items() if tensor is not None}
+    grads = th.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    return named_results(outputs) | {
+        f"grad {name}": th.zeros_like(leaf) if grad is None else grad
+        for (name, leaf), grad in zip(leaves.items(), grads, strict=True)
+    }
+
+
+def assert_close_by_name(
+    got: dict[str, th.Tensor],
+    expected: dict[str, th.Tensor],
+    *,
+    rtol: float,
+    atol: float,
+    label: str = "",
+    dtype: th.dtype | None = None,
+) -> None:
+    """
+    Every tensor of ``got`` close to the one of the same name in ``expected`` (the same names on both sides), a
+    failure naming it. With ``dtype``, each of ``got`` has that dtype and is compared in float64.
+    """
+    assert got.keys() == expected.keys(), f"{label}: results {sorted(got)}, expected {sorted(expected)}"
+    for name, want in expected.items():
+        have = got[name]
+        if dtype is not None:
+            assert have.dtype == dtype, f"{label} {name}: {have.dtype}, expected {dtype}"
+            have = have.double()
+        th.testing.assert_close(have, want, rtol=rtol, atol=atol, msg=lambda m, name=name: f"{label} {name}: {m}".strip())

@@ -11,11 +11,20 @@ from pathlib import Path
 
 import pytest
 import torch as th
+from torch.autograd.gradcheck import GradcheckError
 
 from sb3_stpn.common.stpn import STPN
 from sb3_stpn.ops.stpn import KERNEL_ENV, DivergedStateError, StpnConfig, fused_cpp
 from sb3_stpn.ops.stpn import dispatch as stpn_kernel
-from tests.ops.stpn.spec import HIDDEN, make_problem, results_and_grads, run_path, spec_sequence
+from tests.ops.stpn.spec import (
+    HIDDEN,
+    assert_close_by_name,
+    make_problem,
+    named_results,
+    results_and_grads,
+    run_path,
+    spec_sequence,
+)
 
 # Every combination of the options; norm_time and norm_gain only where they act (with normalize),
 # scalar plasticity with the default norm options only (it changes the parameters' shapes, nothing else)
@@ -63,9 +72,7 @@ def test_matches_spec_float64(
     tensors, starts = make_problem(config, plastic_bias, scalar, norm_gain, hidden=hidden)
     expected = results_and_grads(spec_sequence(*tensors.values(), config=config, starts=starts), tensors)
     got = results_and_grads(run_path(tensors, starts, config), tensors)
-    names = ["outputs", "h_T", "F_T", "energy", *(f"grad {k}" for k, v in tensors.items() if v is not None)]
-    for name, want, have in zip(names, expected, got, strict=True):
-        th.testing.assert_close(have, want, rtol=1e-9, atol=1e-10, msg=lambda m, name=name: f"{kernel} {name}: {m}")
+    assert_close_by_name(got, expected, rtol=1e-9, atol=1e-10, label=kernel)
 
 
 @pytest.mark.parametrize(
@@ -92,7 +99,11 @@ def test_gradcheck_fused(kernel: str, config: StpnConfig, norm_gain: bool, plast
         out, h, fast, _ = run_path({**tensors, **dict(zip(names, leaves, strict=True))}, starts, config)
         return out, h, fast
 
-    assert th.autograd.gradcheck(function, [tensors[k] for k in names], eps=1e-6, atol=1e-6)
+    try:
+        assert th.autograd.gradcheck(function, [tensors[k] for k in names], eps=1e-6, atol=1e-6)
+    except GradcheckError as error:  # it numbers the inputs and outputs: name them
+        inputs = ", ".join(f"{i}: {name}" for i, name in enumerate(names))
+        raise AssertionError(f"{kernel}: {error}\ninputs {inputs}; outputs 0: outputs, 1: h_T, 2: F_T") from error
 
 
 @pytest.mark.parametrize(
@@ -103,9 +114,7 @@ def test_float32_close_to_float64(kernel: str, config: StpnConfig) -> None:
     tensors32 = {k: None if v is None else v.detach().float().requires_grad_() for k, v in tensors64.items()}
     expected = results_and_grads(spec_sequence(*tensors64.values(), config=config, starts=starts), tensors64)
     got = results_and_grads(run_path(tensors32, starts.float(), config), tensors32)
-    for want, have in zip(expected, got, strict=True):
-        assert have.dtype == th.float32
-        th.testing.assert_close(have.double(), want, rtol=1e-4, atol=1e-5)
+    assert_close_by_name(got, expected, rtol=1e-4, atol=1e-5, label=kernel, dtype=th.float32)
 
 
 @pytest.mark.parametrize(
@@ -120,13 +129,12 @@ def test_float32_close_to_float64(kernel: str, config: StpnConfig) -> None:
 def test_inference_without_grad_matches(kernel: str, config: StpnConfig, norm_gain: bool, hidden: int) -> None:
     """Rollouts run under no_grad, T=1, without checkpoints."""
     tensors, starts = make_problem(config, plastic_bias=True, scalar=False, norm_gain=norm_gain, hidden=hidden)
-    expected = spec_sequence(*tensors.values(), config=config, starts=starts)
+    expected = named_results(tuple(t.detach() for t in spec_sequence(*tensors.values(), config=config, starts=starts)))
     with th.no_grad():
-        got = run_path(tensors, starts, config)
-        first = run_path({**tensors, "x": tensors["x"][:1]}, starts[:1], config)
-    for want, have in zip(expected, got, strict=True):
-        th.testing.assert_close(have, want.detach(), rtol=1e-9, atol=1e-10)
-    th.testing.assert_close(first[0][0], expected[0][0].detach(), rtol=1e-9, atol=1e-10)
+        got = named_results(run_path(tensors, starts, config))
+        first = named_results(run_path({**tensors, "x": tensors["x"][:1]}, starts[:1], config))
+    assert_close_by_name(got, expected, rtol=1e-9, atol=1e-10, label=kernel)
+    th.testing.assert_close(first["outputs"][0], expected["outputs"][0], rtol=1e-9, atol=1e-10)
 
 
 def test_fallback_when_the_build_fails(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:

@@ -26,6 +26,7 @@ from sb3_stpn.common.stpn import STPN  # noqa: E402
 from sb3_stpn.ops.stpn import KERNEL_ENV, DivergedStateError, kernel_choice  # noqa: E402
 from sb3_stpn.ops.stpn import dispatch as stpn_kernel  # noqa: E402
 from sb3_stpn.ops.stpn import fused_triton as stpn_triton  # noqa: E402
+from tests.ops.stpn.spec import assert_close_by_name, named_results  # noqa: E402
 
 DEVICE = th.device("cuda" if CUDA else "cpu")
 STEPS, BATCH, INPUTS, HIDDEN = 6, 2, 3, 5
@@ -78,7 +79,7 @@ def results_and_grads(
     results = {"outputs": outputs, "h_T": h, "F_T": fast, "energy": layer.last_energy}
     generator = th.Generator().manual_seed(1)
     loss = sum((t * th.randn(t.shape, generator=generator, dtype=th.float64).to(t)).sum() for t in (outputs, h, fast))
-    leaves = {"x": x, "h0": h0, "F0": fast0, **dict(layer.named_parameters())}
+    leaves = {"x": x, "h0": h0, "fast0": fast0, **dict(layer.named_parameters())}
     grads = th.autograd.grad(loss, list(leaves.values()), allow_unused=True, materialize_grads=True)
     return results | {f"grad {name}": grad for name, grad in zip(leaves, grads, strict=True)}
 
@@ -90,9 +91,7 @@ def assert_matches_reference(
     got = results_and_grads("triton", layer, inputs, starts, monkeypatch)
     # In place: the same layer in float64
     expected = results_and_grads("reference", layer.double(), [t.double() for t in inputs], starts, monkeypatch)
-    for name, want in expected.items():
-        assert got[name].dtype == dtype, name
-        th.testing.assert_close(got[name].double(), want, rtol=rtol, atol=atol, msg=lambda m, name=name: f"{name}: {m}")
+    assert_close_by_name(got, expected, rtol=rtol, atol=atol, dtype=dtype)
 
 
 VARIANTS = list(itertools.product((True, False), (True, False), (None, 0.4), ("hebbian", "oja"), (False, True)))
@@ -176,9 +175,8 @@ def test_inference_without_grad(monkeypatch: pytest.MonkeyPatch, norm_time: str)
             monkeypatch.setenv(KERNEL_ENV, kernel)
             with th.no_grad():
                 outputs, (h, fast) = layer(x[:steps], (h0, fast0), starts[:steps])
-            results[kernel] = (outputs, h, fast, layer.last_energy)
-        for got, want in zip(results["triton"], results["reference"], strict=True):
-            th.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+            results[kernel] = named_results((outputs, h, fast, layer.last_energy))
+        assert_close_by_name(results["triton"], results["reference"], rtol=1e-9, atol=1e-10, label=f"T={steps}")
 
 
 @pytest.mark.parametrize("grad", [True, False])
