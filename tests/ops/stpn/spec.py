@@ -5,7 +5,7 @@ so that the layer's tests and the op's import it without importing each other).
 ``spec_sequence`` re-states the recurrence of ``sb3_stpn/ops/stpn/README.md`` step by step with einsum,
 independently of ``naive.py``; ``make_problem``, ``run_path`` and ``results_and_grads`` build a random problem,
 run it on the path ``SB3_STPN_KERNEL`` names and collect its results and gradients keyed by name;
-``assert_close_by_name`` compares two such dicts.
+``assert_close_by_name`` compares two such dicts; ``options_id`` and ``layer_options_id`` name a parametrized case.
 """
 
 import torch as th
@@ -151,3 +151,44 @@ def assert_close_by_name(
             assert have.dtype == dtype, f"{label} {name}: {have.dtype}, expected {dtype}"
             have = have.double()
         th.testing.assert_close(have, want, rtol=rtol, atol=atol, msg=lambda m, name=name: f"{label} {name}: {m}".strip())
+
+
+def options_id(
+    config: StpnConfig,
+    *,
+    plastic_bias: bool = False,
+    scalar: bool = False,
+    norm_gain: bool = False,
+    hidden: int | None = None,
+) -> str:
+    """
+    A readable test id for a case, e.g. ``oja-postnorm-clamp0.4-stpnf-plasticbias-gain-H20``: the rule, the
+    normalisation (``norm``: before the update, ``postnorm``: after it, ``nonorm``), then only what differs
+    from the defaults (an STPNr with fixed bias, no gain, per-synapse plasticity and the tests' width).
+    """
+    norm = {"pre": "norm", "post": "postnorm"}[config.norm_time] if config.normalize else "nonorm"
+    parts = [config.rule, norm]
+    if config.clamp is not None:
+        parts.append(f"clamp{config.clamp:g}")
+    if config.lambda_max is not None:
+        parts.append(f"lmax{config.lambda_max:g}")
+    if not config.recurrent:
+        parts.append("stpnf")
+    flags = {"plasticbias": plastic_bias, "scalar": scalar, "gain": norm_gain}
+    parts += [name for name, on in flags.items() if on]
+    if hidden is not None and hidden != HIDDEN:
+        parts.append(f"H{hidden}")
+    return "-".join(parts)
+
+
+def layer_options_id(options: dict) -> str:
+    """``options_id`` of the keyword arguments of an ``STPN`` layer (``plastic=False``: ``twin``)."""
+    known = set(StpnConfig.__dataclass_fields__) | {"plastic_bias", "scalar_plasticity", "norm_gain", "plastic"}
+    assert set(options) <= known, f"no id for {sorted(set(options) - known)}"
+    config = StpnConfig(**{k: v for k, v in options.items() if k in StpnConfig.__dataclass_fields__})
+    flags = {
+        "plastic_bias": options.get("plastic_bias", False),
+        "scalar": options.get("scalar_plasticity", False),
+        "norm_gain": options.get("norm_gain", False),
+    }
+    return options_id(config, **flags) + ("" if options.get("plastic", True) else "-twin")

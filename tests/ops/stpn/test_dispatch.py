@@ -21,6 +21,7 @@ from tests.ops.stpn.spec import (
     assert_close_by_name,
     make_problem,
     named_results,
+    options_id,
     results_and_grads,
     run_path,
     spec_sequence,
@@ -63,8 +64,15 @@ WIDE_CONFIGS = [
 ]
 
 
+def case(config: StpnConfig, plastic_bias: bool, scalar: bool, norm_gain: bool, hidden: int):
+    """One case of test_matches_spec_float64 with a readable id (``oja-postnorm-clamp0.4-plasticbias-gain-H20``)."""
+    flags = {"plastic_bias": plastic_bias, "scalar": scalar, "norm_gain": norm_gain, "hidden": hidden}
+    return pytest.param(config, plastic_bias, scalar, norm_gain, hidden, id=options_id(config, **flags))
+
+
 @pytest.mark.parametrize(
-    ("config", "plastic_bias", "scalar", "norm_gain", "hidden"), CONFIGS + LAMBDA_MAX_CONFIGS + WIDE_CONFIGS
+    ("config", "plastic_bias", "scalar", "norm_gain", "hidden"),
+    [case(*options) for options in CONFIGS + LAMBDA_MAX_CONFIGS + WIDE_CONFIGS],
 )
 def test_matches_spec_float64(
     kernel: str, config: StpnConfig, plastic_bias: bool, scalar: bool, norm_gain: bool, hidden: int
@@ -78,15 +86,18 @@ def test_matches_spec_float64(
 @pytest.mark.parametrize(
     ("config", "norm_gain", "plastic_bias"),
     [
-        *(
-            (config, False, plastic_bias)
-            for config, plastic_bias in itertools.product(
-                [StpnConfig(), StpnConfig(rule="oja", recurrent=False), StpnConfig(normalize=False, rule="oja")],
-                [False, True],
-            )
-        ),
-        (StpnConfig(norm_time="post", clamp=0.4), True, True),
-        (StpnConfig(norm_time="post", rule="oja", recurrent=False), True, False),
+        pytest.param(config, norm_gain, plastic_bias, id=options_id(config, norm_gain=norm_gain, plastic_bias=plastic_bias))
+        for config, norm_gain, plastic_bias in [
+            *(
+                (config, False, plastic_bias)
+                for config, plastic_bias in itertools.product(
+                    [StpnConfig(), StpnConfig(rule="oja", recurrent=False), StpnConfig(normalize=False, rule="oja")],
+                    [False, True],
+                )
+            ),
+            (StpnConfig(norm_time="post", clamp=0.4), True, True),
+            (StpnConfig(norm_time="post", rule="oja", recurrent=False), True, False),
+        ]
     ],
 )
 def test_gradcheck_fused(kernel: str, config: StpnConfig, norm_gain: bool, plastic_bias: bool) -> None:
@@ -107,7 +118,9 @@ def test_gradcheck_fused(kernel: str, config: StpnConfig, norm_gain: bool, plast
 
 
 @pytest.mark.parametrize(
-    "config", [StpnConfig(clamp=0.4, rule="oja"), StpnConfig(recurrent=False), StpnConfig(norm_time="post", clamp=0.4)]
+    "config",
+    [StpnConfig(clamp=0.4, rule="oja"), StpnConfig(recurrent=False), StpnConfig(norm_time="post", clamp=0.4)],
+    ids=lambda config: options_id(config, plastic_bias=True, norm_gain=config.norm_time == "post"),
 )
 def test_float32_close_to_float64(kernel: str, config: StpnConfig) -> None:
     tensors64, starts = make_problem(config, plastic_bias=True, scalar=False, norm_gain=config.norm_time == "post")
@@ -120,10 +133,13 @@ def test_float32_close_to_float64(kernel: str, config: StpnConfig) -> None:
 @pytest.mark.parametrize(
     ("config", "norm_gain", "hidden"),
     [
-        (StpnConfig(clamp=0.4), False, HIDDEN),
-        (StpnConfig(clamp=0.4, norm_time="post"), True, HIDDEN),
-        (StpnConfig(norm_time="post", rule="oja"), False, 20),
-        (StpnConfig(rule="oja"), True, 20),
+        pytest.param(config, norm_gain, hidden, id=options_id(config, plastic_bias=True, norm_gain=norm_gain, hidden=hidden))
+        for config, norm_gain, hidden in [
+            (StpnConfig(clamp=0.4), False, HIDDEN),
+            (StpnConfig(clamp=0.4, norm_time="post"), True, HIDDEN),
+            (StpnConfig(norm_time="post", rule="oja"), False, 20),
+            (StpnConfig(rule="oja"), True, 20),
+        ]
     ],
 )
 def test_inference_without_grad_matches(kernel: str, config: StpnConfig, norm_gain: bool, hidden: int) -> None:
@@ -304,7 +320,7 @@ def _diverging_layer(case: str, lambda_max: float | None = None) -> STPN:
 
 
 @pytest.mark.parametrize("case", ["plastic bias", "normalize=False"])
-@pytest.mark.parametrize("rollout", [True, False])
+@pytest.mark.parametrize("rollout", [True, False], ids=["rollout", "training"])
 def test_diverging_state_raises_a_clear_error(kernel: str, case: str, rollout: bool) -> None:
     """Rollouts (T=1, no grad) and training (one call of T steps) stop with one error, not garbage outputs."""
     layer, x = _diverging_layer(case), th.randn(400, 2, 4)

@@ -26,7 +26,7 @@ from sb3_stpn.common.stpn import STPN  # noqa: E402
 from sb3_stpn.ops.stpn import KERNEL_ENV, DivergedStateError, kernel_choice  # noqa: E402
 from sb3_stpn.ops.stpn import dispatch as stpn_kernel  # noqa: E402
 from sb3_stpn.ops.stpn import fused_triton as stpn_triton  # noqa: E402
-from tests.ops.stpn.spec import assert_close_by_name, named_results  # noqa: E402
+from tests.ops.stpn.spec import assert_close_by_name, layer_options_id, named_results  # noqa: E402
 
 DEVICE = th.device("cuda" if CUDA else "cpu")
 STEPS, BATCH, INPUTS, HIDDEN = 6, 2, 3, 5
@@ -95,9 +95,13 @@ def assert_matches_reference(
 
 
 VARIANTS = list(itertools.product((True, False), (True, False), (None, 0.4), ("hebbian", "oja"), (False, True)))
+OPTION_NAMES = ("recurrent", "normalize", "clamp", "rule", "plastic_bias")
 
 
-@pytest.mark.parametrize(("recurrent", "normalize", "clamp", "rule", "plastic_bias"), VARIANTS)
+@pytest.mark.parametrize(
+    OPTION_NAMES,
+    [pytest.param(*values, id=layer_options_id(dict(zip(OPTION_NAMES, values, strict=True)))) for values in VARIANTS],
+)
 def test_matches_reference_float64(
     monkeypatch: pytest.MonkeyPatch, recurrent: bool, normalize: bool, clamp: float | None, rule: str, plastic_bias: bool
 ) -> None:
@@ -115,6 +119,7 @@ def test_matches_reference_float64(
         {"rule": "oja", "normalize": False},
         {"norm_time": "post", "norm_gain": True, "rule": "oja"},
     ],
+    ids=layer_options_id,
 )
 def test_column_chunks(monkeypatch: pytest.MonkeyPatch, options: dict) -> None:
     assert_matches_reference(monkeypatch, **options)
@@ -123,6 +128,7 @@ def test_column_chunks(monkeypatch: pytest.MonkeyPatch, options: dict) -> None:
 @pytest.mark.parametrize(
     "options",
     [{"rule": "oja", "clamp": 0.4, "plastic_bias": True}, {"recurrent": False}, {"normalize": False, "clamp": 0.4}],
+    ids=lambda options: layer_options_id({**options, "norm_gain": True}),
 )
 def test_norm_gain(monkeypatch: pytest.MonkeyPatch, options: dict) -> None:
     assert_matches_reference(monkeypatch, norm_gain=True, **options)
@@ -135,6 +141,7 @@ def test_norm_gain(monkeypatch: pytest.MonkeyPatch, options: dict) -> None:
         {"recurrent": False, "norm_gain": True},
         {"clamp": 0.4, "norm_gain": True},
     ],
+    ids=lambda options: layer_options_id({**options, "norm_time": "post"}),
 )
 def test_post_update_normalisation(monkeypatch: pytest.MonkeyPatch, options: dict) -> None:
     """norm_time="post": the new F divided by its own norm (one more pass forward and backward)."""
@@ -143,7 +150,9 @@ def test_post_update_normalisation(monkeypatch: pytest.MonkeyPatch, options: dic
 
 @pytest.mark.usefixtures("column_chunks")
 @pytest.mark.parametrize(
-    "options", [{"plastic_bias": True, "clamp": 0.4}, {"recurrent": False, "rule": "oja", "normalize": False}]
+    "options",
+    [{"plastic_bias": True, "clamp": 0.4}, {"recurrent": False, "rule": "oja", "normalize": False}],
+    ids=lambda options: layer_options_id({**options, "scalar_plasticity": True}),
 )
 def test_scalar_plasticity(monkeypatch: pytest.MonkeyPatch, options: dict) -> None:
     assert_matches_reference(monkeypatch, scalar_plasticity=True, **options)
@@ -153,6 +162,7 @@ def test_scalar_plasticity(monkeypatch: pytest.MonkeyPatch, options: dict) -> No
 @pytest.mark.parametrize(
     "options",
     [{"clamp": 0.4, "rule": "oja", "plastic_bias": True}, {"recurrent": False, "norm_time": "post", "norm_gain": True}],
+    ids=layer_options_id,
 )
 def test_float32_close_to_float64(monkeypatch: pytest.MonkeyPatch, options: dict) -> None:
     assert_matches_reference(monkeypatch, th.float32, rtol=1e-4, atol=1e-5, **options)
@@ -179,7 +189,7 @@ def test_inference_without_grad(monkeypatch: pytest.MonkeyPatch, norm_time: str)
         assert_close_by_name(results["triton"], results["reference"], rtol=1e-9, atol=1e-10, label=f"T={steps}")
 
 
-@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "nograd"])
 def test_diverging_state_raises_a_clear_error(monkeypatch: pytest.MonkeyPatch, grad: bool) -> None:
     """A plastic bias growing 1e10-fold a step overflows float32 within a few steps: one clear error."""
     monkeypatch.setenv(KERNEL_ENV, "triton")
