@@ -5,9 +5,15 @@ so that the layer's tests and the op's import it without importing each other).
 ``spec_sequence`` re-states the recurrence of ``sb3_stpn/ops/stpn/README.md`` step by step with einsum,
 independently of ``naive.py``; ``make_problem``, ``run_path`` and ``results_and_grads`` build a random problem,
 run it on the path ``SB3_STPN_KERNEL`` names and collect its results and gradients keyed by name;
-``assert_close_by_name`` compares two such dicts; ``options_id`` and ``layer_options_id`` name a parametrized case.
+``assert_close_by_name`` compares two such dicts; ``spy_on_backward`` records the checkpoint segments a fused
+backward walks; ``options_id`` and ``layer_options_id`` name a parametrized case.
 """
 
+import inspect
+import math
+from types import ModuleType
+
+import pytest
 import torch as th
 
 from sb3_stpn.ops.stpn import StpnConfig, StpnParams, stpn_sequence
@@ -151,6 +157,32 @@ def assert_close_by_name(
             assert have.dtype == dtype, f"{label} {name}: {have.dtype}, expected {dtype}"
             have = have.double()
         th.testing.assert_close(have, want, rtol=rtol, atol=atol, msg=lambda m, name=name: f"{label} {name}: {m}".strip())
+
+
+def spy_on_backward(monkeypatch: pytest.MonkeyPatch, backend: ModuleType) -> list[tuple[int, int]]:
+    """
+    Wraps the fused backend's ``backward`` (looked up on the module at each call) to record, per call, the
+    segment length ``every`` and the number of checkpoints it recomputes from.
+    """
+    original = backend.backward
+    signature = inspect.signature(original)
+    calls: list[tuple[int, int]] = []
+
+    def backward(*args, **kwargs):
+        arguments = signature.bind(*args, **kwargs).arguments
+        calls.append((arguments["every"], arguments["checkpoints"].shape[0]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(backend, "backward", backward)
+    return calls
+
+
+def assert_several_segments(calls: list[tuple[int, int]], steps: int) -> None:
+    """Every recorded backward walked more than one checkpoint segment of a sequence of ``steps``, one per checkpoint."""
+    assert calls, "no fused backward ran"
+    for every, segments in calls:
+        assert segments == math.ceil(steps / every), f"{segments} checkpoints for T={steps} in segments of {every}"
+        assert segments > 1, f"one segment of {every} steps for T={steps}: the checkpoint recompute went untested"
 
 
 def options_id(

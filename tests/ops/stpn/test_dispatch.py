@@ -18,7 +18,9 @@ from sb3_stpn.ops.stpn import KERNEL_ENV, DivergedStateError, StpnConfig, fused_
 from sb3_stpn.ops.stpn import dispatch as stpn_kernel
 from tests.ops.stpn.spec import (
     HIDDEN,
+    STEPS,
     assert_close_by_name,
+    assert_several_segments,
     make_problem,
     named_results,
     options_id,
@@ -75,12 +77,20 @@ def case(config: StpnConfig, plastic_bias: bool, scalar: bool, norm_gain: bool, 
     [case(*options) for options in CONFIGS + LAMBDA_MAX_CONFIGS + WIDE_CONFIGS],
 )
 def test_matches_spec_float64(
-    kernel: str, config: StpnConfig, plastic_bias: bool, scalar: bool, norm_gain: bool, hidden: int
+    kernel: str,
+    backward_segments: list[tuple[int, int]],
+    config: StpnConfig,
+    plastic_bias: bool,
+    scalar: bool,
+    norm_gain: bool,
+    hidden: int,
 ) -> None:
     tensors, starts = make_problem(config, plastic_bias, scalar, norm_gain, hidden=hidden)
     expected = results_and_grads(spec_sequence(*tensors.values(), config=config, starts=starts), tensors)
     got = results_and_grads(run_path(tensors, starts, config), tensors)
     assert_close_by_name(got, expected, rtol=1e-9, atol=1e-10, label=kernel)
+    if kernel != "reference":
+        assert_several_segments(backward_segments, STEPS)
 
 
 @pytest.mark.parametrize(
@@ -100,7 +110,9 @@ def test_matches_spec_float64(
         ]
     ],
 )
-def test_gradcheck_fused(kernel: str, config: StpnConfig, norm_gain: bool, plastic_bias: bool) -> None:
+def test_gradcheck_fused(
+    kernel: str, backward_segments: list[tuple[int, int]], config: StpnConfig, norm_gain: bool, plastic_bias: bool
+) -> None:
     if kernel == "reference":
         pytest.skip("gradcheck targets the hand-derived backward of the fused paths")
     tensors, starts = make_problem(config, plastic_bias, scalar=False, norm_gain=norm_gain)
@@ -115,6 +127,7 @@ def test_gradcheck_fused(kernel: str, config: StpnConfig, norm_gain: bool, plast
     except GradcheckError as error:  # it numbers the inputs and outputs: name them
         inputs = ", ".join(f"{i}: {name}" for i, name in enumerate(names))
         raise AssertionError(f"{kernel}: {error}\ninputs {inputs}; outputs 0: outputs, 1: h_T, 2: F_T") from error
+    assert_several_segments(backward_segments, STEPS)
 
 
 @pytest.mark.parametrize(
@@ -122,12 +135,14 @@ def test_gradcheck_fused(kernel: str, config: StpnConfig, norm_gain: bool, plast
     [StpnConfig(clamp=0.4, rule="oja"), StpnConfig(recurrent=False), StpnConfig(norm_time="post", clamp=0.4)],
     ids=lambda config: options_id(config, plastic_bias=True, norm_gain=config.norm_time == "post"),
 )
-def test_float32_close_to_float64(kernel: str, config: StpnConfig) -> None:
+def test_float32_close_to_float64(kernel: str, backward_segments: list[tuple[int, int]], config: StpnConfig) -> None:
     tensors64, starts = make_problem(config, plastic_bias=True, scalar=False, norm_gain=config.norm_time == "post")
     tensors32 = {k: None if v is None else v.detach().float().requires_grad_() for k, v in tensors64.items()}
     expected = results_and_grads(spec_sequence(*tensors64.values(), config=config, starts=starts), tensors64)
     got = results_and_grads(run_path(tensors32, starts.float(), config), tensors32)
     assert_close_by_name(got, expected, rtol=1e-4, atol=1e-5, label=kernel, dtype=th.float32)
+    if kernel != "reference":
+        assert_several_segments(backward_segments, STEPS)
 
 
 @pytest.mark.parametrize(

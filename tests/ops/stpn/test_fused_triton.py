@@ -26,7 +26,7 @@ from sb3_stpn.common.stpn import STPN  # noqa: E402
 from sb3_stpn.ops.stpn import KERNEL_ENV, DivergedStateError, kernel_choice  # noqa: E402
 from sb3_stpn.ops.stpn import dispatch as stpn_kernel  # noqa: E402
 from sb3_stpn.ops.stpn import fused_triton as stpn_triton  # noqa: E402
-from tests.ops.stpn.spec import assert_close_by_name, layer_options_id, named_results  # noqa: E402
+from tests.ops.stpn.spec import assert_close_by_name, layer_options_id, named_results, spy_on_backward  # noqa: E402
 
 DEVICE = th.device("cuda" if CUDA else "cpu")
 STEPS, BATCH, INPUTS, HIDDEN = 6, 2, 3, 5
@@ -85,10 +85,18 @@ def results_and_grads(
 
 
 def assert_matches_reference(
-    monkeypatch: pytest.MonkeyPatch, dtype: th.dtype = th.float64, rtol: float = 1e-9, atol: float = 1e-10, **stpn_kwargs
+    monkeypatch: pytest.MonkeyPatch,
+    dtype: th.dtype = th.float64,
+    rtol: float = 1e-9,
+    atol: float = 1e-10,
+    segments: int = 2,
+    **stpn_kwargs,
 ) -> None:
+    """The triton path's results and gradients against the reference's, its one backward over ``segments`` segments."""
     layer, inputs, starts = make_case(dtype, **stpn_kwargs)
+    backward_segments = spy_on_backward(monkeypatch, stpn_triton)
     got = results_and_grads("triton", layer, inputs, starts, monkeypatch)
+    assert [count for _, count in backward_segments] == [segments], f"(every, checkpoints): {backward_segments}"
     # In place: the same layer in float64
     expected = results_and_grads("reference", layer.double(), [t.double() for t in inputs], starts, monkeypatch)
     assert_close_by_name(got, expected, rtol=rtol, atol=atol, dtype=dtype)
@@ -171,7 +179,7 @@ def test_float32_close_to_float64(monkeypatch: pytest.MonkeyPatch, options: dict
 def test_one_segment(monkeypatch: pytest.MonkeyPatch) -> None:
     """The default budget: the whole sequence is one segment (only F_0 kept)."""
     monkeypatch.setattr(stpn_kernel, "SEGMENT_BUDGET_BYTES", DEFAULT_BUDGET)
-    assert_matches_reference(monkeypatch, clamp=0.4, rule="oja", plastic_bias=True)
+    assert_matches_reference(monkeypatch, segments=1, clamp=0.4, rule="oja", plastic_bias=True)
 
 
 @pytest.mark.parametrize("norm_time", ["pre", "post"])
