@@ -7,12 +7,12 @@ import torch as th
 
 from sb3_stpn import STPN
 from sb3_stpn.ops.stpn import DivergedStateError
-from tests.ops.stpn.test_dispatch import spec_sequence
+from tests.ops.stpn.spec import assert_close_by_name, layer_options_id, named_results, spec_sequence
 
 INPUT, HIDDEN, BATCH, STEPS = 3, 5, 4, 6
 
 
-@pytest.mark.parametrize("recurrent", [True, False])
+@pytest.mark.parametrize("recurrent", [True, False], ids=["stpnr", "stpnf"])
 def test_parameters_follow_the_spec(recurrent: bool) -> None:
     th.manual_seed(0)
     layer = STPN(INPUT, 200, recurrent=recurrent)
@@ -57,20 +57,24 @@ def test_norm_options_have_no_effect_without_normalisation() -> None:
     th.testing.assert_close(with_options(x), plain(x), rtol=0, atol=0)
 
 
+INVALID_OPTIONS = [
+    ({"rule": "bcm"}, "Unknown plasticity rule"),
+    ({"clamp": 0.0}, "clamp must be positive"),
+    ({"clamp": -1.0}, "clamp must be positive"),
+    ({"norm_time": "during"}, "Unknown norm_time"),
+    ({"lambda_max": 0.0}, "lambda_max must be positive"),
+    ({"lambda_init": (1.0, 0.5)}, r"needs low <= high, got \(1.0, 0.5\)"),
+    ({"input_size": 4.5}, "input_size must be a positive integer, got 4.5"),
+    ({"hidden_size": "8"}, "hidden_size must be a positive integer, got '8'"),
+    ({"hidden_size": True}, "hidden_size must be a positive integer, got True"),
+    ({"input_size": 0}, "input_size must be a positive integer, got 0"),
+]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [
-        ({"rule": "bcm"}, "Unknown plasticity rule"),
-        ({"clamp": 0.0}, "clamp must be positive"),
-        ({"clamp": -1.0}, "clamp must be positive"),
-        ({"norm_time": "during"}, "Unknown norm_time"),
-        ({"lambda_max": 0.0}, "lambda_max must be positive"),
-        ({"lambda_init": (1.0, 0.5)}, r"needs low <= high, got \(1.0, 0.5\)"),
-        ({"input_size": 4.5}, "input_size must be a positive integer, got 4.5"),
-        ({"hidden_size": "8"}, "hidden_size must be a positive integer, got '8'"),
-        ({"hidden_size": True}, "hidden_size must be a positive integer, got True"),
-        ({"input_size": 0}, "input_size must be a positive integer, got 0"),
-    ],
+    INVALID_OPTIONS,
+    ids=[",".join(f"{key}={value!r}".replace(" ", "") for key, value in kwargs.items()) for kwargs, _ in INVALID_OPTIONS],
 )
 def test_invalid_options_are_rejected(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -82,7 +86,7 @@ def test_wrong_input_shape_is_rejected() -> None:
         STPN(INPUT, HIDDEN)(th.zeros(STEPS, BATCH, INPUT + 1))
 
 
-@pytest.mark.parametrize("recurrent", [True, False])
+@pytest.mark.parametrize("recurrent", [True, False], ids=["stpnr", "stpnf"])
 def test_output_and_state_shapes(recurrent: bool) -> None:
     layer = STPN(INPUT, HIDDEN, recurrent=recurrent)
     output, (h, fast) = layer(th.randn(STEPS, BATCH, INPUT))
@@ -102,7 +106,7 @@ def _strongly_plastic(**kwargs) -> STPN:
     return layer
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"recurrent": False}, {"plastic_bias": True, "rule": "oja"}])
+@pytest.mark.parametrize("kwargs", [{}, {"recurrent": False}, {"plastic_bias": True, "rule": "oja"}], ids=layer_options_id)
 def test_state_after_an_episode_start_equals_a_fresh_state(kwargs: dict) -> None:
     layer = _strongly_plastic(**kwargs)
     x = th.randn(2 * STEPS, BATCH, INPUT)
@@ -143,7 +147,7 @@ def test_recording_energy_does_not_change_the_forward() -> None:
     assert (layer.last_energy > 0).all()
 
 
-@pytest.mark.parametrize("dtype", [th.float32, th.float64])
+@pytest.mark.parametrize("dtype", [th.float32, th.float64], ids=["float32", "float64"])
 def test_gradients_reach_every_parameter_the_input_and_the_initial_state(dtype: th.dtype) -> None:
     layer = STPN(INPUT, HIDDEN, plastic_bias=True, norm_gain=True).to(dtype)
     x = th.randn(STEPS, BATCH, INPUT, dtype=dtype, requires_grad=True)
@@ -165,6 +169,7 @@ def test_gradients_reach_every_parameter_the_input_and_the_initial_state(dtype: 
         {"clamp": 0.05, "rule": "oja", "plastic_bias": True, "scalar_plasticity": True},
         {"norm_time": "post", "norm_gain": True, "clamp": 0.5, "plastic_bias": True, "lambda_max": 0.5},
     ],
+    ids=layer_options_id,
 )
 def test_layer_matches_the_float64_spec(kwargs: dict) -> None:
     """The module hands its parameters and options to the kernel as the spec reads them."""
@@ -191,8 +196,8 @@ def test_layer_matches_the_float64_spec(kwargs: dict) -> None:
         starts=starts,
         config=layer.config,
     )
-    for got, want in zip((output, h, fast, layer.last_energy), expected, strict=True):
-        th.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    got = named_results((output, h, fast, layer.last_energy))
+    assert_close_by_name(got, named_results(expected), rtol=1e-9, atol=1e-12)
 
 
 TWIN_OPTIONS = {
@@ -224,13 +229,16 @@ def test_plasticity_free_twin_matches_the_float64_spec_with_zero_rates(kernel: s
         x, h0, fast0, twin.weight, twin.bias, zero, zero, None, None, twin.norm_gain, starts=starts, config=twin.config
     )
     assert th.equal(fast, th.zeros_like(fast))
-    for got, want in zip((output, h, fast), (want_output, want_h, want_fast), strict=True):
-        th.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
-    leaves = [x, *([h0] if twin.recurrent else []), *twin.parameters()]  # STPNf does not read h0
-    got_grads = th.autograd.grad((output * th.linspace(-1, 1, HIDDEN, dtype=th.float64)).sum() + h.sum(), leaves)
-    want_grads = th.autograd.grad((want_output * th.linspace(-1, 1, HIDDEN, dtype=th.float64)).sum() + want_h.sum(), leaves)
-    for got, want in zip(got_grads, want_grads, strict=True):
-        th.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    got = {"outputs": output, "h_T": h, "F_T": fast}
+    assert_close_by_name(got, {"outputs": want_output, "h_T": want_h, "F_T": want_fast}, rtol=1e-9, atol=1e-12, label=kernel)
+    # STPNf does not read h0
+    leaves = {"x": x, **({"h0": h0} if twin.recurrent else {}), **dict(twin.named_parameters())}
+
+    def grads_of(outputs: th.Tensor, last_h: th.Tensor) -> dict[str, th.Tensor]:
+        loss = (outputs * th.linspace(-1, 1, HIDDEN, dtype=th.float64)).sum() + last_h.sum()
+        return dict(zip(leaves, th.autograd.grad(loss, list(leaves.values())), strict=True))
+
+    assert_close_by_name(grads_of(output, h), grads_of(want_output, want_h), rtol=1e-9, atol=1e-12, label=kernel)
 
 
 def test_plastic_bias_needs_plasticity() -> None:

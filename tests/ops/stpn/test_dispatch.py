@@ -1,4 +1,4 @@
-"""Every path of ``stpn_sequence`` against a float64 re-statement of ``shared/STPN.md`` written here."""
+"""Every path of ``stpn_sequence`` against the float64 re-statement of the op's README.md in ``spec.py``."""
 
 import itertools
 import json
@@ -11,111 +11,23 @@ from pathlib import Path
 
 import pytest
 import torch as th
+from torch.autograd.gradcheck import GradcheckError
 
 from sb3_stpn.common.stpn import STPN
-from sb3_stpn.ops.stpn import KERNEL_ENV, DivergedStateError, StpnConfig, StpnParams, fused_cpp, stpn_sequence
+from sb3_stpn.ops.stpn import KERNEL_ENV, DivergedStateError, StpnConfig, fused_cpp
 from sb3_stpn.ops.stpn import dispatch as stpn_kernel
-
-STEPS, BATCH, INPUTS, HIDDEN = 7, 3, 4, 5
-
-
-def spec_sequence(x, h0, fast0, weight, bias, lam, gam, bias_lam, bias_gam, norm_gain=None, *, starts, config):
-    """shared/STPN.md, step by step with einsum: outputs, final h and F, energy."""
-    presynaptic = weight.shape[1]
-    gain = 1.0 if norm_gain is None else norm_gain
-
-    def row_norm(efficacy: th.Tensor) -> th.Tensor:
-        return gain * (efficacy.square().sum(-1).sqrt() + 1e-16) if config.normalize else th.ones_like(h0[:, :1])
-
-    post = config.normalize and config.norm_time == "post"
-    if config.lambda_max is not None:
-        lam = lam.clamp(max=config.lambda_max)
-        bias_lam = None if bias_lam is None else bias_lam.clamp(max=config.lambda_max)
-    h, fast = h0, fast0
-    outputs, energies = [], []
-    for t in range(x.shape[0]):
-        if starts is not None:
-            keep = (starts[t] == 0).to(x.dtype)
-            h, fast = h * keep[:, None], fast * keep[:, None, None]
-        z = th.cat([x[t], h], dim=1) if config.recurrent else x[t]
-        synaptic = fast[:, :, :presynaptic]
-        efficacy = weight + synaptic
-        norm = row_norm(efficacy)
-        drive = th.einsum("bik,bk->bi", efficacy, z) / norm + bias
-        if bias_lam is not None:
-            drive = drive + fast[:, :, presynaptic]
-        h = th.tanh(drive)
-        trace = z - th.einsum("bik,bi->bk", synaptic, h) if config.rule == "oja" else z
-        decayed = synaptic if post else synaptic / norm[..., None]
-        new_fast = lam * decayed + gam * th.einsum("bi,bk->bik", h, trace)
-        if config.clamp is not None:
-            new_fast = th.clamp(new_fast, -config.clamp, config.clamp)
-        if post:
-            new_fast = new_fast / row_norm(weight + new_fast)[..., None]
-        if bias_lam is not None:
-            new_bias = bias_lam * fast[:, :, presynaptic] + bias_gam * h
-            if config.clamp is not None:
-                new_bias = th.clamp(new_bias, -config.clamp, config.clamp)
-            new_fast = th.cat([new_fast, new_bias[..., None]], dim=-1)
-        energies.append(th.einsum("bik,bk->b", (efficacy / norm[..., None]).abs(), z.square()).detach())
-        outputs.append(h)
-        fast = new_fast
-    return th.stack(outputs), h, fast, th.stack(energies)
-
-
-def make_problem(
-    config: StpnConfig,
-    plastic_bias: bool,
-    scalar: bool,
-    norm_gain: bool = False,
-    dtype: th.dtype = th.float64,
-    seed: int = 0,
-    hidden: int = HIDDEN,
-):
-    """Random inputs, nonzero state, parameters and resets mid-sequence (all but the resets require grad)."""
-    generator = th.Generator().manual_seed(seed)
-    presynaptic = INPUTS + (hidden if config.recurrent else 0)
-
-    def rand(*shape: int, scale: float = 1.0, mean: float = 0.0) -> th.Tensor:
-        return (mean + scale * th.randn(shape, generator=generator, dtype=th.float64)).to(dtype).requires_grad_()
-
-    plastic_shape = () if scalar else (hidden, presynaptic)
-    bias_shape = () if scalar else (hidden,)
-    tensors = {
-        "x": rand(STEPS, BATCH, INPUTS),
-        "h0": rand(BATCH, hidden, scale=0.5),
-        "fast0": rand(BATCH, hidden, presynaptic + int(plastic_bias), scale=0.3),
-        "weight": rand(hidden, presynaptic, scale=0.5),
-        "bias": rand(hidden, scale=0.5),
-        "lam": rand(*plastic_shape),
-        "gam": rand(*plastic_shape, scale=0.5),
-        "bias_lam": rand(*bias_shape) if plastic_bias else None,
-        "bias_gam": rand(*bias_shape, scale=0.5) if plastic_bias else None,
-        "norm_gain": rand(hidden, scale=0.3, mean=1.0) if norm_gain else None,
-    }
-    starts = th.zeros(STEPS, BATCH, dtype=dtype)
-    starts[2, 0] = starts[4, 1] = starts[5, 0] = 1
-    return tensors, starts
-
-
-def run_path(tensors: dict, starts: th.Tensor, config: StpnConfig) -> tuple:
-    t = tensors
-    params = StpnParams(t["weight"], t["bias"], t["lam"], t["gam"], t["bias_lam"], t["bias_gam"], t["norm_gain"])
-    return stpn_sequence(
-        t["x"], (t["h0"], t["fast0"]), params=params, config=config, episode_starts=starts, record_energy=True
-    )
-
-
-def results_and_grads(outputs: tuple, tensors: dict) -> list[th.Tensor]:
-    """The outputs, then the gradients of a loss on outputs, h_T and F_T w.r.t. every input (zero when unused)."""
-    out, h, fast, energy = outputs
-    loss = (
-        (out * th.linspace(-1, 1, out.shape[-1], dtype=out.dtype)).sum() + 0.3 * h.sum() + 0.7 * (fast * fast.detach()).sum()
-    )
-    leaves = [v for v in tensors.values() if v is not None]
-    grads = th.autograd.grad(loss, leaves, allow_unused=True)
-    return [out, h, fast, energy] + [th.zeros_like(v) if g is None else g for g, v in zip(grads, leaves, strict=True)]
-
+from tests.ops.stpn.spec import (
+    HIDDEN,
+    STEPS,
+    assert_close_by_name,
+    assert_several_segments,
+    make_problem,
+    named_results,
+    options_id,
+    results_and_grads,
+    run_path,
+    spec_sequence,
+)
 
 # Every combination of the options; norm_time and norm_gain only where they act (with normalize),
 # scalar plasticity with the default norm options only (it changes the parameters' shapes, nothing else)
@@ -154,35 +66,53 @@ WIDE_CONFIGS = [
 ]
 
 
+def case(config: StpnConfig, plastic_bias: bool, scalar: bool, norm_gain: bool, hidden: int):
+    """One case of test_matches_spec_float64 with a readable id (``oja-postnorm-clamp0.4-plasticbias-gain-H20``)."""
+    flags = {"plastic_bias": plastic_bias, "scalar": scalar, "norm_gain": norm_gain, "hidden": hidden}
+    return pytest.param(config, plastic_bias, scalar, norm_gain, hidden, id=options_id(config, **flags))
+
+
 @pytest.mark.parametrize(
-    ("config", "plastic_bias", "scalar", "norm_gain", "hidden"), CONFIGS + LAMBDA_MAX_CONFIGS + WIDE_CONFIGS
+    ("config", "plastic_bias", "scalar", "norm_gain", "hidden"),
+    [case(*options) for options in CONFIGS + LAMBDA_MAX_CONFIGS + WIDE_CONFIGS],
 )
 def test_matches_spec_float64(
-    kernel: str, config: StpnConfig, plastic_bias: bool, scalar: bool, norm_gain: bool, hidden: int
+    kernel: str,
+    backward_segments: list[tuple[int, int]],
+    config: StpnConfig,
+    plastic_bias: bool,
+    scalar: bool,
+    norm_gain: bool,
+    hidden: int,
 ) -> None:
     tensors, starts = make_problem(config, plastic_bias, scalar, norm_gain, hidden=hidden)
     expected = results_and_grads(spec_sequence(*tensors.values(), config=config, starts=starts), tensors)
     got = results_and_grads(run_path(tensors, starts, config), tensors)
-    names = ["outputs", "h_T", "F_T", "energy", *(f"grad {k}" for k, v in tensors.items() if v is not None)]
-    for name, want, have in zip(names, expected, got, strict=True):
-        th.testing.assert_close(have, want, rtol=1e-9, atol=1e-10, msg=lambda m, name=name: f"{kernel} {name}: {m}")
+    assert_close_by_name(got, expected, rtol=1e-9, atol=1e-10, label=kernel)
+    if kernel != "reference":
+        assert_several_segments(backward_segments, STEPS)
 
 
 @pytest.mark.parametrize(
     ("config", "norm_gain", "plastic_bias"),
     [
-        *(
-            (config, False, plastic_bias)
-            for config, plastic_bias in itertools.product(
-                [StpnConfig(), StpnConfig(rule="oja", recurrent=False), StpnConfig(normalize=False, rule="oja")],
-                [False, True],
-            )
-        ),
-        (StpnConfig(norm_time="post", clamp=0.4), True, True),
-        (StpnConfig(norm_time="post", rule="oja", recurrent=False), True, False),
+        pytest.param(config, norm_gain, plastic_bias, id=options_id(config, norm_gain=norm_gain, plastic_bias=plastic_bias))
+        for config, norm_gain, plastic_bias in [
+            *(
+                (config, False, plastic_bias)
+                for config, plastic_bias in itertools.product(
+                    [StpnConfig(), StpnConfig(rule="oja", recurrent=False), StpnConfig(normalize=False, rule="oja")],
+                    [False, True],
+                )
+            ),
+            (StpnConfig(norm_time="post", clamp=0.4), True, True),
+            (StpnConfig(norm_time="post", rule="oja", recurrent=False), True, False),
+        ]
     ],
 )
-def test_gradcheck_fused(kernel: str, config: StpnConfig, norm_gain: bool, plastic_bias: bool) -> None:
+def test_gradcheck_fused(
+    kernel: str, backward_segments: list[tuple[int, int]], config: StpnConfig, norm_gain: bool, plastic_bias: bool
+) -> None:
     if kernel == "reference":
         pytest.skip("gradcheck targets the hand-derived backward of the fused paths")
     tensors, starts = make_problem(config, plastic_bias, scalar=False, norm_gain=norm_gain)
@@ -192,41 +122,50 @@ def test_gradcheck_fused(kernel: str, config: StpnConfig, norm_gain: bool, plast
         out, h, fast, _ = run_path({**tensors, **dict(zip(names, leaves, strict=True))}, starts, config)
         return out, h, fast
 
-    assert th.autograd.gradcheck(function, [tensors[k] for k in names], eps=1e-6, atol=1e-6)
+    try:
+        assert th.autograd.gradcheck(function, [tensors[k] for k in names], eps=1e-6, atol=1e-6)
+    except GradcheckError as error:  # it numbers the inputs and outputs: name them
+        inputs = ", ".join(f"{i}: {name}" for i, name in enumerate(names))
+        raise AssertionError(f"{kernel}: {error}\ninputs {inputs}; outputs 0: outputs, 1: h_T, 2: F_T") from error
+    assert_several_segments(backward_segments, STEPS)
 
 
 @pytest.mark.parametrize(
-    "config", [StpnConfig(clamp=0.4, rule="oja"), StpnConfig(recurrent=False), StpnConfig(norm_time="post", clamp=0.4)]
+    "config",
+    [StpnConfig(clamp=0.4, rule="oja"), StpnConfig(recurrent=False), StpnConfig(norm_time="post", clamp=0.4)],
+    ids=lambda config: options_id(config, plastic_bias=True, norm_gain=config.norm_time == "post"),
 )
-def test_float32_close_to_float64(kernel: str, config: StpnConfig) -> None:
+def test_float32_close_to_float64(kernel: str, backward_segments: list[tuple[int, int]], config: StpnConfig) -> None:
     tensors64, starts = make_problem(config, plastic_bias=True, scalar=False, norm_gain=config.norm_time == "post")
     tensors32 = {k: None if v is None else v.detach().float().requires_grad_() for k, v in tensors64.items()}
     expected = results_and_grads(spec_sequence(*tensors64.values(), config=config, starts=starts), tensors64)
     got = results_and_grads(run_path(tensors32, starts.float(), config), tensors32)
-    for want, have in zip(expected, got, strict=True):
-        assert have.dtype == th.float32
-        th.testing.assert_close(have.double(), want, rtol=1e-4, atol=1e-5)
+    assert_close_by_name(got, expected, rtol=1e-4, atol=1e-5, label=kernel, dtype=th.float32)
+    if kernel != "reference":
+        assert_several_segments(backward_segments, STEPS)
 
 
 @pytest.mark.parametrize(
     ("config", "norm_gain", "hidden"),
     [
-        (StpnConfig(clamp=0.4), False, HIDDEN),
-        (StpnConfig(clamp=0.4, norm_time="post"), True, HIDDEN),
-        (StpnConfig(norm_time="post", rule="oja"), False, 20),
-        (StpnConfig(rule="oja"), True, 20),
+        pytest.param(config, norm_gain, hidden, id=options_id(config, plastic_bias=True, norm_gain=norm_gain, hidden=hidden))
+        for config, norm_gain, hidden in [
+            (StpnConfig(clamp=0.4), False, HIDDEN),
+            (StpnConfig(clamp=0.4, norm_time="post"), True, HIDDEN),
+            (StpnConfig(norm_time="post", rule="oja"), False, 20),
+            (StpnConfig(rule="oja"), True, 20),
+        ]
     ],
 )
 def test_inference_without_grad_matches(kernel: str, config: StpnConfig, norm_gain: bool, hidden: int) -> None:
     """Rollouts run under no_grad, T=1, without checkpoints."""
     tensors, starts = make_problem(config, plastic_bias=True, scalar=False, norm_gain=norm_gain, hidden=hidden)
-    expected = spec_sequence(*tensors.values(), config=config, starts=starts)
+    expected = named_results(tuple(t.detach() for t in spec_sequence(*tensors.values(), config=config, starts=starts)))
     with th.no_grad():
-        got = run_path(tensors, starts, config)
-        first = run_path({**tensors, "x": tensors["x"][:1]}, starts[:1], config)
-    for want, have in zip(expected, got, strict=True):
-        th.testing.assert_close(have, want.detach(), rtol=1e-9, atol=1e-10)
-    th.testing.assert_close(first[0][0], expected[0][0].detach(), rtol=1e-9, atol=1e-10)
+        got = named_results(run_path(tensors, starts, config))
+        first = named_results(run_path({**tensors, "x": tensors["x"][:1]}, starts[:1], config))
+    assert_close_by_name(got, expected, rtol=1e-9, atol=1e-10, label=kernel)
+    th.testing.assert_close(first["outputs"][0], expected["outputs"][0], rtol=1e-9, atol=1e-10)
 
 
 def test_fallback_when_the_build_fails(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
@@ -396,7 +335,7 @@ def _diverging_layer(case: str, lambda_max: float | None = None) -> STPN:
 
 
 @pytest.mark.parametrize("case", ["plastic bias", "normalize=False"])
-@pytest.mark.parametrize("rollout", [True, False])
+@pytest.mark.parametrize("rollout", [True, False], ids=["rollout", "training"])
 def test_diverging_state_raises_a_clear_error(kernel: str, case: str, rollout: bool) -> None:
     """Rollouts (T=1, no grad) and training (one call of T steps) stop with one error, not garbage outputs."""
     layer, x = _diverging_layer(case), th.randn(400, 2, 4)

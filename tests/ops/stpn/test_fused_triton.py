@@ -26,6 +26,7 @@ from sb3_stpn.common.stpn import STPN  # noqa: E402
 from sb3_stpn.ops.stpn import KERNEL_ENV, DivergedStateError, kernel_choice  # noqa: E402
 from sb3_stpn.ops.stpn import dispatch as stpn_kernel  # noqa: E402
 from sb3_stpn.ops.stpn import fused_triton as stpn_triton  # noqa: E402
+from tests.ops.stpn.spec import assert_close_by_name, layer_options_id, named_results, spy_on_backward  # noqa: E402
 
 DEVICE = th.device("cuda" if CUDA else "cpu")
 STEPS, BATCH, INPUTS, HIDDEN = 6, 2, 3, 5
@@ -78,27 +79,37 @@ def results_and_grads(
     results = {"outputs": outputs, "h_T": h, "F_T": fast, "energy": layer.last_energy}
     generator = th.Generator().manual_seed(1)
     loss = sum((t * th.randn(t.shape, generator=generator, dtype=th.float64).to(t)).sum() for t in (outputs, h, fast))
-    leaves = {"x": x, "h0": h0, "F0": fast0, **dict(layer.named_parameters())}
+    leaves = {"x": x, "h0": h0, "fast0": fast0, **dict(layer.named_parameters())}
     grads = th.autograd.grad(loss, list(leaves.values()), allow_unused=True, materialize_grads=True)
     return results | {f"grad {name}": grad for name, grad in zip(leaves, grads, strict=True)}
 
 
 def assert_matches_reference(
-    monkeypatch: pytest.MonkeyPatch, dtype: th.dtype = th.float64, rtol: float = 1e-9, atol: float = 1e-10, **stpn_kwargs
+    monkeypatch: pytest.MonkeyPatch,
+    dtype: th.dtype = th.float64,
+    rtol: float = 1e-9,
+    atol: float = 1e-10,
+    segments: int = 2,
+    **stpn_kwargs,
 ) -> None:
+    """The triton path's results and gradients against the reference's, its one backward over ``segments`` segments."""
     layer, inputs, starts = make_case(dtype, **stpn_kwargs)
+    backward_segments = spy_on_backward(monkeypatch, stpn_triton)
     got = results_and_grads("triton", layer, inputs, starts, monkeypatch)
+    assert [count for _, count in backward_segments] == [segments], f"(every, checkpoints): {backward_segments}"
     # In place: the same layer in float64
     expected = results_and_grads("reference", layer.double(), [t.double() for t in inputs], starts, monkeypatch)
-    for name, want in expected.items():
-        assert got[name].dtype == dtype, name
-        th.testing.assert_close(got[name].double(), want, rtol=rtol, atol=atol, msg=lambda m, name=name: f"{name}: {m}")
+    assert_close_by_name(got, expected, rtol=rtol, atol=atol, dtype=dtype)
 
 
 VARIANTS = list(itertools.product((True, False), (True, False), (None, 0.4), ("hebbian", "oja"), (False, True)))
+OPTION_NAMES = ("recurrent", "normalize", "clamp", "rule", "plastic_bias")
 
 
-@pytest.mark.parametrize(("recurrent", "normalize", "clamp", "rule", "plastic_bias"), VARIANTS)
+@pytest.mark.parametrize(
+    OPTION_NAMES,
+    [pytest.param(*values, id=layer_options_id(dict(zip(OPTION_NAMES, values, strict=True)))) for values in VARIANTS],
+)
 def test_matches_reference_float64(
     monkeypatch: pytest.MonkeyPatch, recurrent: bool, normalize: bool, clamp: float | None, rule: str, plastic_bias: bool
 ) -> None:
@@ -116,6 +127,7 @@ def test_matches_reference_float64(
         {"rule": "oja", "normalize": False},
         {"norm_time": "post", "norm_gain": True, "rule": "oja"},
     ],
+    ids=layer_options_id,
 )
 def test_column_chunks(monkeypatch: pytest.MonkeyPatch, options: dict) -> None:
     assert_matches_reference(monkeypatch, **options)
@@ -124,6 +136,7 @@ def test_column_chunks(monkeypatch: pytest.MonkeyPatch, options: dict) -> None:
 @pytest.mark.parametrize(
     "options",
     [{"rule": "oja", "clamp": 0.4, "plastic_bias": True}, {"recurrent": False}, {"normalize": False, "clamp": 0.4}],
+    ids=lambda options: layer_options_id({**options, "norm_gain": True}),
 )
 def test_norm_gain(monkeypatch: pytest.MonkeyPatch, options: dict) -> None:
     assert_matches_reference(monkeypatch, norm_gain=True, **options)
@@ -136,6 +149,7 @@ def test_norm_gain(monkeypatch: pytest.MonkeyPatch, options: dict) -> None:
         {"recurrent": False, "norm_gain": True},
         {"clamp": 0.4, "norm_gain": True},
     ],
+    ids=lambda options: layer_options_id({**options, "norm_time": "post"}),
 )
 def test_post_update_normalisation(monkeypatch: pytest.MonkeyPatch, options: dict) -> None:
     """norm_time="post": the new F divided by its own norm (one more pass forward and backward)."""
@@ -144,7 +158,9 @@ def test_post_update_normalisation(monkeypatch: pytest.MonkeyPatch, options: dic
 
 @pytest.mark.usefixtures("column_chunks")
 @pytest.mark.parametrize(
-    "options", [{"plastic_bias": True, "clamp": 0.4}, {"recurrent": False, "rule": "oja", "normalize": False}]
+    "options",
+    [{"plastic_bias": True, "clamp": 0.4}, {"recurrent": False, "rule": "oja", "normalize": False}],
+    ids=lambda options: layer_options_id({**options, "scalar_plasticity": True}),
 )
 def test_scalar_plasticity(monkeypatch: pytest.MonkeyPatch, options: dict) -> None:
     assert_matches_reference(monkeypatch, scalar_plasticity=True, **options)
@@ -154,6 +170,7 @@ def test_scalar_plasticity(monkeypatch: pytest.MonkeyPatch, options: dict) -> No
 @pytest.mark.parametrize(
     "options",
     [{"clamp": 0.4, "rule": "oja", "plastic_bias": True}, {"recurrent": False, "norm_time": "post", "norm_gain": True}],
+    ids=layer_options_id,
 )
 def test_float32_close_to_float64(monkeypatch: pytest.MonkeyPatch, options: dict) -> None:
     assert_matches_reference(monkeypatch, th.float32, rtol=1e-4, atol=1e-5, **options)
@@ -162,7 +179,7 @@ def test_float32_close_to_float64(monkeypatch: pytest.MonkeyPatch, options: dict
 def test_one_segment(monkeypatch: pytest.MonkeyPatch) -> None:
     """The default budget: the whole sequence is one segment (only F_0 kept)."""
     monkeypatch.setattr(stpn_kernel, "SEGMENT_BUDGET_BYTES", DEFAULT_BUDGET)
-    assert_matches_reference(monkeypatch, clamp=0.4, rule="oja", plastic_bias=True)
+    assert_matches_reference(monkeypatch, segments=1, clamp=0.4, rule="oja", plastic_bias=True)
 
 
 @pytest.mark.parametrize("norm_time", ["pre", "post"])
@@ -176,12 +193,11 @@ def test_inference_without_grad(monkeypatch: pytest.MonkeyPatch, norm_time: str)
             monkeypatch.setenv(KERNEL_ENV, kernel)
             with th.no_grad():
                 outputs, (h, fast) = layer(x[:steps], (h0, fast0), starts[:steps])
-            results[kernel] = (outputs, h, fast, layer.last_energy)
-        for got, want in zip(results["triton"], results["reference"], strict=True):
-            th.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+            results[kernel] = named_results((outputs, h, fast, layer.last_energy))
+        assert_close_by_name(results["triton"], results["reference"], rtol=1e-9, atol=1e-10, label=f"T={steps}")
 
 
-@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "nograd"])
 def test_diverging_state_raises_a_clear_error(monkeypatch: pytest.MonkeyPatch, grad: bool) -> None:
     """A plastic bias growing 1e10-fold a step overflows float32 within a few steps: one clear error."""
     monkeypatch.setenv(KERNEL_ENV, "triton")
