@@ -286,7 +286,7 @@ def bad_input_outcomes() -> Callable[[str], tuple[dict[str, list[str]], str]]:
             child = subprocess.run(
                 [sys.executable, "-c", "from tests.ops.stpn.test_dispatch import report_bad_inputs; report_bad_inputs()"],
                 env={**os.environ, KERNEL_ENV: kernel},
-                cwd=Path(__file__).parents[2],
+                cwd=Path(__file__).resolve().parents[3],
                 capture_output=True,
                 text=True,
                 timeout=300,

@@ -16,7 +16,7 @@ from torch.utils import cpp_extension
 
 from sb3_stpn.ops.stpn import fused_cpp
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
