@@ -55,8 +55,9 @@ def check_inputs(
             raise ValueError(f"STPN: episode_starts is on {episode_starts.device}, x on {device}: move it to {device}")
     # Per neuron, or per synapse, or (scalar plasticity) one scalar
     neuron, synapse = (hidden,), (hidden, presynaptic)
-    for name, tensor in params._asdict().items():
-        if tensor is not None and name != "weight":
+    # The others than weight (checked above), without building a dict on every call of a rollout
+    for name, parameter in zip(params._fields[1:], params[1:], strict=True):
+        if parameter is not None:
             allowed = (synapse, ()) if name.startswith("weight") else (neuron, ()) if name.startswith("bias_") else (neuron,)
-            if tensor.shape not in allowed:
-                raise _shape_error(name, allowed[0], tuple(tensor.shape), "pass the layer's own parameter")
+            if parameter.shape not in allowed:
+                raise _shape_error(name, allowed[0], tuple(parameter.shape), "pass the layer's own parameter")
