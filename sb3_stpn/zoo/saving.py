@@ -3,12 +3,15 @@
 SB3 writes a model or VecNormalize file in place: a run stopped or out of space mid-save leaves a 0-byte
 or truncated file where the last good one was, which a loader then picks. :func:`atomic_saves` makes
 every save write a temporary file in the same folder, fsync it and rename it over the target, so the
-target is always either the previous complete file or the new one.
+target is always either the previous complete file or the new one. A save killed outright (SIGKILL, out of
+memory) cannot remove its temporary file; the next save to the same path removes it.
 """
 
+import glob
 import os
 import pickle
 import re
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,7 +33,9 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any])
     ``path`` is left as it was. ``write`` may close the file (SB3's zip writer does).
     """
     path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _remove_orphaned_temporaries(path)
+    owner = f".{path.name}.{socket.gethostname()}.{os.getpid()}."  # whose file it is, for a later save's sweep
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=owner, suffix=".tmp")
     try:
         with open(descriptor, "wb") as file:
             write(file)
@@ -47,6 +52,28 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any])
         os.fsync(folder)  # the rename itself reaches the disk
     finally:
         os.close(folder)
+
+
+def _remove_orphaned_temporaries(path: Path) -> None:
+    """Remove the temporary files of earlier saves to ``path`` on this host whose process is gone (killed mid-save);
+    a live writer's file (another run saving to the same folder) is left alone."""
+    if os.name != "posix":
+        return  # os.kill(pid, 0) is a liveness probe on POSIX only (on Windows it terminates the process)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.{re.escape(socket.gethostname())}\.(\d+)\..*\.tmp")
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        match = pattern.fullmatch(candidate.name)
+        if match is not None and not _process_alive(int(match[1])):
+            candidate.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    return True
 
 
 def _atomic_model_save(save: Callable[..., None]) -> Callable[..., None]:

@@ -3,6 +3,7 @@
 import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -74,8 +75,26 @@ def test_a_save_killed_midway_leaves_the_previous_model_loadable(atomic: bool, t
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
-    assert load_problem(target) is None  # the killed save's temporary file may stay, hidden, never a model's name
+    assert load_problem(target) is None  # the killed save's temporary file stays, hidden, never a model's name
     assert [path.name for path in tmp_path.iterdir() if not path.name.startswith(".")] == [target.name]
+    assert len(list(tmp_path.glob(f".{target.name}.*.tmp"))) == 1
+    with atomic_saves():
+        StpnPPO.load(target).save(target)
+    assert os.listdir(tmp_path) == [target.name]  # the next save removed the orphan
+
+
+def test_the_next_save_removes_only_temporaries_of_dead_processes_on_this_host(tmp_path: Path) -> None:
+    target = tmp_path / "model.zip"
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    orphan = tmp_path / f".model.zip.{host}.{finished.stdout.strip()}.abc123.tmp"
+    live_writer = tmp_path / f".model.zip.{host}.{os.getpid()}.def456.tmp"
+    other_host = tmp_path / f".model.zip.elsewhere.{finished.stdout.strip()}.ghi789.tmp"
+    other_target = tmp_path / f".checkpoint.zip.{host}.{finished.stdout.strip()}.jkl012.tmp"
+    for path in (orphan, live_writer, other_host, other_target):
+        path.write_bytes(b"partial")
+    atomic_write(target, lambda file: file.write(b"the new one"))
+    assert sorted(os.listdir(tmp_path)) == sorted(["model.zip", live_writer.name, other_host.name, other_target.name])
 
 
 def test_saves_are_atomic_and_named_as_sb3_names_them(tmp_path: Path) -> None:
