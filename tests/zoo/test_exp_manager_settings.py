@@ -17,7 +17,12 @@ ENV = "CartPoleNoVel-v1"
 TINY = ["-n", "16", "--eval-freq", "-1", "--hyperparams", "n_envs:1", "n_steps:8", "batch_size:8", "n_epochs:1"]
 # The CartPoleNoVel-v1 entry's policy_kwargs (zoo_configs/ppo_stpn.yml)
 ENTRY_STPN_KWARGS = dict(
-    normalize=False, clamp=1.0, lambda_init=(0.0603, 1.0), gamma_init=1.497e-04, lambda_lr_scale=0.1, gamma_lr_scale=0.1
+    normalize=False,
+    clamp=1.0,
+    lambda_init=(0.262, 1.0),
+    gamma_init=1.35e-04,
+    lambda_lr_scale=0.00247,
+    gamma_lr_scale=0.00247,
 )
 
 
