@@ -22,6 +22,7 @@ Usage: ``python -m benchmarks.learning [--tasks ...] [--seeds 3] [--steps N | TA
 
 import argparse
 import contextlib
+import gzip
 import io
 import json
 import multiprocessing
@@ -608,13 +609,18 @@ def write_report(runs: list[dict[str, Any]], out: Path, header: str, settings: d
 
 
 def read_runs(folders: Sequence[Path]) -> list[dict[str, Any]]:
-    """The runs recorded in ``runs.jsonl`` of each folder, in order."""
+    """The runs recorded in ``runs.jsonl`` of each folder, in order; ``runs.jsonl.gz`` where a folder holds that
+    instead (how the results committed under ``docs/`` keep their runs)."""
     runs = []
     for folder in folders:
-        path = folder / RUNS_FILE
-        if not path.is_file():
+        path, compressed = folder / RUNS_FILE, folder / f"{RUNS_FILE}.gz"
+        if path.is_file():
+            text = path.read_text()
+        elif compressed.is_file():
+            text = gzip.decompress(compressed.read_bytes()).decode()
+        else:
             raise SystemExit(f"--report: {path} not found; pass folders that a benchmark run wrote (its --out)")
-        runs += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        runs += [json.loads(line) for line in text.splitlines() if line.strip()]
     return runs
 
 

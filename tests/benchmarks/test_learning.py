@@ -1,5 +1,6 @@
 """The learning benchmark's helpers give the right numbers and the benchmark runs end to end on a tiny budget."""
 
+import gzip
 import json
 from pathlib import Path
 
@@ -196,6 +197,11 @@ def test_benchmark_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     assert saved == report["runs"]
     main(["--report", str(tmp_path), "--out", str(tmp_path / "again")])
     assert (tmp_path / "again" / "learning.md").read_text() == (tmp_path / "learning.md").read_text()
+    # ... and from the gzipped runs a committed result keeps
+    (tmp_path / "committed").mkdir()
+    (tmp_path / "committed" / "runs.jsonl.gz").write_bytes(gzip.compress((tmp_path / "runs.jsonl").read_bytes()))
+    main(["--report", str(tmp_path / "committed"), "--out", str(tmp_path / "from_gzip")])
+    assert (tmp_path / "from_gzip" / "learning.md").read_text() == (tmp_path / "learning.md").read_text()
 
 
 def test_plasticity_warmup_freezes_lambda_and_gamma_for_the_first_updates_only() -> None:
