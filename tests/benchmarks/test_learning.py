@@ -21,8 +21,10 @@ from benchmarks.learning import (
     main,
     make_plasticity_warmup_callback,
     mean_std,
+    minigrid_memory_returns,
     parse_changes,
     parse_steps,
+    reference_returns,
     seed_band,
     variant_entry,
 )
@@ -77,6 +79,15 @@ def test_diagnostics_table_reads_the_plasticity_at_fractions_of_training() -> No
     )
     lstm = {"task": "T", "model": "lstm_params", "changes": {}, "hidden_size": 8, "diagnostics": None}
     assert diagnostics_table([lstm]) == ""
+
+
+def test_minigrid_memory_references_are_the_oracle_and_a_memoryless_half_of_it() -> None:
+    returns = minigrid_memory_returns("MiniGrid-MemoryS7-v0", 40)
+    assert all(value > 0.9 for value in returns["oracle"])  # every episode reaches the matching object, quickly
+    # the memoryless walk takes the same path to the upper object: the oracle's return or nothing, about half each
+    assert all(value in (0.0, oracle) for value, oracle in zip(returns["memoryless"], returns["oracle"], strict=True))
+    assert 10 <= sum(value > 0 for value in returns["memoryless"]) <= 30
+    assert reference_returns("MiniGrid-MemoryS7-v0", 40) == returns and reference_returns("CartPoleNoVel-v1", 40) == {}
 
 
 def test_mean_std_over_seeds() -> None:
