@@ -1,9 +1,19 @@
-"""Fixtures shared by the STPN layer's and op's tests: which path of ``stpn_sequence`` runs."""
+"""Fixtures shared by the tests: which path of ``stpn_sequence`` runs (the layer's and the op's tests), and a
+throw-away PostgreSQL server (the Optuna and docs tests)."""
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch as th
 
 from sb3_stpn.ops.stpn import KERNEL_ENV, cpp_kernel_available, dispatch
+from tests.helpers import BIN, PASSWORD, free_port
 
 # The test models are tiny: one thread avoids oversubscribing the small CI machine
 th.set_num_threads(1)
@@ -22,3 +32,32 @@ def kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, cpp_
     monkeypatch.setenv(KERNEL_ENV, request.param)
     monkeypatch.setattr(dispatch, "SEGMENT_BUDGET_BYTES", 1)
     return request.param
+
+
+@pytest.fixture(scope="module")
+def postgres_server() -> Iterator[str]:
+    """A fresh PostgreSQL cluster on 127.0.0.1, password authentication; yields its URL without database."""
+    if BIN is None:
+        pytest.skip("no PostgreSQL server binaries (initdb); apt-get install postgresql to run these tests")
+    # PostgreSQL refuses to run as root: as root, run it as the postgres user the package creates
+    user = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+    folder = Path(tempfile.mkdtemp(prefix="sb3_stpn_postgres_"))  # not under pytest's root-only tmp folders
+    (folder / "password").write_text(PASSWORD)
+    if user is not None:
+        for path in (folder, folder / "password"):
+            os.chown(path, user.pw_uid, user.pw_gid)
+    as_server = {"user": user.pw_uid} if user is not None else {}
+    port = free_port()
+    data = folder / "data"
+    subprocess.run(
+        [BIN / "initdb", "-D", data, "-U", "stpn", "--auth=scram-sha-256", f"--pwfile={folder / 'password'}"],
+        check=True, capture_output=True, **as_server,
+    )  # fmt: skip
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+    start = [BIN / "pg_ctl", "-D", data, "-o", options, "-l", folder / "server.log", "-w", "start"]
+    subprocess.run(start, check=True, capture_output=True, **as_server)
+    try:
+        yield f"postgresql://stpn:{PASSWORD}@127.0.0.1:{port}"
+    finally:
+        subprocess.run([BIN / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True, **as_server)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -19,6 +19,7 @@ from stable_baselines3.common import base_class
 
 from sb3_stpn.cli import enjoy_main, train_main
 from sb3_stpn.zoo.saving import load_problem
+from tests.helpers import check_one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = "CartPoleNoVel-v1"
@@ -110,11 +111,6 @@ TRAIN_CASES = {
     ),
     "diverged": (["--env", ENV, *TINY, DIVERGING, "--seed", "0", "-n", "64"], "training diverged at step 16: STPN(4, 64,"),
 }
-
-
-def check_one_line_error(code: object, expected: str) -> None:
-    assert isinstance(code, str), f"expected an error message, got exit code {code!r}"
-    assert code.startswith("error: ") and "\n" not in code and expected in code, code
 
 
 @pytest.mark.parametrize("case", TRAIN_CASES)

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_train_enjoy import run_script
-from tests.zoo import test_optuna_postgres
+from tests.helpers import run_script
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [
@@ -30,8 +29,6 @@ SHRINK = ["n_envs:2", "n_steps:32", "batch_size:64", "n_epochs:1"]
 STPN_SHRINK = [*SHRINK, "sequence_length:32"]
 # What the documented PostgreSQL URL stands for: the throw-away server's database
 POSTGRES_PLACEHOLDER = "postgresql://stpn:PASSWORD@db-host:5432/optuna"
-# The throw-away PostgreSQL server of the Optuna tests (skips where its binaries are absent), under its own name here
-postgres_server = test_optuna_postgres.server
 
 
 def bash_lines(text: str) -> Iterator[tuple[int, str]]:

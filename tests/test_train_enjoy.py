@@ -1,7 +1,6 @@
 """End to end, as a user runs them: train.py then enjoy.py, as subprocesses, for ppo_stpn and ppo_lstm (the maze replay's
 policy in-process)."""
 
-import os
 import re
 import signal
 import subprocess
@@ -15,22 +14,11 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_stpn import StpnPPO
 from sb3_stpn.cli import enjoy_main, train_main
-from tests.common.test_callbacks import read_events
+from tests.helpers import ONE_THREAD, REPO, read_events, run_script
 
-REPO = Path(__file__).resolve().parents[1]
 ENV = "CartPoleNoVel-v1"
 # The CartPoleNoVel-v1 entry, shrunk to a couple of thousand steps in a few seconds
-# Tiny models: one torch thread each, as the in-process tests (tests/conftest.py)
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 SHRINK = ["--hyperparams", "n_envs:2", "n_steps:64", "batch_size:128", "n_epochs:1"]
-
-
-def run_script(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Run one of the repository's scripts, or with script "-m" a module, and check that it succeeds."""
-    command = [sys.executable, *(["-m"] if script == "-m" else [str(REPO / script)]), *args]
-    result = subprocess.run(command, cwd=cwd, env=ONE_THREAD, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 @pytest.mark.parametrize(("algo", "memory"), [("ppo_stpn", "STPN"), ("ppo_lstm", "LSTM")])

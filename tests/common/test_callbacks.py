@@ -8,17 +8,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from sb3_stpn import StpnPPO
 from sb3_stpn.common.callbacks import StpnDiagnosticsCallback
+from tests.helpers import read_events
 
 SHORT = dict(n_steps=32, batch_size=32, n_epochs=1, seed=0)
 PLASTICITY_SCALARS = ("stpn/mean_abs_F", "stpn/depressed_fraction")
 HISTOGRAMS = ("stpn/weight_lambda", "stpn/weight_gamma")
-
-
-def read_events(log_dir: Path) -> EventAccumulator:
-    (event_file,) = log_dir.rglob("events.out.tfevents.*")
-    events = EventAccumulator(str(event_file), size_guidance={"scalars": 0, "histograms": 0})
-    events.Reload()
-    return events
 
 
 @pytest.mark.parametrize("plastic_bias", [False, True])

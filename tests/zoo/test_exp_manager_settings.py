@@ -11,7 +11,7 @@ from optuna.storages.journal import JournalFileBackend
 
 from sb3_stpn.cli import train_main
 from sb3_stpn.zoo.hyperparams_opt import sample_ppo_stpn_params
-from tests.test_cli_errors import check_one_line_error
+from tests.helpers import check_one_line_error
 
 ENV = "CartPoleNoVel-v1"
 TINY = ["-n", "16", "--eval-freq", "-1", "--hyperparams", "n_envs:1", "n_steps:8", "batch_size:8", "n_epochs:1"]

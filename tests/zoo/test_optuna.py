@@ -1,7 +1,6 @@
 """Optuna search for ppo_stpn: the sampler/converter agree, and two processes share one study by default, each trial
 its own."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import yaml
 
 from sb3_stpn.cli import train_main
 from sb3_stpn.zoo import StpnExperimentManager
-from sb3_stpn.zoo.exp_manager import TrialSeededSampler, open_storage
+from sb3_stpn.zoo.exp_manager import TrialSeededSampler
 from sb3_stpn.zoo.hyperparams_opt import (
     convert_ppo_lstm_params,
     convert_ppo_stpn_params,
@@ -20,57 +19,7 @@ from sb3_stpn.zoo.hyperparams_opt import (
     sample_ppo_stpn_params,
     tuning_entry,
 )
-
-ENV = "CartPoleNoVel-v1"
-# Runs train_main with the sampled rollouts shrunk, so that a trial takes seconds; once imported, each worker waits
-# until all $WORKERS have marked themselves ready in $READY_DIR, so that they open the storage at the same moment
-WORKER = """
-import os, sys, time
-from pathlib import Path
-from rl_zoo3.hyperparams_opt import HYPERPARAMS_SAMPLER
-from sb3_stpn.cli import train_main
-
-sample = HYPERPARAMS_SAMPLER["ppo_stpn"]
-HYPERPARAMS_SAMPLER["ppo_stpn"] = lambda *args: {**sample(*args), "n_steps": 16, "batch_size": 16, "n_epochs": 1}
-ready = Path(os.environ["READY_DIR"])
-(ready / str(os.getpid())).touch()
-while len(list(ready.iterdir())) < int(os.environ["WORKERS"]):
-    time.sleep(0.005)
-train_main(sys.argv[1:])
-"""
-# Two trials in each of two workers
-WORKERS, TRIALS = 2, 2
-
-
-def run_workers(folder: Path, storage: str | None = None) -> optuna.Study:
-    """
-    Start WORKERS processes with the same command (the same --seed) together, on ``storage`` (default: the journal
-    <log folder>/optuna.log); return the study they shared, the only one there.
-    """
-    command = [sys.executable, "-c", WORKER, "--algo", "ppo_stpn", "--env", ENV, "--optimize", "--n-trials", str(TRIALS),
-               "-n", "32", "--n-evaluations", "1", "--eval-episodes", "1", "--no-optim-plots", "--num-threads", "1",
-               "--hyperparams", "n_envs:1", "--sampler", "random", "--pruner", "none", "--seed", "0",
-               *(["--storage", storage] if storage else [])]  # fmt: skip
-    (folder / "ready").mkdir()
-    environment = {**os.environ, "READY_DIR": str(folder / "ready"), "WORKERS": str(WORKERS), "OMP_NUM_THREADS": "1"}
-    workers = [
-        subprocess.Popen(command, cwd=folder, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for _ in range(WORKERS)
-    ]
-    for worker in workers:
-        out, _ = worker.communicate(timeout=300)
-        assert worker.returncode == 0, out[-3000:]
-    shared = open_storage(storage or str(folder / "logs" / "optuna.log"))
-    assert optuna.get_all_study_names(shared) == [f"ppo_stpn_{ENV}"]
-    return optuna.load_study(study_name=f"ppo_stpn_{ENV}", storage=shared)
-
-
-def check_distinct_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Every worker's trials finished, and no two tried the same configuration."""
-    finished = study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
-    assert len(finished) == WORKERS * TRIALS
-    assert len({tuple(sorted(trial.params.items())) for trial in finished}) == len(finished)
-    return finished
+from tests.helpers import ENV, check_distinct_trials, run_workers
 
 
 @pytest.mark.parametrize(
