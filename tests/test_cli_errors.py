@@ -100,6 +100,7 @@ TRAIN_CASES = {
     "-f a file": (["--env", ENV, *TINY, "-f", "bad.yml"], "-f bad.yml is a file"),
     "-f below a file": (["--env", ENV, *TINY, "-f", "bad.yml/logs"], "cannot write logs to -f bad.yml/logs (Not a directory)"),
     "negative n_steps": (["--env", ENV, *TINY, "n_steps:-5"], "n_steps must be a positive integer, got -5"),
+    "boolean n_epochs": (["--env", ENV, *TINY, "n_epochs:True"], "n_epochs must be a positive integer, got True"),
     "value not Python": (["--env", ENV, *TINY, "n_steps:abc"], "malformed --hyperparams value 'n_steps:abc' (NameError"),
     "pair without colon": (["--env", ENV, *TINY, "n_steps"], "malformed --hyperparams value 'n_steps' (ValueError: no ':'"),
     "unclosed dict": (["--env", ENV, *TINY, "policy_kwargs:dict("], "malformed --hyperparams value 'policy_kwargs:dict('"),

@@ -367,8 +367,11 @@ class StpnExperimentManager(ExperimentManager):
             raise ZooError(f"no n_timesteps in the {self.env_name.gym_id} entry of {self.config}; add it or pass -n STEPS")
         for name in POSITIVE_INTEGERS:
             value = hyperparams.get(name)
-            if value is not None and not (isinstance(value, (int, float)) and value >= 1 and value == int(value)):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and value >= 1 and value == int(value)):
                 raise ZooError(f"{name} must be a positive integer, got {value!r}; {self._fix}")
+            hyperparams[name] = int(value)  # YAML's 1e5 and 32.0 are floats; SB3 wants ints
         hyperparams, env_wrapper, callbacks, vec_env_wrapper = super()._preprocess_hyperparams(hyperparams)
         self._check_hyperparameters(hyperparams)
         return hyperparams, env_wrapper, callbacks, vec_env_wrapper

@@ -9,6 +9,7 @@ import yaml
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
+from sb3_stpn import StpnPPO
 from sb3_stpn.cli import train_main
 from sb3_stpn.zoo.hyperparams_opt import sample_ppo_stpn_params
 from tests.helpers import check_one_line_error
@@ -49,6 +50,16 @@ def test_policy_kwargs_override_merges_into_the_entry(
     assert policy_kwargs["net_arch"] == dict(pi=[64], vf=[64])
     assert policy_kwargs["ortho_init"] is False and policy_kwargs["activation_fn"].__name__ == "ReLU"
     assert {name: policy_kwargs[name] for name in expected} == expected
+
+
+def test_integral_floats_are_taken_as_the_integers_they_are(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """YAML writes 1e5 and 32.0 as floats: integer hyperparameters holding whole numbers train, as ints."""
+    monkeypatch.chdir(tmp_path)
+    train_main(["--env", ENV, *TINY, "sequence_length:8.0", "n_steps:16.0"])
+    (saved,) = (tmp_path / "logs").rglob(f"{ENV}.zip")
+    model = StpnPPO.load(saved)
+    assert (model.sequence_length, model.n_steps) == (8, 16)
+    assert isinstance(model.sequence_length, int) and isinstance(model.n_steps, int)
 
 
 @pytest.fixture
