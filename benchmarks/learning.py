@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -295,6 +294,11 @@ def make_curve_callback(eval_env: Any, n_evals: int, n_episodes: int, steps: int
                 self._evaluate()
 
     return CurveCallback()
+
+
+def run_job(job: tuple[Any, ...]) -> dict[str, Any]:
+    """:func:`run_one` on one job tuple (what ``Pool.imap`` passes)."""
+    return run_one(*job)
 
 
 def run_one(
@@ -699,6 +703,8 @@ def main(argv: list[str] | None = None) -> None:
         write_report(read_runs(args.report), args.out, f"Runs of {', '.join(map(str, args.report))}", settings)
         return
 
+    from sb3_stpn.zoo.exp_manager import Interrupted, raising_interrupted
+
     tasks = args.tasks or list(TASKS)
     seeds = args.seeds or (1 if args.quick else 3)
     n_episodes = args.eval_episodes or (1 if args.quick else 5)
@@ -714,25 +720,33 @@ def main(argv: list[str] | None = None) -> None:
     ]
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    runs = []
-    with (
-        ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"))
-        if args.jobs > 1
-        else contextlib.nullcontext() as pool,
-        (args.out / RUNS_FILE).open("a") as runs_file,
-    ):
-        # Printed and saved as each run (in order) finishes, so that a long benchmark shows its progress
-        # and a stopped one keeps what it finished (--report rebuilds the table from it)
-        for run in (pool.map if pool else map)(run_one, *zip(*jobs, strict=True)):
-            final = run["curve"][-1]
-            print(
-                f"{run['task']} {run['model']} seed {run['seed']}: return {final['return_sampled']:.1f} sampled, "
-                f"{final['return']:.1f} deterministic, {run['wall_seconds']:.0f} s",
-                flush=True,
-            )
-            runs_file.write(json.dumps(run) + "\n")
-            runs_file.flush()
-            runs.append(run)
+    runs: list[dict[str, Any]] = []
+    try:
+        # On SIGINT or SIGTERM the pool's exit terminates its workers: none goes on training for a dead parent
+        with (
+            raising_interrupted(),
+            multiprocessing.get_context("spawn").Pool(args.jobs) if args.jobs > 1 else contextlib.nullcontext() as pool,
+            (args.out / RUNS_FILE).open("a") as runs_file,
+        ):
+            # Printed and saved as each run (in order) finishes, so that a long benchmark shows its progress
+            # and a stopped one keeps what it finished (--report rebuilds the table from it)
+            for run in pool.imap(run_job, jobs) if pool else map(run_job, jobs):
+                final = run["curve"][-1]
+                print(
+                    f"{run['task']} {run['model']} seed {run['seed']}: return {final['return_sampled']:.1f} sampled, "
+                    f"{final['return']:.1f} deterministic, {run['wall_seconds']:.0f} s",
+                    flush=True,
+                )
+                runs_file.write(json.dumps(run) + "\n")
+                runs_file.flush()
+                runs.append(run)
+    except Interrupted as stop:
+        print(
+            f"stopped by {stop}: the {len(runs)} runs that finished are in {args.out / RUNS_FILE} "
+            f"(--report {args.out} rebuilds their table)",
+            file=sys.stderr,
+        )
+        raise SystemExit(128 + stop.signum) from None
     total = time.perf_counter() - start
     header = f"StpnPPO vs RecurrentPPO, zoo configs, {seeds} seed(s), {args.jobs} job(s), {total:.0f} s in all"
     settings.update(seeds=seeds, eval_episodes=n_episodes, steps=steps, total_seconds=total)

@@ -2,6 +2,11 @@
 
 import gzip
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +33,7 @@ from benchmarks.learning import (
     seed_band,
     variant_entry,
 )
+from tests.helpers import ONE_THREAD, REPO
 
 
 def test_area_under_curve_is_the_mean_return_over_training() -> None:
@@ -213,6 +219,54 @@ def test_benchmark_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     (tmp_path / "committed" / "runs.jsonl.gz").write_bytes(gzip.compress((tmp_path / "runs.jsonl").read_bytes()))
     main(["--report", str(tmp_path / "committed"), "--out", str(tmp_path / "from_gzip")])
     assert (tmp_path / "from_gzip" / "learning.md").read_text() == (tmp_path / "learning.md").read_text()
+
+
+def child_processes(pid: int) -> list[int]:
+    """The pids whose parent is ``pid`` (from /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the process tree from Linux's /proc")
+def test_sigterm_stops_the_benchmark_and_its_workers(tmp_path: Path) -> None:
+    """A SIGTERM (a scheduler, kill) ends the benchmark with status 143 and one line, and takes its workers with it."""
+    command = [sys.executable, "-m", "benchmarks.learning", "--tasks", "CartPoleNoVel-v1", "--models", "stpn",
+               "--seeds", "2", "--jobs", "2", "--steps", "10000000", "--evals", "1", "--eval-episodes", "1",
+               "--out", str(tmp_path)]  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO, env=ONE_THREAD, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        workers: list[int] = []
+        while len(workers) < 2 and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+            workers = [pid for pid in child_processes(process.pid) if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
+        assert len(workers) == 2, "the pool's two workers never started"
+        time.sleep(2)  # into their runs
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143
+    assert stderr.strip().splitlines()[-1].startswith("stopped by SIGTERM: the 0 runs that finished are in")
+    deadline = time.monotonic() + 30
+    while any(map(alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(map(alive, workers)), "a worker outlived the benchmark"
 
 
 def test_plasticity_warmup_freezes_lambda_and_gamma_for_the_first_updates_only() -> None:
