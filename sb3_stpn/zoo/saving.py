@@ -62,11 +62,12 @@ def _remove_orphaned_temporaries(path: Path) -> None:
     pattern = re.compile(rf"\.{re.escape(path.name)}\.{re.escape(socket.gethostname())}\.(\d+)\..*\.tmp")
     for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         match = pattern.fullmatch(candidate.name)
-        if match is not None and not _process_alive(int(match[1])):
+        if match is not None and not process_alive(int(match[1])):
             candidate.unlink(missing_ok=True)
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host is running (POSIX)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

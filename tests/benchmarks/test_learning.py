@@ -2,7 +2,6 @@
 
 import gzip
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from benchmarks.learning import (
     seed_band,
     variant_entry,
 )
+from sb3_stpn.zoo.saving import process_alive
 from tests.helpers import ONE_THREAD, REPO
 
 
@@ -234,14 +234,6 @@ def child_processes(pid: int) -> list[int]:
     return children
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the process tree from Linux's /proc")
 def test_sigterm_stops_the_benchmark_and_its_workers(tmp_path: Path) -> None:
     """A SIGTERM (a scheduler, kill) ends the benchmark with status 143 and one line, and takes its workers with it."""
@@ -264,9 +256,9 @@ def test_sigterm_stops_the_benchmark_and_its_workers(tmp_path: Path) -> None:
     assert process.returncode == 143
     assert stderr.strip().splitlines()[-1].startswith("stopped by SIGTERM: the 0 runs that finished are in")
     deadline = time.monotonic() + 30
-    while any(map(alive, workers)) and time.monotonic() < deadline:
+    while any(map(process_alive, workers)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not any(map(alive, workers)), "a worker outlived the benchmark"
+    assert not any(map(process_alive, workers)), "a worker outlived the benchmark"
 
 
 def test_plasticity_warmup_freezes_lambda_and_gamma_for_the_first_updates_only() -> None:
