@@ -29,6 +29,7 @@ import multiprocessing
 import statistics
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ QUICK_STEPS["InvertedPendulum-v5"] = 64
 # Policy kwargs that only the STPN policies take (dropped for the memory-less MLP PPO)
 STPN_ONLY_KWARGS = ("stpn_hidden_size", "stpn_kwargs", "enable_critic_stpn", "shared_stpn")
 DEFAULT_OUT = Path("benchmarks/results/learning")
+LEGEND_WIDTH = 110  # characters per legend line under the plots
 
 
 @dataclass(frozen=True)
@@ -594,9 +596,12 @@ def plot(task: str, runs: list[dict[str, Any]], references: dict[str, list[float
             axes.axhline(statistics.fmean(returns), linestyle="--", color=color, label=name)
         axes.set(title=f"{task}: {title}", xlabel=xlabel, ylabel="eval return (mean ± std over seeds)")
         axes.title.set_fontsize(9)
-    all_axes[0].legend(fontsize=7)
+    # Under the panels, labels wrapped: a label that names its changes is longer than a panel is wide
+    handles, labels = all_axes[0].get_legend_handles_labels()
+    wrapped = [textwrap.fill(label, LEGEND_WIDTH) for label in labels]
     figure.tight_layout()
-    figure.savefig(path)
+    figure.legend(handles, wrapped, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=7)
+    figure.savefig(path, bbox_inches="tight")
     plt.close(figure)
 
 
