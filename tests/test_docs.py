@@ -70,8 +70,8 @@ COMMANDS = doc_commands()
 
 
 def doc_examples() -> dict[str, str]:
-    """The docs pages' ```python examples by place (the README's, a 20k-step quick start and the zoo-run loader, are
-    left to tests/test_train_enjoy.py, which runs the loader)."""
+    """The docs pages' ```python examples by place (the README's are run on their own: its 20k-step quick start by
+    test_readme_quick_start_runs, with a smaller budget, and its zoo-run loader by tests/test_train_enjoy.py)."""
     examples: dict[str, str] = {}
     for path in DOCS[1:]:
         text = path.read_text()
@@ -146,6 +146,37 @@ def test_documented_command_runs(command: tuple[str, ...], workdir: Path) -> Non
 def test_documented_python_example_runs(example: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     exec(compile(example, "<example>", "exec"), {})
+
+
+# The README's quick start as written, but for its budget: these pieces become these
+QUICK_START_SHRINK = {"model.learn(20_000)": "model.learn(256)", "n_eval_episodes=10": "n_eval_episodes=1"}
+
+
+def test_readme_quick_start_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The quick start trains, saves, loads and evaluates; only its budget shrinks (and must be found to shrink)."""
+    (quick_start,) = [block for block in re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+                      if "model.learn(" in block]  # fmt: skip
+    for written, shrunk in QUICK_START_SHRINK.items():
+        assert written in quick_start, f"the README's quick start no longer says {written}: update QUICK_START_SHRINK"
+        quick_start = quick_start.replace(written, shrunk)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(quick_start, "README.md quick start", "exec"), namespace)
+    assert (tmp_path / "stpn_cartpole.zip").is_file() and namespace["model"].num_timesteps == 256  # the saved count
+    assert namespace["mean_reward"] >= 1.0
+
+
+def test_nothing_cites_a_file_outside_the_repository() -> None:
+    """The model is stated beside the op (sb3_stpn/ops/stpn/README.md); ``shared/`` is not in the repository or wheel."""
+    sources = [*REPO.glob("*.md"), *REPO.glob("*.py")]
+    for folder in ("sb3_stpn", "tests", "benchmarks", "docs", "zoo_configs", "scripts"):
+        sources += [path for path in (REPO / folder).rglob("*") if path.suffix in (".py", ".md", ".cpp", ".yml", ".sh")]
+    citing = [
+        str(path.relative_to(REPO))
+        for path in sources
+        if "history" not in path.parts and path != Path(__file__) and "shared/" in path.read_text()  # this file names it
+    ]
+    assert len(sources) > 50 and not citing, citing
 
 
 def test_documented_postgres_commands_run(postgres_server: str, workdir: Path) -> None:

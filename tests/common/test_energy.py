@@ -1,4 +1,4 @@
-"""Energy (shared/STPN.md, Energy) of the STPN layer and of torch RNN baselines, checked by hand."""
+"""Energy (sb3_stpn/ops/stpn/README.md, Energy) of the STPN layer and of torch RNN baselines, checked by hand."""
 
 import math
 
