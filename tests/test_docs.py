@@ -9,7 +9,7 @@ the run and writes the study they refer to; the PostgreSQL ones run against a th
 
 import re
 import shlex
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -48,8 +48,8 @@ def bash_lines(text: str) -> Iterator[tuple[int, str]]:
         pending = ""
 
 
-def doc_commands() -> dict[tuple[str, ...], list[str]]:
-    """The documented ``train.py``/``enjoy.py`` commands (script and arguments), each with the places it is shown."""
+def doc_commands(wanted: Callable[[list[str]], bool]) -> dict[tuple[str, ...], list[str]]:
+    """The documented Python commands (what follows ``python``) that ``wanted`` picks, each with the places shown."""
     commands: dict[tuple[str, ...], list[str]] = {}
     for path in DOCS:
         for number, line in bash_lines(path.read_text()):
@@ -61,12 +61,14 @@ def doc_commands() -> dict[tuple[str, ...], list[str]]:
                 else:
                     parts[-1].append(word)
             for part in parts:
-                if len(part) >= 2 and part[0] in PYTHONS and part[1] in SCRIPTS:
+                if len(part) >= 2 and part[0] in PYTHONS and wanted(part[1:]):
                     commands.setdefault(tuple(part[1:]), []).append(f"{path.relative_to(REPO)}:{number}")
     return commands
 
 
-COMMANDS = doc_commands()
+COMMANDS = doc_commands(lambda words: words[0] in SCRIPTS)
+# rl_zoo3's plot modules (python -m rl_zoo3.plots.<name> ...)
+PLOTS = doc_commands(lambda words: words[0] == "-m" and len(words) > 1 and words[1].startswith("rl_zoo3.plots."))
 
 
 def doc_examples() -> dict[str, str]:
@@ -126,6 +128,7 @@ def test_the_docs_show_commands() -> None:
     """An empty scan must fail: the README and docs show this many distinct commands, two of them for PostgreSQL."""
     assert len(LOCAL) >= 12 and len(POSTGRES) >= 2, COMMANDS
     assert len(EXAMPLES) >= 2, EXAMPLES
+    assert len(PLOTS) >= 2, PLOTS
     assert any("README.md" in place for places in COMMANDS.values() for place in places)
 
 
@@ -146,6 +149,26 @@ def test_documented_command_runs(command: tuple[str, ...], workdir: Path) -> Non
 def test_documented_python_example_runs(example: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     exec(compile(example, "<example>", "exec"), {})
+
+
+@pytest.fixture(scope="module")
+def plots_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with a run of each algo the documented plots compare, evaluated on 2 episodes (rl_zoo3's all_plots
+    cannot average one run's one episode)."""
+    folder = tmp_path_factory.mktemp("plots")
+    for algo in ("ppo_stpn", "ppo_lstm"):
+        train = ("train.py", "--algo", algo, "--env", "CartPoleNoVel-v1", "--seed", "0")
+        run_script(*tiny((*train, "--eval-freq", "32", "--eval-episodes", "2")), cwd=folder)
+    return folder
+
+
+@pytest.mark.parametrize("command", list(PLOTS), ids=[" ".join(places) for places in PLOTS.values()])
+def test_documented_plot_command_runs(command: tuple[str, ...], plots_workdir: Path) -> None:
+    """Each plot command reads the runs and exits 0; all_plots also writes the results it tabulated."""
+    result = run_script(*command, cwd=plots_workdir)
+    if command[1] == "rl_zoo3.plots.all_plots":
+        output = command[command.index("-o") + 1]
+        assert (plots_workdir / f"{output}.pkl").is_file() and "CartPoleNoVel-v1" in result.stdout
 
 
 # The README's quick start as written, but for its budget: these pieces become these
