@@ -8,8 +8,9 @@ matching ``ppo_lstm.yml`` entry (LSTM at the STPN's parameter count), the same L
 STPN's hidden size (equal memory width), and on InvertedPendulum-v5 SB3's PPO ``MlpPolicy`` with the
 STPNf entry's PPO settings (no memory). Only ``n_timesteps`` differs from the configs.
 
-Each run evaluates the deterministic policy on a separate, single evaluation env (normalisation
-statistics synced from training) at step 0 and evenly through training, and records the actor's
+Each run evaluates the deterministic and the sampled policy on a separate, single evaluation env
+(normalisation statistics synced from training) at step 0 and evenly through training, without touching
+training's random streams (the training is the same whatever ``--evals``/``--eval-episodes``), and records the actor's
 synaptic energy per step (``sb3_stpn.common.energy``) during the final evaluation; STPN runs also keep,
 per rollout, the plasticity diagnostics of ``StpnDiagnosticsCallback``. The mazes also
 get reference rows: the random policy, a memoryless wall-avoider and the shortest-path oracle.
@@ -31,7 +32,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,25 @@ def evaluate(model: Any, eval_env: Any, n_episodes: int) -> dict[str, float | No
     }
 
 
+@contextlib.contextmanager
+def random_streams_kept() -> Iterator[None]:
+    """
+    Leave the global random streams (torch, NumPy, Python) as they were before the block: an evaluation samples
+    actions from them, and without this every change of ``--evals`` or ``--eval-episodes`` changed the training too.
+    """
+    import random
+
+    import torch as th
+
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    try:
+        with th.random.fork_rng():
+            yield
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
+
+
 def make_diagnostics_callback() -> Any:
     """``StpnDiagnosticsCallback`` with its ``stpn/`` scalars kept per rollout in ``.records`` (the logger forgets them)."""
     from sb3_stpn.common.callbacks import StpnDiagnosticsCallback
@@ -278,7 +298,8 @@ def make_curve_callback(eval_env: Any, n_evals: int, n_episodes: int, steps: int
         def _evaluate(self) -> None:
             started = time.perf_counter()
             point = {"timesteps": self.num_timesteps, "train_seconds": started - self.start - self.eval_seconds}
-            self.curve.append({**point, **evaluate(self.model, eval_env, n_episodes)})
+            with random_streams_kept():
+                self.curve.append({**point, **evaluate(self.model, eval_env, n_episodes)})
             self.eval_seconds += time.perf_counter() - started
             self.next_eval = self.num_timesteps + max(steps // n_evals, 1)
 

@@ -29,6 +29,7 @@ from benchmarks.learning import (
     parse_changes,
     parse_steps,
     reference_returns,
+    run_one,
     seed_band,
     variant_entry,
 )
@@ -280,3 +281,11 @@ def test_plasticity_warmup_freezes_lambda_and_gamma_for_the_first_updates_only()
         is_weight = index % 3 == 0
         assert th.equal(old, first) != is_weight, index
         assert not th.equal(first, second), index
+
+
+def test_evaluations_leave_the_training_as_it_is() -> None:
+    """A run trains alike whatever its evaluations draw: its per-rollout diagnostics (read from the trained layer)
+    are the same with 1 and with 3 evaluation episodes."""
+    runs = [run_one("CartPoleNoVel-v1", "stpn", 0, 768, 2, n_episodes, {}) for n_episodes in (1, 3)]
+    assert len(runs[0]["diagnostics"]) >= 2 and runs[0]["diagnostics"] == runs[1]["diagnostics"]
+    assert [point["timesteps"] for point in runs[0]["curve"]] == [point["timesteps"] for point in runs[1]["curve"]]
