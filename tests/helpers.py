@@ -1,12 +1,15 @@
 """What several test modules share (their fixtures are in ``conftest.py``): running the repository's scripts, reading
-a run's TensorBoard events, one-line errors, Optuna workers started together, PostgreSQL's binaries and a free port."""
+a run's TensorBoard events, the docs' Python blocks, one-line errors, Optuna workers started together, PostgreSQL's
+binaries and a free port."""
 
 import glob
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -32,6 +35,13 @@ def read_events(log_dir: Path) -> EventAccumulator:
     events = EventAccumulator(str(event_file), size_guidance={"scalars": 0, "histograms": 0})
     events.Reload()
     return events
+
+
+def python_blocks(path: Path) -> Iterator[tuple[int, str]]:
+    """Each ```python block of a Markdown file, with the number of its first line."""
+    text = path.read_text()
+    for match in re.finditer(r"```python\n(.*?)```", text, re.S):
+        yield text.count("\n", 0, match.start()) + 2, match.group(1)
 
 
 def check_one_line_error(code: object, expected: str) -> None:

@@ -7,14 +7,13 @@ rollout (``-n``, ``--n-trials``, the rollout's size). The commands run in one fo
 the run and writes the study they refer to; the PostgreSQL ones run against a throw-away server.
 """
 
-import re
 import shlex
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_script
+from tests.helpers import python_blocks, run_script
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [
@@ -74,13 +73,7 @@ PLOTS = doc_commands(lambda words: words[0] == "-m" and len(words) > 1 and words
 def doc_examples() -> dict[str, str]:
     """The docs pages' ```python examples by place (the README's are run on their own: its 20k-step quick start by
     test_readme_quick_start_runs, with a smaller budget, and its zoo-run loader by tests/test_train_enjoy.py)."""
-    examples: dict[str, str] = {}
-    for path in DOCS[1:]:
-        text = path.read_text()
-        for match in re.finditer(r"```python\n(.*?)```", text, re.S):
-            number = text.count("\n", 0, match.start()) + 2  # the example's first line
-            examples[f"{path.relative_to(REPO)}:{number}"] = match.group(1)
-    return examples
+    return {f"{path.relative_to(REPO)}:{number}": block for path in DOCS[1:] for number, block in python_blocks(path)}
 
 
 EXAMPLES = doc_examples()
@@ -177,8 +170,7 @@ QUICK_START_SHRINK = {"model.learn(20_000)": "model.learn(256)", "n_eval_episode
 
 def test_readme_quick_start_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The quick start trains, saves, loads and evaluates; only its budget shrinks (and must be found to shrink)."""
-    (quick_start,) = [block for block in re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
-                      if "model.learn(" in block]  # fmt: skip
+    (quick_start,) = [block for _, block in python_blocks(REPO / "README.md") if "model.learn(" in block]
     for written, shrunk in QUICK_START_SHRINK.items():
         assert written in quick_start, f"the README's quick start no longer says {written}: update QUICK_START_SHRINK"
         quick_start = quick_start.replace(written, shrunk)

@@ -14,7 +14,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_stpn import StpnPPO
 from sb3_stpn.cli import enjoy_main, train_main
-from tests.helpers import ONE_THREAD, REPO, read_events, run_script
+from tests.helpers import ONE_THREAD, REPO, python_blocks, read_events, run_script
 
 ENV = "CartPoleNoVel-v1"
 # The CartPoleNoVel-v1 entry, shrunk to a couple of thousand steps in a few seconds
@@ -161,8 +161,7 @@ def test_enjoy_replays_the_maze_with_the_sampled_policy(
 
 def test_readme_loads_a_zoo_run_with_its_normalisation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's snippet, run as written on a fresh run: the env it builds holds the run's saved statistics."""
-    (snippet,) = [block for block in re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
-                  if "get_saved_hyperparams" in block]  # fmt: skip
+    (snippet,) = [block for _, block in python_blocks(REPO / "README.md") if "get_saved_hyperparams" in block]
     monkeypatch.chdir(tmp_path)
     train_main(["--env", ENV, "-n", "256", "--eval-freq", "-1", *SHRINK])
     namespace: dict = {}
