@@ -19,9 +19,8 @@ from stable_baselines3.common import base_class
 
 from sb3_stpn.cli import enjoy_main, train_main
 from sb3_stpn.zoo.saving import load_problem
-from tests.helpers import check_one_line_error
+from tests.helpers import REPO, check_one_line_error
 
-REPO = Path(__file__).resolve().parents[1]
 ENV = "CartPoleNoVel-v1"
 # Enough to reach the model, never enough to train for long if a check fails to fire
 TINY = ["-n", "16", "--eval-freq", "-1", "--hyperparams", "n_envs:1", "n_steps:8", "batch_size:8", "n_epochs:1"]

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import python_blocks, run_script
+from tests.helpers import REPO, python_blocks, run_script
 
-REPO = Path(__file__).resolve().parents[1]
 DOCS = [
     REPO / "README.md",
     *sorted(path for path in (REPO / "docs").rglob("*.md") if path.relative_to(REPO / "docs").parts[0] != "history"),
