@@ -12,7 +12,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 from stable_baselines3.common.utils import FloatSchedule
 
 from sb3_stpn.common.buffers import StpnDictRolloutBuffer, StpnRolloutBuffer
-from sb3_stpn.common.policies import StpnActorCriticPolicy
+from sb3_stpn.common.policies import LAYER_STPN_DEFAULTS, StpnActorCriticPolicy
 from sb3_stpn.ppo_stpn.policies import CnnStpnPolicy, MlpStpnPolicy, MultiInputStpnPolicy
 
 SelfStpnPPO = TypeVar("SelfStpnPPO", bound="StpnPPO")
@@ -88,6 +88,8 @@ class StpnPPO(RecurrentPPO):
         _init_setup_model: bool = True,
     ):
         self.sequence_length = sequence_length
+        # BaseAlgorithm.load builds the model this way, then restores its saved attributes, policy_kwargs included
+        self._restoring_saved_model = not _init_setup_model
         warn_if_cuda_is_missing(device)
         super().__init__(
             policy,
@@ -129,13 +131,20 @@ class StpnPPO(RecurrentPPO):
                 "normalize_advantage needs at least 2 steps per rollout (n_steps * n_envs, here 1): the std of one "
                 "advantage is NaN; raise n_steps or n_envs, or pass normalize_advantage=False"
             )
+        policy_kwargs = dict(self.policy_kwargs)
+        if self._restoring_saved_model:
+            # A model saved before 0.2.0 recorded only the STPN settings it was given: the rest were the layer's own
+            # defaults, which it must keep (since 0.2.0 every setting is recorded, and this changes nothing)
+            policy_kwargs["stpn_kwargs"] = {**LAYER_STPN_DEFAULTS, **(policy_kwargs.get("stpn_kwargs") or {})}
         self.policy = self.policy_class(
             self.observation_space,
             self.action_space,
             self.lr_schedule,
             use_sde=self.use_sde,
-            **self.policy_kwargs,
+            **policy_kwargs,
         ).to(self.device)
+        # Saved with the model: every STPN setting it acts with, so that later versions' defaults cannot change it
+        self.policy_kwargs = {**policy_kwargs, "stpn_kwargs": dict(self.policy.stpn_kwargs)}
         # RecurrentPPO's rollout code carries the state under this name (sb3_stpn's own code reads last_stpn_states)
         self._last_lstm_states = self.policy.initial_state(self.n_envs)
 
@@ -157,6 +166,9 @@ class StpnPPO(RecurrentPPO):
             if isinstance(self.clip_range_vf, (float, int)) and self.clip_range_vf <= 0:
                 raise ValueError("`clip_range_vf` must be positive, pass `None` to deactivate vf clipping")
             self.clip_range_vf = FloatSchedule(self.clip_range_vf)
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_restoring_saved_model"]
 
     @property
     def last_stpn_states(self) -> RNNStates:

@@ -148,7 +148,7 @@ def test_changes_are_merged_into_the_entry() -> None:
     # Merged, not replaced: the entry's STPNf setting and hidden size stay
     assert stpn["policy_kwargs"] == {
         "stpn_hidden_size": 64,
-        "stpn_kwargs": {"recurrent": False, "normalize": False, "clamp": 1.0},
+        "stpn_kwargs": {"lambda_max": None, "recurrent": False, "normalize": False, "clamp": 1.0},
     }
     with pytest.raises(SystemExit):
         parse_changes(["learning_rate"])

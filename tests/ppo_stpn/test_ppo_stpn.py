@@ -125,7 +125,7 @@ def test_predict_with_a_state_of_another_batch_raises(n_state_envs: int) -> None
 
 def test_predict_stops_with_a_clear_error_when_the_state_diverges() -> None:
     """A plastic bias with bias_lambda > 1 grows to inf in about 220 steps: predict raises instead of acting."""
-    kwargs = {**TINY, "policy_kwargs": dict(stpn_hidden_size=8, stpn_kwargs=dict(plastic_bias=True))}
+    kwargs = {**TINY, "policy_kwargs": dict(stpn_hidden_size=8, stpn_kwargs=dict(plastic_bias=True, lambda_max=None))}
     model = StpnPPO("MlpStpnPolicy", "CartPole-v1", **kwargs)
     with th.no_grad():
         model.policy.stpn_actor.bias_lambda.fill_(1.5)
