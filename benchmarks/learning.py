@@ -47,6 +47,16 @@ TASKS = (
     "MiniGrid-MemoryS7-v0",
     "InvertedPendulum-v5",
 )
+# The validation suite: POPGym's memory tasks (``pip install "sb3-stpn[bench]"``), never tuned on here, so they run
+# through the configs' ``default`` entries. Returns are POPGym's, scaled to [-1, 1].
+POPGYM_TASKS = (
+    "popgym-RepeatFirstEasy-v0",
+    "popgym-AutoencodeEasy-v0",
+    "popgym-HigherLowerEasy-v0",
+    "popgym-VelocityOnlyCartpoleEasy-v0",
+    "popgym-NoisyPositionOnlyPendulumEasy-v0",
+    "popgym-MineSweeperEasy-v0",
+)
 # Steps per run that fit a shared 2-core machine (a few minutes per run); the configs' n_timesteps are 1e5 to 1e7
 DEFAULT_STEPS = {
     "CartPoleNoVel-v1": 30_000,
@@ -55,11 +65,15 @@ DEFAULT_STEPS = {
     "GridMaze-v0": 48_000,
     "MiniGrid-MemoryS7-v0": 50_000,
     "InvertedPendulum-v5": 20_000,
+    # The same budget for every suite task and model: 100k steps of the default entry (n_envs=1) are about 780 PPO
+    # updates, enough for the recall tasks to leave chance, and 3 models x 3 seeds x 6 tasks fit a day on 2 cores
+    **dict.fromkeys(POPGYM_TASKS, 100_000),
 }
 # One rollout of each config (StpnPPO/RecurrentPPO round the budget up to whole rollouts)
 QUICK_STEPS = {"CartPoleNoVel-v1": 256, "PendulumNoVel-v1": 4096, "GridMaze-v0": 1600, "MiniGrid-MemoryS7-v0": 1024}
 QUICK_STEPS["GridMaze9x9-v0"] = 12_800
 QUICK_STEPS["InvertedPendulum-v5"] = 64
+QUICK_STEPS.update(dict.fromkeys(POPGYM_TASKS, 128))
 # Policy kwargs that only the STPN policies take (dropped for the memory-less MLP PPO)
 STPN_ONLY_KWARGS = ("stpn_hidden_size", "stpn_kwargs", "enable_critic_stpn", "shared_stpn")
 DEFAULT_OUT = Path("benchmarks/results/learning")
@@ -128,6 +142,8 @@ def variant_entry(variant: Variant, task: str, steps: int, changes: dict[str, An
     entry["n_timesteps"] = steps
     if changes:
         entry = merged(entry, changes)
+    if task in POPGYM_TASKS and (wrapper := popgym_observation_wrapper(task)):
+        entry.setdefault("env_wrapper", wrapper)
     if variant.equal_hidden:
         entry["policy_kwargs"]["lstm_hidden_size"] = stpn_hidden_size(task)
     if variant.twin:
@@ -137,6 +153,24 @@ def variant_entry(variant: Variant, task: str, steps: int, changes: dict[str, An
         entry.pop("sequence_length", None)
         entry["policy_kwargs"] = {k: v for k, v in entry["policy_kwargs"].items() if k not in STPN_ONLY_KWARGS}
     return entry
+
+
+def popgym_observation_wrapper(task: str) -> str | None:
+    """
+    Register POPGym's ids and return the wrapper its task needs to reach SB3, if any: gymnasium's
+    ``FlattenObservation`` (one-hot per part) for a ``Tuple`` observation (Autoencode), which SB3 cannot take.
+    A format change, the same for every model, not tuning.
+    """
+    import gymnasium as gym
+
+    try:
+        import popgym  # noqa: F401  (registers the popgym-* ids)
+    except ImportError:
+        raise SystemExit(f'{task} needs POPGym: pip install "sb3-stpn[bench]"') from None
+    env = gym.make(task)
+    needs_flattening = isinstance(env.observation_space, gym.spaces.Tuple)
+    env.close()
+    return "gymnasium.wrappers.FlattenObservation" if needs_flattening else None
 
 
 def stpn_hidden_size(task: str) -> int:
@@ -150,6 +184,11 @@ def area_under_curve(timesteps: Sequence[float], returns: Sequence[float]) -> fl
     if len(t) < 2 or t[-1] <= t[0]:
         raise ValueError("an area needs at least two evaluations at increasing steps")
     return float(np.sum((t[1:] - t[:-1]) * (r[1:] + r[:-1]) / 2) / (t[-1] - t[0]))
+
+
+def max_mean_episodic_return(run: dict[str, Any]) -> float:
+    """POPGym's MMER: the best mean episodic return over training, here the best sampled-policy evaluation."""
+    return max(point["return_sampled"] for point in run["curve"])
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -502,6 +541,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "energy_per_step": mean_std(energies) if None not in energies else None,
             "wall_seconds": statistics.fmean(run["wall_seconds"] for run in group),
             "equal_time_budget": budgets[task],
+            "mmer": mean_std([max_mean_episodic_return(run) for run in group]),
             "auc_equal_time_sampled": mean_std(
                 [area_within(*_curve(run, "train_seconds", "return_sampled"), budgets[task]) for run in group]
             ),
@@ -522,9 +562,9 @@ def table(rows: list[dict[str, Any]], references: dict[str, dict[str, list[float
     """Markdown table of the summary rows, with each task's reference policies (mean ± std over episodes) after it."""
     lines = [
         "| task | model | params | seeds | steps | final return (sampled) | final return (deterministic) "
-        "| AUC / steps (sampled) | AUC / steps (deterministic) | AUC within equal wall-clock (sampled) | energy / step "
-        "| wall s / run |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| AUC / steps (sampled) | AUC / steps (deterministic) | MMER (sampled) | AUC within equal wall-clock (sampled) "
+        "| energy / step | wall s / run |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for task in dict.fromkeys(row["task"] for row in rows):
         task_rows = [row for row in rows if row["task"] == task]
@@ -534,13 +574,56 @@ def table(rows: list[dict[str, Any]], references: dict[str, dict[str, list[float
             lines.append(
                 f"| {task} | {row['label']} | {row['parameters']} | {row['seeds']} | {row['steps']} "
                 f"| {_pm(row['final_return_sampled'], d)} | {_pm(row['final_return'], d)} | {_pm(row['auc_sampled'], d)} "
-                f"| {_pm(row['auc'], d)} | {_pm(row['auc_equal_time_sampled'], d)} (first {row['equal_time_budget']:.0f} s) "
+                f"| {_pm(row['auc'], d)} | {_pm(row['mmer'], d)} "
+                f"| {_pm(row['auc_equal_time_sampled'], d)} (first {row['equal_time_budget']:.0f} s) "
                 f"| {_pm(row['energy_per_step'], 2)} | {row['wall_seconds']:.0f} |"
             )
         for name, returns in references.get(task, {}).items():
+            empty = " |" * 7
             lines.append(
-                f"| {task} | {name} policy (reference, {len(returns)} episodes) | | | | {_pm(mean_std(returns))} | | | | | | |"
+                f"| {task} | {name} policy (reference, {len(returns)} episodes) | | | | {_pm(mean_std(returns))} |{empty}"
             )
+    return "\n".join(lines)
+
+
+def suite_table(runs: list[dict[str, Any]], bootstrap_reps: int = 2000) -> str:
+    """
+    Markdown table of each model over the POPGym tasks it ran on (empty with fewer than two): the mean over tasks
+    of its MMER and sampled area (means over seeds), and rliable's aggregate mean and interquartile mean of the MMER
+    over every (seed, task) run with 95 % stratified-bootstrap confidence intervals. POPGym scales every task's
+    returns to [-1, 1], so its tasks are aggregated as they are.
+    """
+    from rliable import library, metrics
+
+    suite = [run for run in runs if run["task"] in POPGYM_TASKS]
+    tasks = list(dict.fromkeys(run["task"] for run in suite))
+    if len(tasks) < 2:
+        return ""
+    lines = [
+        "| model | tasks | seeds | mean MMER over tasks | mean AUC (sampled) over tasks | MMER mean [95 % CI] "
+        "| MMER IQM [95 % CI] |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    by_model: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for run in suite:
+        by_model.setdefault(model_label(run), {}).setdefault(run["task"], []).append(run)
+    for label, by_task in by_model.items():
+        seeds = min(len(group) for group in by_task.values())
+        mmer = np.array([[max_mean_episodic_return(group[i]) for group in by_task.values()] for i in range(seeds)])
+        auc = statistics.fmean(statistics.fmean(area_under_curve(*_curve(r, value="return_sampled")) for r in group)
+                               for group in by_task.values())  # fmt: skip
+        task_means = statistics.fmean(statistics.fmean(map(max_mean_episodic_return, group)) for group in by_task.values())
+        estimates, intervals = library.get_interval_estimates(
+            {label: mmer},
+            lambda scores: np.array([metrics.aggregate_mean(scores), metrics.aggregate_iqm(scores)]),
+            reps=bootstrap_reps,
+            random_state=np.random.RandomState(0),
+        )
+        (mean, iqm), ((mean_low, iqm_low), (mean_high, iqm_high)) = estimates[label], intervals[label]
+        lines.append(
+            f"| {label} | {len(by_task)} | {seeds} | {task_means:.2f} | {auc:.2f} | {mean:.2f} [{mean_low:.2f}, "
+            f"{mean_high:.2f}] | {iqm:.2f} [{iqm_low:.2f}, {iqm_high:.2f}] |"
+        )
     return "\n".join(lines)
 
 
@@ -651,6 +734,19 @@ def parse_changes(values: list[str] | None) -> dict[str, Any]:
 RUNS_FILE = "runs.jsonl"
 
 
+def job_key(task: str, model: str, seed: int, changes: dict[str, Any], plasticity_warmup: int) -> str:
+    """What makes a run the same run again: the job's fields that ``run_one`` records (its budget aside)."""
+    return json.dumps([task, model, seed, changes, plasticity_warmup], sort_keys=True, default=repr)
+
+
+def finished_job_keys(runs_path: Path) -> set[str]:
+    """The job keys of the runs already in ``runs_path`` (none if it does not exist), for a benchmark resumed."""
+    if not runs_path.is_file():
+        return set()
+    runs = [json.loads(line) for line in runs_path.read_text().splitlines() if line.strip()]
+    return {job_key(run["task"], run["model"], run["seed"], run["changes"], run.get("plasticity_warmup", 0)) for run in runs}
+
+
 def write_report(runs: list[dict[str, Any]], out: Path, header: str, settings: dict[str, Any]) -> str:
     """Print and write the table (``learning.md``), all curves (``learning.json``) and one plot per task."""
     tasks = list(dict.fromkeys(run["task"] for run in runs))
@@ -658,6 +754,8 @@ def write_report(runs: list[dict[str, Any]], out: Path, header: str, settings: d
     references = {task: refs for task in tasks if (refs := reference_returns(task, n_reference))}
     rows = summarise(runs)
     text = table(rows, references)
+    if suite := suite_table(runs):
+        text += "\n\nPOPGym suite (MMER: best sampled-policy evaluation of each run):\n\n" + suite
     if diagnostics := diagnostics_table(runs):
         text += "\n\nPlasticity diagnostics (STPN rows, actor layer):\n\n" + diagnostics
     print(f"\n{header}\n\n{text}")
@@ -688,7 +786,7 @@ def read_runs(folders: Sequence[Path]) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
-    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=None, help="tasks (default: all)")
+    parser.add_argument("--tasks", nargs="+", choices=TASKS + POPGYM_TASKS, default=None, help="tasks (default: all)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per model (default 3, --quick 1)")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ...")
     parser.add_argument("--steps", nargs="+", default=None, help="steps per run: N for all tasks or TASK=N pairs")
@@ -717,8 +815,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (1 torch thread each)")
     parser.add_argument("--quick", action="store_true", help="one seed, one rollout per run: checks the script works")
     parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help=f"folder for {RUNS_FILE} (each run as it ends), learning.md/json, PNGs"
-    )
+        "--out", type=Path, default=DEFAULT_OUT,
+        help=f"folder for {RUNS_FILE} (each run as it ends), learning.md/json, PNGs; a folder that already holds runs "
+        "resumes: those runs are kept and not trained again (use a new folder for a new budget)",
+    )  # fmt: skip
     parser.add_argument(
         "--report", nargs="+", type=Path, default=None, metavar="FOLDER",
         help=f"train nothing: rebuild the table and plots in --out from the {RUNS_FILE} of these folders (merged)",
@@ -745,6 +845,13 @@ def main(argv: list[str] | None = None) -> None:
         if args.models is None or variant.key in args.models
     ]
     args.out.mkdir(parents=True, exist_ok=True)
+    # Resume: the runs a stopped benchmark finished into this --out are kept, not trained again
+    finished = finished_job_keys(args.out / RUNS_FILE)
+    todo = [
+        job for job in jobs if job_key(*job[:3], job[6], job[7] if VARIANTS[job[1]].algo == "ppo_stpn" else 0) not in finished
+    ]
+    if len(todo) < len(jobs):
+        print(f"resuming: {len(jobs) - len(todo)} of the {len(jobs)} runs are already in {args.out / RUNS_FILE}", flush=True)
     start = time.perf_counter()
     runs: list[dict[str, Any]] = []
     try:
@@ -756,7 +863,7 @@ def main(argv: list[str] | None = None) -> None:
         ):
             # Printed and saved as each run (in order) finishes, so that a long benchmark shows its progress
             # and a stopped one keeps what it finished (--report rebuilds the table from it)
-            for run in pool.imap(run_job, jobs) if pool else map(run_job, jobs):
+            for run in pool.imap(run_job, todo) if pool else map(run_job, todo):
                 final = run["curve"][-1]
                 print(
                     f"{run['task']} {run['model']} seed {run['seed']}: return {final['return_sampled']:.1f} sampled, "
@@ -776,7 +883,7 @@ def main(argv: list[str] | None = None) -> None:
     total = time.perf_counter() - start
     header = f"StpnPPO vs RecurrentPPO, zoo configs, {seeds} seed(s), {args.jobs} job(s), {total:.0f} s in all"
     settings.update(seeds=seeds, eval_episodes=n_episodes, steps=steps, total_seconds=total)
-    write_report(runs, args.out, header, settings)
+    write_report(read_runs([args.out]), args.out, header, settings)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from benchmarks.learning import (
     LSTM_HIDDEN,
     LSTM_PARAMS,
     MLP,
+    POPGYM_TASKS,
     STPN,
     STPN_TWIN,
     area_under_curve,
@@ -24,6 +25,7 @@ from benchmarks.learning import (
     equal_time_budget,
     main,
     make_plasticity_warmup_callback,
+    max_mean_episodic_return,
     mean_std,
     minigrid_memory_returns,
     parse_changes,
@@ -31,6 +33,7 @@ from benchmarks.learning import (
     reference_returns,
     run_one,
     seed_band,
+    suite_table,
     variant_entry,
 )
 from sb3_stpn.zoo.saving import process_alive
@@ -220,6 +223,55 @@ def test_benchmark_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     (tmp_path / "committed" / "runs.jsonl.gz").write_bytes(gzip.compress((tmp_path / "runs.jsonl").read_bytes()))
     main(["--report", str(tmp_path / "committed"), "--out", str(tmp_path / "from_gzip")])
     assert (tmp_path / "from_gzip" / "learning.md").read_text() == (tmp_path / "learning.md").read_text()
+
+
+def test_mmer_is_the_best_sampled_evaluation() -> None:
+    curve = [{"return_sampled": value, "return": 1.0} for value in (-0.5, 0.25, 0.1)]
+    assert max_mean_episodic_return({"curve": curve}) == 0.25
+
+
+def test_suite_table_aggregates_mmer_over_tasks_and_seeds() -> None:
+    def run(task: str, seed: int, best: float) -> dict:
+        curve = [{"timesteps": 0, "return_sampled": -1.0}, {"timesteps": 10, "return_sampled": best}]
+        return {"task": task, "model": "stpn", "seed": seed, "changes": {}, "hidden_size": 8, "curve": curve}
+
+    # MMERs: task 0 seeds 0.2 / 0.4, task 1 seeds 0.6 / 1.0: mean over tasks of their seed means = (0.3 + 0.8) / 2
+    runs = [
+        run(POPGYM_TASKS[0], 0, 0.2),
+        run(POPGYM_TASKS[0], 1, 0.4),
+        run(POPGYM_TASKS[1], 0, 0.6),
+        run(POPGYM_TASKS[1], 1, 1.0),
+    ]
+    (row,) = suite_table(runs, bootstrap_reps=200).splitlines()[2:]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[:4] == ["STPN h=8 (zoo entry)", "2", "2", "0.55"]
+    assert cells[4] == f"{((0.2 - 1) / 2 + (0.4 - 1) / 2 + (0.6 - 1) / 2 + (1.0 - 1) / 2) / 4:.2f}"  # areas of the ramps
+    assert cells[5].startswith("0.55 [") and cells[6].startswith("0.50 [")  # IQM of 0.2, 0.4, 0.6, 1.0: the middle two
+    assert suite_table(runs[:2]) == ""  # one task is no suite
+
+
+def test_popgym_task_runs_through_the_default_entries(tmp_path: Path) -> None:
+    """Autoencode's Tuple observation reaches SB3 flattened (one-hot parts); both configs' default entries train on it."""
+    assert variant_entry(STPN, "popgym-AutoencodeEasy-v0", 128)["env_wrapper"] == "gymnasium.wrappers.FlattenObservation"
+    assert "env_wrapper" not in variant_entry(LSTM_PARAMS, "popgym-RepeatFirstEasy-v0", 128)
+    tasks = ["popgym-AutoencodeEasy-v0", "popgym-RepeatFirstEasy-v0"]
+    main(["--quick", "--tasks", *tasks, "--models", "stpn", "lstm_params", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "learning.json").read_text())
+    assert {(run["task"], run["model"]) for run in report["runs"]} == {(t, m) for t in tasks for m in ("stpn", "lstm_params")}
+    assert "POPGym suite" in report["table"] and "MMER" in report["table"]
+    # The STPN rows got the policies' default, bounded decays: F stays far below W
+    assert all(run["diagnostics"][-1]["stpn/F_over_W"] < 0.01 for run in report["runs"] if run["model"] == "stpn")
+
+
+def test_benchmark_run_again_into_its_folder_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A stopped benchmark run again with the same --out trains only the runs its runs.jsonl lacks."""
+    main(["--quick", "--tasks", "InvertedPendulum-v5", "--models", "stpn", "--out", str(tmp_path)])
+    main(["--quick", "--tasks", "InvertedPendulum-v5", "--models", "stpn", "stpn_twin", "--out", str(tmp_path)])
+    assert "resuming: 1 of the 2 runs are already in" in capsys.readouterr().out
+    runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert [run["model"] for run in runs] == ["stpn", "stpn_twin"]
+    report = json.loads((tmp_path / "learning.json").read_text())
+    assert report["runs"] == runs  # the report covers both invocations' runs
 
 
 def child_processes(pid: int) -> list[int]:
