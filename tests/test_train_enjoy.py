@@ -5,12 +5,15 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
+import rl_zoo3.import_envs  # noqa: F401  (registers CartPoleNoVel-v1)
 import torch as th
-from stable_baselines3.common.vec_env import VecNormalize
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_stpn import StpnPPO
 from sb3_stpn.cli import enjoy_main, train_main
@@ -83,6 +86,38 @@ def test_ctrl_c_and_sigterm_save_the_model(stop: signal.Signals, status: int, tm
     out, _ = process.communicate(timeout=120)
     assert process.returncode == status, out[-3000:]
     assert (tmp_path / "logs" / "ppo_stpn" / f"{ENV}_1" / f"{ENV}.zip").is_file()
+
+
+@pytest.mark.parametrize(("stop", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_during_the_final_save_stops_the_run_once_it_is_saved(
+    stop: signal.Signals, status: int, tmp_path: Path
+) -> None:
+    """A signal that comes while the final model is written (its temporary file is there) waits for the save: the
+    model and its statistics are on disk, and the run exits 128 + signal. (It used to cut the save short: no model.)"""
+    big = [
+        "--hyperparams",
+        "n_envs:2",
+        "n_steps:64",
+        "batch_size:128",
+        "n_epochs:1",
+        "policy_kwargs:dict(stpn_hidden_size=1024)",
+    ]
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), "--env", ENV, "-n", "128", *big, "--eval-freq", "-1"],
+        cwd=tmp_path, env=ONE_THREAD, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    run = tmp_path / "logs" / "ppo_stpn" / f"{ENV}_1"
+    deadline = time.monotonic() + 300
+    while not list(run.glob(f".{ENV}.zip.*.tmp")):  # the final save has begun
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before its final save was seen"
+        time.sleep(0.002)
+    process.send_signal(stop)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == status, err[-3000:]
+    assert StpnPPO.load(run / f"{ENV}.zip").policy.stpn_hidden_size == 1024
+    assert isinstance(
+        VecNormalize.load(str(run / ENV / "vecnormalize.pkl"), DummyVecEnv([lambda: gym.make(ENV)])), VecNormalize
+    )
 
 
 def test_env_without_entry_with_a_text_mission(tmp_path: Path) -> None:

@@ -107,12 +107,30 @@ def raising_interrupted(note: Callable[[int], None] | None = None) -> Iterator[N
             note(signum)
         raise Interrupted(signum)
 
-    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
+    with _stop_signals_handled_by(interrupt):
+        yield
+
+
+@contextmanager
+def signals_held() -> Iterator[list[int]]:
+    """
+    While the block runs, SIGINT and SIGTERM are only recorded, in the list the block gets: a save they would cut
+    short (a model lost, the exit status still saying saved) completes first, and the caller then stops.
+    """
+    received: list[int] = []
+    with _stop_signals_handled_by(lambda signum, frame: received.append(signum)):
+        yield received
+
+
+@contextmanager
+def _stop_signals_handled_by(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM go to ``handler`` while the block runs; the handlers before it are restored after it."""
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for signum, before in previous.items():
+            signal.signal(signum, before)
 
 
 class NonFiniteError(ZooError, ValueError):
@@ -235,15 +253,19 @@ class StpnExperimentManager(ExperimentManager):
         with raising_interrupted(note_interrupt), self._removing_run_folder_on_failure():
             try:
                 super().learn(model)
+            except Interrupted:
+                pass  # after training (rl_zoo3 catches it during training), closing the envs: noted, the model is saved next
             except DivergedStateError as error:
                 checkpoints = sorted(Path(self.save_path).glob("rl_model_*_steps.zip"), key=os.path.getmtime)
                 kept = f"the last checkpoint, {checkpoints[-1]}, is intact" if checkpoints else "no checkpoint was saved"
                 raise ZooError(f"training diverged at step {model.num_timesteps}: {error}; {kept}") from error
 
     def save_trained_model(self, model: BaseAlgorithm) -> None:
-        super().save_trained_model(model)
-        if self.interrupted:
-            raise Interrupted(self.interrupted)  # saved: now stop as interrupted (exit status 128 + signal)
+        with signals_held() as received:  # a signal now would cut the save short: it waits until the model is saved
+            super().save_trained_model(model)
+        stop = self.interrupted or next(iter(received), None)
+        if stop:
+            raise Interrupted(stop)  # saved: now stop as interrupted (exit status 128 + signal)
 
     def hyperparameters_optimization(self) -> None:
         with self._removing_run_folder_on_failure():
