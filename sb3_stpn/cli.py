@@ -331,6 +331,22 @@ class CheckpointStatistics:
         def create(stats_path: str | None) -> Any:
             return _zoo_create_test_env(env_id, stats_path=stats_path, hyperparams=hyperparams, **kwargs)
 
+        if (
+            stats_path is not None
+            and not Path(stats_path, "config.yml").is_file()
+            and Path(stats_path, "vecnormalize.pkl").is_file()
+        ):
+            # rl_zoo3 reads "normalize" from config.yml alone, so it would run the policy on raw observations
+            print(
+                f"warning: no config.yml in {stats_path}: normalising with its vecnormalize.pkl, but without the run's "
+                "env wrappers or frame stacking, which config.yml records",
+                file=sys.stderr,
+            )
+            hyperparams = {
+                **(hyperparams or {}),
+                "normalize": True,
+                "normalize_kwargs": {"norm_obs": True, "norm_reward": False},
+            }
         if stats_path is None or self.model_path is None or not (hyperparams or {}).get("normalize"):
             return create(stats_path)
         own = checkpoint_vec_normalize_path(self.model_path)

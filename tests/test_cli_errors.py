@@ -261,6 +261,16 @@ def test_continue_from_a_zip_that_does_not_load(trained_run: Path, tmp_path: Pat
     check_one_line_error(exit_info.value.code, f"cannot continue from {broken}, which does not load")
 
 
+def test_enjoy_a_run_without_its_config_keeps_its_normalisation(trained_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """rl_zoo3 takes "normalize" from config.yml alone: without it the policy got raw observations, silently."""
+    (trained_run / ENV / "config.yml").unlink()
+    capsys.readouterr()
+    enjoy_main(["--env", ENV, "--no-render", "-n", "5", "-f", str(trained_run.parents[1])])
+    out, err = capsys.readouterr()
+    assert "Loading running average" in out  # rl_zoo3's line as it wraps the env in the saved VecNormalize
+    assert f"warning: no config.yml in {trained_run / ENV}: normalising with its vecnormalize.pkl" in err
+
+
 def test_enjoy_a_checkpoint_of_a_killed_normalised_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A killed run has checkpoints but no final model or vecnormalize.pkl: each checkpoint runs with its own
     statistics; without them, one error line instead of rl_zoo3's traceback."""
