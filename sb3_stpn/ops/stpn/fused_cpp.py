@@ -87,51 +87,105 @@ def cpp_build_directory() -> Path:
 
 
 def _build_cpp_extension() -> Any:
-    """Load the C++ kernel, building it first (about a minute, said in one line) if its cache folder has none."""
+    """
+    Load the C++ kernel, building it first (about a minute, said in one line) if its cache folder has none.
+
+    A library that is not byte for byte the one this cache built (truncated or emptied by a full disk or a kill, or
+    replaced) is rebuilt before anything loads it: loading a truncated library can kill the process (SIGBUS). A library
+    that fails to load is rebuilt once; every message names the cache folder.
+    """
     from torch.utils import cpp_extension
 
     build_directory = cpp_build_directory()
     name = build_directory.name
     library = build_directory / f"{name}{cpp_extension.LIB_EXT}"
-    _make_private_folder(build_directory)
+    checked = _make_private_folder(build_directory)
     with _build_lock(build_directory):
-        source = _cached_source(build_directory, library)
-        if not library.is_file():
-            print(f"sb3_stpn: building the C++ STPN kernel in {build_directory} (about a minute, once)", file=sys.stderr)
-        with _ninja_on_path():
-            cpp_extension.load(
-                name=name,
-                sources=[str(source)],
-                extra_cflags=CPP_CFLAGS,
-                build_directory=str(build_directory),
-                is_python_module=False,
-                verbose=False,
+        if _private_folder_identity(build_directory) != checked:  # swapped while this process waited for the lock
+            raise PermissionError(
+                f"refusing the kernel cache folder {build_directory}, which was replaced after it was checked; remove "
+                "it, or set TORCH_EXTENSIONS_DIR to a folder of your own"
             )
+        source = _cached_source(build_directory, library)
+        record = library.with_name(f"{library.name}.sha256")
+        if library.exists() and (not record.is_file() or record.read_text() != _digest(library)):
+            print(f"sb3_stpn: {library} is not the library this cache built; rebuilding it", file=sys.stderr)
+            library.unlink()
+        for attempt in (1, 2):
+            if not library.is_file():
+                print(f"sb3_stpn: building the C++ STPN kernel in {build_directory} (about a minute, once)", file=sys.stderr)
+            try:
+                with _ninja_on_path():
+                    cpp_extension.load(
+                        name=name,
+                        sources=[str(source)],
+                        extra_cflags=CPP_CFLAGS,
+                        build_directory=str(build_directory),
+                        is_python_module=False,
+                        verbose=False,
+                    )
+                break
+            except Exception as error:
+                if attempt == 2 or not library.exists():
+                    raise RuntimeError(f"the C++ kernel in {build_directory} does not build or load: {error}") from error
+                print(f"sb3_stpn: {library} does not load ({error}); rebuilding it once", file=sys.stderr)
+                library.unlink()
+        if library.is_file():
+            record.write_text(_digest(library))
     return th.ops.sb3_stpn
 
 
-def _make_private_folder(folder: Path) -> None:
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _make_private_folder(folder: Path) -> tuple[int, int]:
     """
-    Make the cache folder, readable and writable by the user only (0700), or check the one there.
+    Make the cache folder, readable and writable by the user only (0700), or check the one there; return its identity
+    (device, inode), which the caller checks again once it holds the folder's lock.
 
     Its name is predictable and torch's extension root may be shared: in a folder another account owns or
-    may write to, that account could plant the source or library this process then builds or loads.
+    may write to, that account could plant the source or library this process then builds or loads; in a parent
+    others may write to (without the sticky bit), it could swap the whole folder for its own after the check.
     """
     folder.parent.mkdir(parents=True, exist_ok=True)
+    parent = folder.parent.stat()
+    if parent.st_uid not in (os.geteuid(), 0) or (parent.st_mode & 0o022 and not parent.st_mode & stat.S_ISVTX):
+        raise PermissionError(
+            f"refusing the kernel cache folder {folder}: its parent {folder.parent} lets another account rename it "
+            "(owned by another user, or writable by group or others without the sticky bit); set TORCH_EXTENSIONS_DIR "
+            "to a folder of your own"
+        )
     with suppress(FileExistsError):
         folder.mkdir(mode=0o700)
-    status = folder.lstat()
-    problem = (
-        "is a symbolic link" if stat.S_ISLNK(status.st_mode)
-        else f"belongs to uid {status.st_uid}, not to you" if status.st_uid != os.geteuid()
-        else "is writable by group or others" if status.st_mode & 0o022
-        else None
-    )  # fmt: skip
+    return _private_folder_identity(folder)
+
+
+def _private_folder_identity(folder: Path) -> tuple[int, int]:
+    """The (device, inode) of ``folder``, checked through one descriptor opened without following a link: a folder of
+    this user's, written by nobody else, and not a symbolic link."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        descriptor = None  # a symbolic link (ELOOP), or not a folder
+    if descriptor is None:
+        problem: str | None = "is a symbolic link" if folder.is_symlink() else "is not a folder"
+    else:
+        try:
+            status = os.fstat(descriptor)
+        finally:
+            os.close(descriptor)
+        problem = (
+            f"belongs to uid {status.st_uid}, not to you" if status.st_uid != os.geteuid()
+            else "is writable by group or others" if status.st_mode & 0o022
+            else None
+        )  # fmt: skip
     if problem is not None:
         raise PermissionError(
             f"refusing the kernel cache folder {folder}, which {problem}; remove it, or set TORCH_EXTENSIONS_DIR "
             "to a folder of your own"
         )
+    return status.st_dev, status.st_ino
 
 
 def _cached_source(build_directory: Path, library: Path) -> Path:

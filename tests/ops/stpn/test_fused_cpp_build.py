@@ -1,6 +1,7 @@
 """Building the C++ kernel: one cache folder per source, torch version and CPU; one line before a build; ninja found."""
 
 import fcntl
+import hashlib
 import os
 import shutil
 import stat
@@ -225,3 +226,97 @@ def test_the_copy_of_the_source_follows_no_planted_link(extensions_root: Path, m
     fused_cpp._build_cpp_extension()
     assert victim.read_text() == "must stay"
     assert (folder / "stpn.cpp").read_bytes() == fused_cpp.CPP_SOURCE.read_bytes()
+
+
+@pytest.mark.parametrize("sticky", [False, True])
+def test_a_parent_others_may_write_without_the_sticky_bit_is_refused(
+    sticky: bool, extensions_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a world-writable TORCH_EXTENSIONS_DIR another user can rename the checked folder and plant one of theirs;
+    the sticky bit (as on /tmp) forbids renaming what one does not own."""
+    calls = fake_build(monkeypatch)
+    extensions_root.chmod(0o777 | (stat.S_ISVTX if sticky else 0))
+    if sticky:
+        fused_cpp._build_cpp_extension()
+        assert len(calls) == 1
+    else:
+        with pytest.raises(PermissionError, match=f"its parent {extensions_root} lets another account rename it"):
+            fused_cpp._build_cpp_extension()
+        assert calls == []
+
+
+def test_a_folder_swapped_while_waiting_for_the_lock_is_refused(
+    extensions_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder is checked again, through a descriptor, once the lock is held: a swap during the wait is caught."""
+    calls = fake_build(monkeypatch)
+    folder = fused_cpp.cpp_build_directory()
+    build_lock = fused_cpp._build_lock
+
+    def swapped_while_waiting(build_directory: Path) -> Any:
+        folder.rename(extensions_root / "checked")
+        folder.mkdir(mode=0o700)  # another folder of the same name, as another account would plant
+        return build_lock(build_directory)
+
+    monkeypatch.setattr(fused_cpp, "_build_lock", swapped_while_waiting)
+    with pytest.raises(PermissionError, match=f"refusing the kernel cache folder {folder}, which was replaced after"):
+        fused_cpp._build_cpp_extension()
+    assert calls == []
+
+
+@pytest.mark.parametrize("damage", ["truncated", "emptied", "unrecorded"])
+def test_a_damaged_library_is_rebuilt_before_it_is_loaded(
+    damage: str, extensions_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Loading a truncated library can kill the process (SIGBUS), and an empty one meant the slow path for ever: a
+    library that is not the one the cache recorded is removed first, so that the load rebuilds it."""
+    loaded: list[bytes] = []
+
+    def load(**kwargs: Any) -> None:
+        library = Path(kwargs["build_directory"], kwargs["name"] + cpp_extension.LIB_EXT)
+        if not library.exists():
+            library.write_bytes(b"built library")
+        loaded.append(library.read_bytes())
+
+    monkeypatch.setattr(cpp_extension, "load", load)
+    fused_cpp._build_cpp_extension()
+    folder = fused_cpp.cpp_build_directory()
+    library = folder / f"{folder.name}{cpp_extension.LIB_EXT}"
+    if damage == "unrecorded":
+        library.with_name(f"{library.name}.sha256").unlink()  # not built by this cache as it is now
+    else:
+        library.write_bytes(b"built" if damage == "truncated" else b"")
+    capsys.readouterr()
+    fused_cpp._build_cpp_extension()
+    assert loaded == [b"built library", b"built library"]
+    assert f"sb3_stpn: {library} is not the library this cache built; rebuilding it" in capsys.readouterr().err
+    fused_cpp._build_cpp_extension()  # now recorded: loaded as it is
+    assert capsys.readouterr().err == "" and len(loaded) == 3
+
+
+def test_a_library_that_fails_to_load_is_rebuilt_once_then_named(
+    extensions_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attempts: list[bool] = []
+    failures = {"left": 1}
+
+    def load(**kwargs: Any) -> None:
+        library = Path(kwargs["build_directory"], kwargs["name"] + cpp_extension.LIB_EXT)
+        attempts.append(library.exists())
+        library.write_bytes(b"built library")
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError(f"{library}: file too short")
+
+    monkeypatch.setattr(cpp_extension, "load", load)
+    folder = fused_cpp.cpp_build_directory()
+    folder.mkdir(mode=0o700)
+    (folder / f"{folder.name}{cpp_extension.LIB_EXT}").write_bytes(b"")
+    (folder / f"{folder.name}{cpp_extension.LIB_EXT}.sha256").write_text(hashlib.sha256(b"").hexdigest())
+    fused_cpp._build_cpp_extension()  # the recorded library fails to load: removed, rebuilt, loaded
+    assert attempts == [True, False]
+    attempts.clear()
+    failures["left"] = 2  # fails even when rebuilt: one error naming the folder
+    with pytest.raises(RuntimeError, match=f"the C\\+\\+ kernel in {folder} does not build or load: .*file too short"):
+        fused_cpp._build_cpp_extension()
+    assert attempts == [True, False]
