@@ -48,7 +48,13 @@ from sb3_stpn.common.policies import actor_memory
 from sb3_stpn.envs import GRID_MAZE_IDS
 from sb3_stpn.ppo_stpn.ppo_stpn import warn_if_cuda_is_missing
 from sb3_stpn.zoo import StpnExperimentManager, ZooError
-from sb3_stpn.zoo.exp_manager import check_trained_agent, default_config, load_config_entry, raising_interrupted
+from sb3_stpn.zoo.exp_manager import (
+    Interrupted,
+    check_trained_agent,
+    default_config,
+    load_config_entry,
+    raising_interrupted,
+)
 from sb3_stpn.zoo.saving import atomic_saves, checkpoint_vec_normalize_path, load_problem
 
 DEFAULT_ALGO = "ppo_stpn"
@@ -382,7 +388,9 @@ def _enjoy(argv: list[str]) -> None:
     meter = EnergyMeter()
     script = "rl_zoo3.record_video" if record else "rl_zoo3.enjoy"
     statistics = CheckpointStatistics()
+    received: list[int] = []
     with (
+        raising_interrupted(received.append),  # rl_zoo3's enjoy catches the KeyboardInterrupt and ends as if done
         mock.patch.object(rl_zoo3.utils, "get_model_path", statistics.get_model_path),
         mock.patch.object(rl_zoo3.utils, "create_test_env", statistics.create_test_env),
         mock.patch.object(rl_zoo3, "create_test_env", statistics.create_test_env),
@@ -394,6 +402,8 @@ def _enjoy(argv: list[str]) -> None:
         sys.modules.pop(script, None)
         runpy.run_module(script, run_name="__main__")
     meter.report()
+    if received:
+        raise Interrupted(received[0])
 
 
 @contextmanager
@@ -411,6 +421,7 @@ def _run(script: Callable[[list[str]], None], argv: list[str] | None) -> None:
     except ZooError as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt as stop:
+        print(f"stopped by {stop or 'SIGINT'}", file=sys.stderr)
         sys.exit(128 + getattr(stop, "signum", signal.SIGINT))
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):

@@ -120,6 +120,24 @@ def test_a_signal_during_the_final_save_stops_the_run_once_it_is_saved(
     )
 
 
+@pytest.mark.parametrize(("stop", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_enjoy_stopped_exits_128_plus_the_signal(stop: signal.Signals, status: int, tmp_path: Path) -> None:
+    """rl_zoo3's enjoy catches the KeyboardInterrupt and ends as if it had run its steps: exit 0 before."""
+    train_main(["--env", ENV, "-n", "64", *SHRINK, "--eval-freq", "-1", "-f", str(tmp_path / "logs")])
+    process = subprocess.Popen(
+        [sys.executable, "-u", str(REPO / "enjoy.py"), "--env", ENV, "--no-render", "-n", "100000000", "-f", "logs"],
+        cwd=tmp_path, env=ONE_THREAD, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    for line in process.stdout:
+        if "Episode Reward" in line:  # replaying
+            break
+    process.send_signal(stop)
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == status, out[-3000:]
+    assert out.strip().splitlines()[-1] == f"stopped by {stop.name}" and "Traceback" not in out
+
+
 def test_env_without_entry_with_a_text_mission(tmp_path: Path) -> None:
     """MiniGrid (Dict observation: a Text mission, a 7x7 image) trains and replays through the `default` entry."""
     minigrid = ["--env", "MiniGrid-Empty-5x5-v0", "--gym-packages", "minigrid"]

@@ -88,8 +88,9 @@ class ZooError(Exception):
 class Interrupted(KeyboardInterrupt):
     """A stop by SIGINT (Ctrl-C) or SIGTERM (a scheduler, ``docker stop``): handled alike, the exit status 128 + signal."""
 
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
+    def __init__(self, signum: int, outcome: str = "") -> None:
+        """:param outcome: What the stop left, said after the signal's name in the one line the CLI prints."""
+        super().__init__(signal.Signals(signum).name + (f": {outcome}" if outcome else ""))
         self.signum = signum
 
 
@@ -265,17 +266,27 @@ class StpnExperimentManager(ExperimentManager):
             super().save_trained_model(model)
         stop = self.interrupted or next(iter(received), None)
         if stop:
-            raise Interrupted(stop)  # saved: now stop as interrupted (exit status 128 + signal)
+            raise Interrupted(stop, f"the model is saved in {self.save_path}")  # exit status 128 + signal
 
     def hyperparameters_optimization(self) -> None:
-        with self._removing_run_folder_on_failure():
+        def note_interrupt(signum: int) -> None:
+            self.interrupted = signum  # rl_zoo3 catches the KeyboardInterrupt, then reports as if the study had ended
+
+        with self._removing_run_folder_on_failure(), raising_interrupted(note_interrupt):
             if self.storage is not None and self.study_name is not None:
                 # Create the study (a database's tables too) before rl_zoo3 opens it: workers started together never
                 # race in creating them, and an unusable storage is one error line
                 optuna.create_study(
                     storage=open_storage(self.storage), study_name=self.study_name, direction="maximize", load_if_exists=True
                 )
-            super().hyperparameters_optimization()
+            try:
+                super().hyperparameters_optimization()
+            except (Interrupted, ValueError):
+                # A stop outside the trials (rl_zoo3 catches those inside), or optuna's "No trials are completed yet"
+                if self.interrupted is None:
+                    raise
+        if self.interrupted is not None:
+            raise Interrupted(self.interrupted, "the study keeps the trials that finished")
 
     def _create_sampler(self, sampler_method: str) -> BaseSampler:
         """rl_zoo3's sampler, one for each trial, seeded from ``(--seed, trial number)`` (see :class:`TrialSeededSampler`)."""

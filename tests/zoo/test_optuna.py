@@ -1,6 +1,7 @@
 """Optuna search for ppo_stpn: the sampler/converter agree, and two processes share one study by default, each trial
 its own."""
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from sb3_stpn.zoo.hyperparams_opt import (
     sample_ppo_stpn_params,
     tuning_entry,
 )
-from tests.helpers import ENV, check_distinct_trials, run_workers
+from tests.helpers import ENV, ONE_THREAD, check_distinct_trials, run_workers
 
 
 @pytest.mark.parametrize(
@@ -127,3 +128,37 @@ def test_trial_seeded_sampler_differs_across_workers_and_repeats_in_one_process(
     first, second = proposals(shared, sampler(), 2), proposals(shared, sampler(), 2)  # two workers, one study
     assert len({params["x"] for params in first + second}) == 4
     assert proposals(optuna.create_study(), sampler(), 2) == first  # a new study, the same seed: the same trials
+
+
+@pytest.mark.parametrize(
+    ("after_a_trial", "stop", "status"),
+    [(True, signal.SIGTERM, 143), (False, signal.SIGINT, 130), (False, signal.SIGTERM, 143)],
+)
+def test_a_signal_during_optimize_exits_128_plus_it_with_one_line(
+    after_a_trial: bool, stop: signal.Signals, status: int, tmp_path: Path
+) -> None:
+    """rl_zoo3 catches the KeyboardInterrupt and reports as if the study had ended: exit 0, or before any finished
+    trial optuna's ValueError traceback. A stop is a stop: 128 + signal, one line, the finished trials kept."""
+    budget = "64" if after_a_trial else "1000000"  # a trial of a few seconds, or one that never ends
+    command = [sys.executable, "-u", "-c", "from sb3_stpn.cli import train_main; train_main()", "--env", ENV, "--optimize",
+               "--n-trials", "50", "-n", budget, "--n-evaluations", "1", "--eval-episodes", "1", "--num-threads", "1",
+               "--hyperparams", "n_envs:1", "n_steps:16", "batch_size:16", "n_epochs:1"]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=ONE_THREAD, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert process.stdout is not None
+    awaited = "Trial 0 finished" if after_a_trial else "Sampler:"
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if awaited in line:
+            break
+    process.send_signal(stop)
+    rest, _ = process.communicate(timeout=120)
+    out = "".join(seen) + rest
+    assert process.returncode == status, out[-3000:]
+    assert "Traceback" not in out
+    assert out.strip().splitlines()[-1] == f"stopped by {stop.name}: the study keeps the trials that finished"
+    finished = optuna.load_study(study_name=f"ppo_stpn_{ENV}", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "logs" / "optuna.log"))))  # fmt: skip
+    assert bool(finished.get_trials(states=[optuna.trial.TrialState.COMPLETE])) == after_a_trial
