@@ -201,6 +201,8 @@ class StpnActorCriticPolicy(RecurrentActorCriticPolicy):
         observation_tensor, _ = self.obs_to_tensor(observation)
         first = next(iter(observation_tensor.values())) if isinstance(observation_tensor, dict) else observation_tensor
         n_envs = first.shape[0]
+        if n_envs == 0:
+            raise ValueError("predict got 0 observations: pass at least one (a batch of shape (n_envs, *obs_shape))")
         if state is None:
             state = tuple(tensor.cpu().numpy() for tensor in self.initial_state(n_envs).pi)
         expected = tuple((1, n_envs, *shape) for shape in self.stpn_actor.state_shape)

@@ -112,6 +112,12 @@ def test_nan_observations_raise() -> None:
         model.predict(np.full((1, 4), np.nan, dtype=np.float32))
 
 
+def test_predict_with_no_observations_says_so() -> None:
+    model = StpnPPO("MlpStpnPolicy", "CartPole-v1", **TINY)
+    with pytest.raises(ValueError, match="predict got 0 observations"):
+        model.predict(np.zeros((0, 4), dtype=np.float32))
+
+
 @pytest.mark.parametrize("n_state_envs", [1, 5])
 def test_predict_with_a_state_of_another_batch_raises(n_state_envs: int) -> None:
     model = StpnPPO("MlpStpnPolicy", "CartPole-v1", **TINY)
