@@ -37,6 +37,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any])
     owner = f".{path.name}.{socket.gethostname()}.{os.getpid()}."  # whose file it is, for a later save's sweep
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=owner, suffix=".tmp")
     try:
+        os.fchmod(descriptor, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from a group sharing the run
         with open(descriptor, "wb") as file:
             write(file)
         with open(temporary, "rb") as written:
@@ -52,6 +53,17 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any])
         os.fsync(folder)  # the rename itself reaches the disk
     finally:
         os.close(folder)
+
+
+def _umask() -> int:
+    """The process's umask: read from /proc on Linux, where setting it to read it back would race other threads."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("Umask:")).split()[1], 8)
+    except (OSError, StopIteration):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 def _remove_orphaned_temporaries(path: Path) -> None:

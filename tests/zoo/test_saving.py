@@ -4,6 +4,7 @@ import errno
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +108,17 @@ def test_saves_are_atomic_and_named_as_sb3_names_them(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.zip", "model.zip", "vecnormalize.pkl"]
     assert load_problem(tmp_path / "model.zip") is None and load_problem(tmp_path / "checkpoint.zip") is None
     assert VecNormalize.load(str(tmp_path / "vecnormalize.pkl"), stats.venv).obs_rms.mean.shape == (4,)
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_saves_follow_the_umask_as_sb3_saves_do(umask: int, mode: int, tmp_path: Path) -> None:
+    """mkstemp makes 0600 files: group-shared run folders got models their group could not read."""
+    before = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "model.zip", lambda file: file.write(b"saved"))
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE((tmp_path / "model.zip").stat().st_mode) == mode
 
 
 def test_load_problem_names_what_is_wrong(tmp_path: Path) -> None:
