@@ -16,6 +16,7 @@ import argparse
 import difflib
 import errno
 import importlib
+import os
 import runpy
 import shutil
 import signal
@@ -42,10 +43,12 @@ import torch as th
 from rl_zoo3.exp_manager import ExperimentManager
 from rl_zoo3.utils import ALGOS, StoreDict
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.utils import get_device
 
 from sb3_stpn.common.energy import ActorEnergyRecorder
 from sb3_stpn.common.policies import actor_memory
 from sb3_stpn.envs import GRID_MAZE_IDS
+from sb3_stpn.ops.stpn import KERNEL_ENV, kernel_choice
 from sb3_stpn.ppo_stpn.ppo_stpn import warn_if_cuda_is_missing
 from sb3_stpn.zoo import StpnExperimentManager, ZooError
 from sb3_stpn.zoo.exp_manager import (
@@ -115,14 +118,22 @@ def _store_dict(
     _zoo_store_dict(action, parser, namespace, values, option_string)
 
 
-def _check_device(device: str) -> None:
-    """Reject a ``--device`` torch does not know, and warn when it asks for CUDA that is not there."""
+def _check_device(device: str, algo: str) -> None:
+    """Reject a ``--device`` torch does not know, and warn when it asks for CUDA that is not there; for ``ppo_stpn``,
+    check that the STPN kernel path ``SB3_STPN_KERNEL`` names (other than ``auto``) runs there, building the C++ kernel
+    now if it is named, rather than failing at the first rollout step."""
     if device != "auto":
         try:
             th.device(device)
         except RuntimeError as error:
             raise ZooError(f"--device {device} is not a torch device; pass auto, cpu, cuda or cuda:N") from error
     warn_if_cuda_is_missing(device)
+    if algo != "ppo_stpn" or os.environ.get(KERNEL_ENV, "").strip().lower() in ("", "auto"):
+        return
+    try:
+        kernel_choice(th.empty(0, device=get_device(device)))
+    except (ValueError, RuntimeError) as error:
+        raise ZooError(str(error)) from None
 
 
 def _check_env(gym_packages: list[str], env_id: str) -> None:
@@ -156,7 +167,7 @@ def _check_log_folder(folder: str) -> None:
 def _check_train_args(args: argparse.Namespace) -> None:
     """Validate rl_zoo3 train's arguments and fill in the project's defaults (config, Optuna storage and study)."""
     _check_env(args.gym_packages, args.env)
-    _check_device(args.device)
+    _check_device(args.device, args.algo)
     if args.n_timesteps is None:
         args.n_timesteps = -1  # the zoo's "use the config's n_timesteps"
     elif args.n_timesteps <= 0:
@@ -375,7 +386,7 @@ class CheckpointStatistics:
 def _check_enjoy_args(args: argparse.Namespace) -> None:
     """Validate the arguments of rl_zoo3's enjoy or record_video (which has no --gym-packages)."""
     _check_env(getattr(args, "gym_packages", []), args.env.gym_id)
-    _check_device(getattr(args, "device", "auto"))
+    _check_device(getattr(args, "device", "auto"), args.algo)
     if args.n_timesteps <= 0:
         raise ZooError(f"-n must be a positive number of steps, got {args.n_timesteps}")
     if args.env.gym_id in GRID_MAZE_IDS and not args.deterministic:

@@ -18,6 +18,7 @@ from rl_zoo3.utils import ALGOS
 from stable_baselines3.common import base_class
 
 from sb3_stpn.cli import enjoy_main, train_main
+from sb3_stpn.ops.stpn import dispatch
 from sb3_stpn.zoo.saving import load_problem
 from tests.helpers import REPO, check_one_line_error
 
@@ -121,6 +122,35 @@ def test_train_rejects_bad_input(case: str, workdir: Path) -> None:
         train_main(argv)
     check_one_line_error(exit_info.value.code, expected)
     assert snapshot(workdir / "logs") == before
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("bogus", "SB3_STPN_KERNEL='bogus' is not a kernel path: use one of auto, reference, torch, cpp, triton"),
+        ("triton", "SB3_STPN_KERNEL=triton needs float32/float64 CUDA tensors"),
+        ("cpp", "SB3_STPN_KERNEL=cpp but the C++ kernel could not be built"),
+    ],
+)
+def test_a_kernel_path_that_cannot_run_is_one_line_at_start(
+    value: str, expected: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each used to be a traceback from the first rollout step."""
+    monkeypatch.setenv("SB3_STPN_KERNEL", value)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(dispatch, "_cpp_ops", lambda: None)  # as without a compiler
+    for main, argv in ((train_main, ["--env", ENV, *TINY]), (enjoy_main, ["--env", ENV, "--no-render", "-n", "5"])):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        check_one_line_error(exit_info.value.code, expected)
+
+
+@pytest.mark.parametrize("value", ["", " cpp", "CPP"])
+def test_a_kernel_path_as_a_shell_user_may_type_it_runs(value: str, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Empty means unset; spaces and case do not matter."""
+    monkeypatch.setenv("SB3_STPN_KERNEL", value)
+    train_main(["--env", ENV, *TINY, "-f", "kernel_logs"])
+    assert list((workdir / "kernel_logs").rglob(f"{ENV}.zip"))
 
 
 @pytest.fixture

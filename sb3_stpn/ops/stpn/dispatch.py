@@ -117,9 +117,10 @@ class _FusedStpn(th.autograd.Function):
 
 def kernel_choice(x: th.Tensor) -> str:
     """The path ``stpn_sequence`` takes for ``x``: ``SB3_STPN_KERNEL``, or for ``auto`` the fastest available."""
-    choice = os.environ.get(KERNEL_ENV, "auto").lower()
+    value = os.environ.get(KERNEL_ENV, "")
+    choice = value.strip().lower() or "auto"  # unset or empty: auto; spacing and case as a shell user may type them
     if choice not in KERNELS:
-        raise ValueError(f"{KERNEL_ENV}={choice!r}: use one of {', '.join(KERNELS)}")
+        raise ValueError(f"{KERNEL_ENV}={value!r} is not a kernel path: use one of {', '.join(KERNELS)}, or unset it")
     cpp_fits = x.device.type == "cpu" and x.dtype in (th.float32, th.float64)
     triton_fits = x.dtype in (th.float32, th.float64) and (
         x.device.type == "cuda" or (x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
