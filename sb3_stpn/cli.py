@@ -17,6 +17,7 @@ import difflib
 import errno
 import importlib
 import os
+import pickle
 import runpy
 import shutil
 import signal
@@ -25,7 +26,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 from unittest import mock
 
 import gymnasium as gym
@@ -40,10 +41,12 @@ except ModuleNotFoundError as error:  # a core install: the console scripts impo
 import rl_zoo3.train
 import rl_zoo3.utils
 import torch as th
+import yaml
 from rl_zoo3.exp_manager import ExperimentManager
 from rl_zoo3.utils import ALGOS, StoreDict
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.utils import get_device
+from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_stpn.common.energy import ActorEnergyRecorder
 from sb3_stpn.common.policies import actor_memory
@@ -328,6 +331,36 @@ _zoo_get_model_path = rl_zoo3.utils.get_model_path
 _zoo_create_test_env = rl_zoo3.utils.create_test_env
 
 
+def _check_saved_settings(stats_folder: Path) -> None:
+    """
+    Read the run's ``config.yml``, ``args.yml`` and ``vecnormalize.pkl`` (those there) as rl_zoo3's enjoy will: a
+    damaged one (a run killed while writing it, a full disk) is one error line instead of a traceback.
+    """
+    readers: dict[str, Callable[[BinaryIO], Any]] = {
+        "config.yml": lambda file: yaml.load(file, Loader=yaml.UnsafeLoader),  # as rl_zoo3 reads them
+        "args.yml": lambda file: yaml.load(file, Loader=yaml.UnsafeLoader),
+        "vecnormalize.pkl": pickle.load,
+    }
+    for name, read in readers.items():
+        path = stats_folder / name
+        if not path.is_file():
+            continue
+        try:
+            with path.open("rb") as file:
+                content = read(file)
+            expected = VecNormalize if name.endswith(".pkl") else dict
+            if not isinstance(content, expected):
+                raise TypeError(f"it holds a {type(content).__name__}, not a {expected.__name__}")
+        except Exception as error:  # YAML, pickle and truncation errors come in many types
+            problem = " ".join(f"{type(error).__name__}: {error}".split())[:200]
+            fix = (
+                "retrain, or enjoy a checkpoint saved with its own statistics (--load-checkpoint N)"
+                if name.endswith(".pkl")
+                else "restore it, or remove it to replay without the run's saved settings"
+            )
+            raise ZooError(f"cannot read {path}, which is damaged ({problem}); {fix}") from None
+
+
 class CheckpointStatistics:
     """
     enjoy's get_model_path and create_test_env, where a checkpoint is run with the VecNormalize statistics
@@ -340,6 +373,8 @@ class CheckpointStatistics:
     def get_model_path(self, *args: Any, **kwargs: Any) -> Any:
         found = _latest_model_path(*args, **kwargs)
         self.model_path = found[1]
+        env_name = kwargs.get("env_name", args[3] if len(args) > 3 else None)
+        _check_saved_settings(Path(found[2], str(env_name)))
         return found
 
     def create_test_env(self, env_id: str, *, stats_path: str | None = None, hyperparams: Any = None, **kwargs: Any) -> Any:

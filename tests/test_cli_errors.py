@@ -291,6 +291,25 @@ def test_continue_from_a_zip_that_does_not_load(trained_run: Path, tmp_path: Pat
     check_one_line_error(exit_info.value.code, f"cannot continue from {broken}, which does not load")
 
 
+@pytest.mark.parametrize(
+    ("name", "damage"),
+    [
+        ("vecnormalize.pkl", "empty"),
+        ("vecnormalize.pkl", "truncated"),
+        ("config.yml", "truncated"),
+        ("args.yml", "garbage"),
+    ],
+)
+def test_enjoy_a_run_with_a_damaged_saved_file_is_one_line(name: str, damage: str, trained_run: Path) -> None:
+    """A run killed while writing these, or a full disk, left a traceback in rl_zoo3's enjoy."""
+    path = trained_run / ENV / name
+    content = path.read_bytes()
+    path.write_bytes({"empty": b"", "truncated": content[: len(content) // 3], "garbage": b"{[: not yaml"}[damage])
+    with pytest.raises(SystemExit) as exit_info:
+        enjoy_main(["--env", ENV, "--no-render", "-n", "5", "-f", str(trained_run.parents[1])])
+    check_one_line_error(exit_info.value.code, f"cannot read {path}, which is damaged (")
+
+
 def test_enjoy_a_run_without_its_config_keeps_its_normalisation(trained_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """rl_zoo3 takes "normalize" from config.yml alone: without it the policy got raw observations, silently."""
     (trained_run / ENV / "config.yml").unlink()
