@@ -29,6 +29,7 @@ import difflib
 import functools
 import inspect
 import io
+import json
 import os
 import shutil
 import signal
@@ -554,6 +555,7 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage:
     """
     if storage.endswith(".log"):
         Path(storage).parent.mkdir(parents=True, exist_ok=True)
+        check_journal(Path(storage))
         return JournalStorage(JournalFileBackend(storage))
     shown = shown_storage(storage)
     try:
@@ -579,6 +581,29 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage:
         ) from error
     finally:
         engine.dispose()
+
+
+def check_journal(path: Path) -> None:
+    """
+    Refuse an Optuna journal with a damaged line (a worker killed while writing it, a full disk), in one line that
+    says how to repair it: optuna then glues the next record onto the partial line and fails on a later read.
+    """
+    if not path.is_file():
+        return
+    lines = path.read_bytes().split(b"\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            json.loads(line)
+            complete = number < len(lines)  # the last piece of a file that does not end in a newline is cut short
+        except ValueError:
+            complete = False
+        if not complete:
+            raise ZooError(
+                f"the Optuna journal {path} has a damaged line {number} (a worker killed while writing it, or a full "
+                f"disk); delete that line (sed -i '{number}d' {path}) and rerun, or pass another --storage"
+            )
 
 
 def shown_storage(storage: str) -> str:

@@ -109,3 +109,21 @@ def test_trial_id_the_study_lacks(argv: list[str], expected: str, study: optuna.
         train_main(["--env", ENV, *TINY, *argv])
     check_one_line_error(exit_info.value.code, expected)
     assert not list(tmp_path.rglob("config.yml"))  # nothing trained
+
+
+@pytest.mark.parametrize("flags", [["--trial-id", "0"], ["--optimize", "--n-trials", "1"]])
+def test_a_journal_ending_in_a_partial_line_is_one_line_naming_it(
+    flags: list[str], study: optuna.Study, tmp_path: Path
+) -> None:
+    """A worker killed mid-write leaves a partial last line; the next worker died with a JSONDecodeError, and
+    --trial-id blamed the config file."""
+    journal = tmp_path / "logs" / "optuna.log"
+    lines = len(journal.read_text().splitlines())
+    with journal.open("a") as file:
+        file.write('{"op_code": 5, "wor')
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--env", ENV, *TINY, *flags])
+    check_one_line_error(
+        exit_info.value.code, f"the Optuna journal logs/optuna.log has a damaged line {lines + 1} (a worker killed while"
+    )
+    assert f"sed -i '{lines + 1}d' logs/optuna.log" in str(exit_info.value.code)
