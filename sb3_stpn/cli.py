@@ -187,6 +187,11 @@ def _check_train_args(args: argparse.Namespace) -> None:
         )
     if args.trained_agent:
         check_trained_agent(args.trained_agent)
+        if "policy_kwargs" in (args.hyperparams or {}):  # rl_zoo3 drops them: the loaded model keeps its own
+            raise ZooError(
+                f"-i {args.trained_agent} continues the policy it was saved with, so policy_kwargs in --hyperparams "
+                "cannot change it; drop them (or train a new model without -i)"
+            )
     if args.track:
         try:
             import wandb  # noqa: F401  (rl_zoo3 imports it only once the run is set up, with a traceback)

@@ -279,6 +279,15 @@ def test_enjoy_last_checkpoint_passes_over_a_truncated_one(trained_run: Path, ca
     assert f"Loading {trained_run / 'rl_model_8_steps.zip'}" in out and f"Skipping {latest}" in err
 
 
+def test_continue_with_other_policy_kwargs_is_refused(trained_run: Path, tmp_path: Path) -> None:
+    """rl_zoo3 dropped them silently: the run trained the loaded model and recorded the ignored kwargs."""
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--env", ENV, *TINY, "policy_kwargs:dict(stpn_hidden_size=16)", "-i", str(trained_run / f"{ENV}.zip"),
+                    "-f", str(tmp_path / "more")])  # fmt: skip
+    check_one_line_error(exit_info.value.code, "continues the policy it was saved with, so policy_kwargs in --hyperparams")
+    assert not (tmp_path / "more").exists() or not list((tmp_path / "more").rglob("*.zip"))
+
+
 def test_continue_from_a_zip_that_does_not_load(trained_run: Path, tmp_path: Path) -> None:
     """A zip with SB3's entries whose tensors are cut short passes the zip checks; -i refuses it in one line."""
     broken = tmp_path / "broken.zip"
