@@ -105,20 +105,23 @@ _zoo_store_dict = StoreDict.__call__
 def _store_dict(
     action: StoreDict, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: Any = None
 ) -> None:
-    """rl_zoo3's ``KEY:VALUE`` flags (``--hyperparams``, ``--env-kwargs``, ...; VALUE is evaluated as Python), with
-    a malformed pair reported in one line naming it instead of a traceback from ``eval``."""
+    """rl_zoo3's ``KEY:VALUE`` flags (``--hyperparams``, ``--env-kwargs``, ...; VALUE is evaluated as Python, once, as
+    rl_zoo3 does), with a malformed pair reported in one line naming it instead of a traceback from ``eval``."""
+    parsed: dict[str, Any] = {}
     for pair in values:
+        one = argparse.Namespace()
         try:
             if ":" not in pair:
                 raise ValueError("no ':' between KEY and VALUE")
-            _zoo_store_dict(action, parser, argparse.Namespace(), [pair])
+            _zoo_store_dict(action, parser, one, [pair])
         except Exception as error:  # eval raises whatever the expression does
             problem = " ".join(f"{type(error).__name__}: {error}".split())
             raise ZooError(
                 f"malformed {option_string} value {pair!r} ({problem}); write KEY:VALUE with a Python VALUE, e.g. "
                 'n_steps:128, policy_kwargs:"dict(net_arch=[64])" or env_wrapper:"\'module.Wrapper\'"'
             ) from error
-    _zoo_store_dict(action, parser, namespace, values, option_string)
+        parsed.update(getattr(one, action.dest))
+    setattr(namespace, action.dest, parsed)
 
 
 def _check_device(device: str, algo: str) -> None:

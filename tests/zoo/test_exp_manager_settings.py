@@ -127,3 +127,12 @@ def test_a_journal_ending_in_a_partial_line_is_one_line_naming_it(
         exit_info.value.code, f"the Optuna journal logs/optuna.log has a damaged line {lines + 1} (a worker killed while"
     )
     assert f"sed -i '{lines + 1}d' logs/optuna.log" in str(exit_info.value.code)
+
+
+def test_each_key_value_is_evaluated_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rl_zoo3 evaluates each --hyperparams/--env-kwargs value once; its side effects ran twice here."""
+    monkeypatch.chdir(tmp_path)
+    counted = "open('evaluations', 'a').write('x') and {}"
+    train_main(["--env", ENV, *TINY, f"n_epochs:{counted.format(1)}", "--env-kwargs", f"render_mode:{counted.format(None)}"])
+    assert (tmp_path / "evaluations").read_text() == "xx"
+    assert saved_config(tmp_path / "logs")["n_epochs"] == 1
