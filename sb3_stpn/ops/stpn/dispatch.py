@@ -115,12 +115,19 @@ class _FusedStpn(th.autograd.Function):
         return (None, None, None, grads.x, grads.h0, grads.fast0, None, *grads.params)
 
 
-def kernel_choice(x: th.Tensor) -> str:
-    """The path ``stpn_sequence`` takes for ``x``: ``SB3_STPN_KERNEL``, or for ``auto`` the fastest available."""
+def _requested_kernel() -> str:
+    """``SB3_STPN_KERNEL`` as asked for: unset or empty is ``auto``; spacing and case as a shell user may type them."""
     value = os.environ.get(KERNEL_ENV, "")
-    choice = value.strip().lower() or "auto"  # unset or empty: auto; spacing and case as a shell user may type them
+    choice = value.strip().lower() or "auto"
     if choice not in KERNELS:
         raise ValueError(f"{KERNEL_ENV}={value!r} is not a kernel path: use one of {', '.join(KERNELS)}, or unset it")
+    return choice
+
+
+def kernel_choice(x: th.Tensor) -> str:
+    """The path ``stpn_sequence`` takes for ``x``: ``SB3_STPN_KERNEL``, or for ``auto`` the fastest available (where
+    ``auto`` picks Triton, :func:`stpn_sequence` first checks it against the torch path: see :func:`_triton_agrees`)."""
+    choice = _requested_kernel()
     cpp_fits = x.device.type == "cpu" and x.dtype in (th.float32, th.float64)
     triton_fits = x.dtype in (th.float32, th.float64) and (
         x.device.type == "cuda" or (x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
@@ -143,6 +150,77 @@ def kernel_choice(x: th.Tensor) -> str:
             return "triton"
         return "cpp" if cpp_fits and _cpp_ops() is not None else "torch"
     return choice
+
+
+# The tolerances of the float32 kernel tests (tests/ops/stpn); float64 is held to far less
+SELF_CHECK_TOLERANCES = {th.float32: (1e-4, 1e-5), th.float64: (1e-9, 1e-10)}
+
+
+def _triton_agrees(device: th.device, dtype: th.dtype, config: StpnConfig, params: StpnParams) -> bool:
+    """
+    Whether the Triton path gives the torch path's outputs, final ``F`` and gradients on a small random problem of this
+    layer's configuration, on ``device``: ``auto`` runs this once per device, dtype and configuration (cached) before
+    it trusts Triton there, since the Triton kernels have been tested in Triton's CPU interpreter only. On an error or a
+    mismatch it logs one warning naming it, and the torch path serves that configuration from then on.
+    """
+    layout = (params.bias_lambda is not None, params.norm_gain is not None)
+    return _triton_agrees_on(str(device), dtype, config, layout)
+
+
+@functools.cache
+def _triton_agrees_on(device: str, dtype: th.dtype, config: StpnConfig, layout: tuple[bool, bool]) -> bool:
+    plastic_bias, norm_gain = layout
+    steps, batch, inputs, hidden = 5, 3, 4, 6
+    presynaptic = inputs + (hidden if config.recurrent else 0)
+    generator = th.Generator()
+
+    def random(*shape: int, low: float = -1.0, high: float = 1.0) -> th.Tensor:
+        return (th.rand(shape, generator=generator, dtype=dtype) * (high - low) + low).to(device)
+
+    def problem() -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor, StpnParams]:
+        """The same random problem at every call: inputs, state, episode starts and parameters."""
+        generator.manual_seed(0)
+        x, h0 = random(steps, batch, inputs), random(batch, hidden)
+        fast0 = random(batch, hidden, presynaptic + int(plastic_bias), low=-0.1, high=0.1)
+        starts = (random(steps, batch, low=0.0) < 0.2).to(dtype)
+        params = StpnParams(
+            random(hidden, presynaptic), random(hidden), random(hidden, presynaptic, low=0.0),
+            random(hidden, presynaptic, low=-0.1, high=0.1),
+            random(hidden, low=0.0) if plastic_bias else None, random(hidden, low=-0.1, high=0.1) if plastic_bias else None,
+            random(hidden, low=0.5, high=1.5) if norm_gain else None,
+        )  # fmt: skip
+        return x, h0, fast0, starts, params
+
+    results: dict[str, list[th.Tensor | None]] = {}
+    try:
+        for choice in ("torch", "triton"):
+            x, h0, fast0, starts, params = problem()
+            leaves = [x, h0, fast0, *(p for p in params if p is not None)]
+            for leaf in leaves:
+                leaf.requires_grad_()
+            outputs, _, fast, _ = _run_sequence(choice, x, h0, fast0, starts, params, config, False)
+            (outputs.square().sum() + fast.sum()).backward()
+            results[choice] = [outputs.detach(), fast.detach(), *(leaf.grad for leaf in leaves)]
+        rtol, atol = SELF_CHECK_TOLERANCES.get(dtype, (1e-2, 1e-3))
+        names = [
+            "outputs",
+            "final F",
+            "dx",
+            "dh0",
+            "dF0",
+            *(f"d{name}" for name, p in params._asdict().items() if p is not None),
+        ]
+        for name, triton, torch in zip(names, results["triton"], results["torch"], strict=True):
+            th.testing.assert_close(triton, torch, rtol=rtol, atol=atol, msg=functools.partial("{}: {}".format, name))
+    except Exception as error:  # a failed compile, a launch error, a mismatch: none may reach the user's training
+        problem_text = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+        logger.warning(
+            "sb3_stpn: the Triton STPN kernel failed its check against the torch path on %s (%s); using the torch path "
+            "for %s from now on (SB3_STPN_KERNEL=triton forces Triton)",
+            device, problem_text, config,
+        )  # fmt: skip
+        return False
+    return True
 
 
 def _broadcast(plasticity: th.Tensor, like: th.Tensor) -> th.Tensor:
@@ -175,7 +253,10 @@ def stpn_sequence(
         )
     h0, fast0 = state
     try:
-        return _run_sequence(kernel_choice(x), x, h0, fast0, episode_starts, params, config, record_energy)
+        choice = kernel_choice(x)
+        if choice == "triton" and _requested_kernel() == "auto" and not _triton_agrees(x.device, x.dtype, config, params):
+            choice = "torch"
+        return _run_sequence(choice, x, h0, fast0, episode_starts, params, config, record_energy)
     except Exception:
         # Whatever failed first (the kernel's own checks, a broadcast, the checkpoint plan of an empty
         # batch), a bad input is named as such; else the error stands

@@ -353,3 +353,44 @@ def test_diverging_state_raises_a_clear_error(kernel: str, case: str, rollout: b
     bounded = _diverging_layer(case, lambda_max=1.0)
     outputs, (_, fast) = bounded(x)
     assert th.isfinite(outputs).all() and th.isfinite(fast).all()
+
+
+@pytest.mark.parametrize("fault", ["raises", "disagrees"])
+def test_auto_checks_triton_before_trusting_it_and_falls_back_to_torch(
+    fault: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where auto picks Triton (CUDA), a first check on a small problem of the layer's configuration compares it with the
+    torch path; a Triton path that fails or disagrees is named in one warning and torch serves that configuration."""
+    launches = []
+
+    class BrokenTriton:
+        PER_BATCH_SEGMENT = False
+
+        @staticmethod
+        def forward(*args: object, **kwargs: object) -> tuple:
+            launches.append(1)
+            if fault == "raises":
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            outputs, fast, energy, checkpoints = stpn_kernel.fused_torch.forward(*args, **kwargs)
+            return outputs + 1e-3, fast, energy, checkpoints
+
+        backward = staticmethod(stpn_kernel.fused_torch.backward)
+
+    backend = stpn_kernel._backend
+    monkeypatch.setattr(stpn_kernel, "_backend", lambda choice: BrokenTriton if choice == "triton" else backend(choice))
+    monkeypatch.setattr(stpn_kernel, "kernel_choice", lambda x: "triton")  # as auto chooses on a CUDA tensor
+    monkeypatch.setenv(KERNEL_ENV, "auto")
+    stpn_kernel._triton_agrees_on.cache_clear()
+    config = StpnConfig(norm_time="post")
+    tensors, starts = make_problem(config, plastic_bias=True, scalar=False, norm_gain=True)
+    try:
+        with caplog.at_level(logging.WARNING, logger=stpn_kernel.__name__):
+            first, again = run_path(tensors, starts, config), run_path(tensors, starts, config)
+    finally:
+        stpn_kernel._triton_agrees_on.cache_clear()
+    (warning,) = [r.getMessage() for r in caplog.records if "failed its check against the torch path" in r.getMessage()]
+    assert ("illegal memory access" if fault == "raises" else "outputs: Tensor-likes are not close") in warning
+    assert len(launches) == 1  # the check only: both runs took the torch path, and the check ran once
+    expected = spec_sequence(*tensors.values(), config=config, starts=starts)
+    for result in (first, again):
+        assert_close_by_name(named_results(result), named_results(expected), rtol=1e-9, atol=1e-10)

@@ -23,7 +23,7 @@ if not CUDA:
 pytest.importorskip("triton")
 
 from sb3_stpn.common.stpn import STPN  # noqa: E402
-from sb3_stpn.ops.stpn import KERNEL_ENV, DivergedStateError, kernel_choice  # noqa: E402
+from sb3_stpn.ops.stpn import KERNEL_ENV, DivergedStateError, StpnConfig, kernel_choice  # noqa: E402
 from sb3_stpn.ops.stpn import dispatch as stpn_kernel  # noqa: E402
 from sb3_stpn.ops.stpn import fused_triton as stpn_triton  # noqa: E402
 from tests.ops.stpn.spec import assert_close_by_name, layer_options_id, named_results, spy_on_backward  # noqa: E402
@@ -271,3 +271,14 @@ def test_compiles_for_a_gpu() -> None:
         [sys.executable, "-c", COMPILE_FOR_SM90], env=environment, capture_output=True, text=True, timeout=300, check=False
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_auto_check_of_triton_passes() -> None:
+    """The check auto runs before it trusts Triton, on the real kernels (in the interpreter without CUDA, as in CI)."""
+    device = "cuda" if CUDA else "cpu"
+    stpn_kernel._triton_agrees_on.cache_clear()
+    try:
+        assert stpn_kernel._triton_agrees_on(device, th.float32, StpnConfig(lambda_max=0.5), (False, False))
+        assert stpn_kernel._triton_agrees_on(device, th.float64, StpnConfig(recurrent=False, clamp=0.4), (True, True))
+    finally:
+        stpn_kernel._triton_agrees_on.cache_clear()
