@@ -32,6 +32,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -588,15 +589,19 @@ def table(rows: list[dict[str, Any]], references: dict[str, dict[str, list[float
 
 def suite_table(runs: list[dict[str, Any]], bootstrap_reps: int = 2000) -> str:
     """
-    Markdown table of each model over the POPGym tasks it ran on (empty with fewer than two): the mean over tasks
+    Markdown table of each model over the POPGym tasks that every model ran (empty with fewer than two): the mean over tasks
     of its MMER and sampled area (means over seeds), and rliable's aggregate mean and interquartile mean of the MMER
     over every (seed, task) run with 95 % stratified-bootstrap confidence intervals. POPGym scales every task's
     returns to [-1, 1], so its tasks are aggregated as they are.
     """
     from rliable import library, metrics
 
-    suite = [run for run in runs if run["task"] in POPGYM_TASKS]
-    tasks = list(dict.fromkeys(run["task"] for run in suite))
+    by_model: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for run in runs:
+        if run["task"] in POPGYM_TASKS:
+            by_model.setdefault(model_label(run), {}).setdefault(run["task"], []).append(run)
+    # Every model over the same tasks: those that all of them ran
+    tasks = [task for task in POPGYM_TASKS if all(task in by_task for by_task in by_model.values())]
     if len(tasks) < 2:
         return ""
     lines = [
@@ -604,21 +609,21 @@ def suite_table(runs: list[dict[str, Any]], bootstrap_reps: int = 2000) -> str:
         "| MMER IQM [95 % CI] |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    by_model: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for run in suite:
-        by_model.setdefault(model_label(run), {}).setdefault(run["task"], []).append(run)
-    for label, by_task in by_model.items():
+    for label, all_tasks in by_model.items():
+        by_task = {task: all_tasks[task] for task in tasks}
         seeds = min(len(group) for group in by_task.values())
         mmer = np.array([[max_mean_episodic_return(group[i]) for group in by_task.values()] for i in range(seeds)])
         auc = statistics.fmean(statistics.fmean(area_under_curve(*_curve(r, value="return_sampled")) for r in group)
                                for group in by_task.values())  # fmt: skip
         task_means = statistics.fmean(statistics.fmean(map(max_mean_episodic_return, group)) for group in by_task.values())
-        estimates, intervals = library.get_interval_estimates(
-            {label: mmer},
-            lambda scores: np.array([metrics.aggregate_mean(scores), metrics.aggregate_iqm(scores)]),
-            reps=bootstrap_reps,
-            random_state=np.random.RandomState(0),
-        )
+        with warnings.catch_warnings():  # rliable hands arch a RandomState, which arch deprecates
+            warnings.simplefilter("ignore", FutureWarning)
+            estimates, intervals = library.get_interval_estimates(
+                {label: mmer},
+                lambda scores: np.array([metrics.aggregate_mean(scores), metrics.aggregate_iqm(scores)]),
+                reps=bootstrap_reps,
+                random_state=np.random.RandomState(0),
+            )
         (mean, iqm), ((mean_low, iqm_low), (mean_high, iqm_high)) = estimates[label], intervals[label]
         lines.append(
             f"| {label} | {len(by_task)} | {seeds} | {task_means:.2f} | {auc:.2f} | {mean:.2f} [{mean_low:.2f}, "

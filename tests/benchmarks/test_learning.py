@@ -248,6 +248,10 @@ def test_suite_table_aggregates_mmer_over_tasks_and_seeds() -> None:
     assert cells[4] == f"{((0.2 - 1) / 2 + (0.4 - 1) / 2 + (0.6 - 1) / 2 + (1.0 - 1) / 2) / 4:.2f}"  # areas of the ramps
     assert cells[5].startswith("0.55 [") and cells[6].startswith("0.50 [")  # IQM of 0.2, 0.4, 0.6, 1.0: the middle two
     assert suite_table(runs[:2]) == ""  # one task is no suite
+    # Every model over the tasks all of them ran: an STPN run on a third task the LSTM lacks is left out
+    lstm = [{**run(task, 0, 0.0), "model": "lstm_params"} for task in POPGYM_TASKS[:2]]
+    rows = suite_table([*runs, run(POPGYM_TASKS[2], 0, 1.0), *lstm], bootstrap_reps=200).splitlines()[2:]
+    assert [row.split("|")[2].strip() for row in rows] == ["2", "2"] and rows[0].split("|")[4].strip() == "0.55"
 
 
 def test_popgym_task_runs_through_the_default_entries(tmp_path: Path) -> None:
