@@ -23,6 +23,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -470,7 +471,7 @@ def _run(script: Callable[[list[str]], None], argv: list[str] | None) -> None:
     """Run a script, turning :class:`ZooError` into one ``error:`` line on stderr and exit status 1, and Ctrl-C or
     SIGTERM (once the model is saved) into exit status 130 or 143."""
     try:
-        with raising_interrupted():
+        with raising_interrupted(), _quiet_full_disk_in_threads():
             script(list(sys.argv[1:] if argv is None else argv))
     except ZooError as error:
         sys.exit(f"error: {error}")
@@ -485,6 +486,25 @@ def _run(script: Callable[[list[str]], None], argv: list[str] | None) -> None:
             f"error: {error.strerror}{where}; free some space or pass -f a folder on another disk, then rerun "
             "(a model or checkpoint saved before is intact: saves replace a file only once complete)"
         )
+
+
+@contextmanager
+def _quiet_full_disk_in_threads() -> Iterator[None]:
+    """
+    A full disk in a writer thread (TensorBoard's) prints no traceback: the thread hands the error on to the main
+    thread's next write, which reports it in one line. Other errors in threads print as always.
+    """
+    default_hook = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not (isinstance(args.exc_value, OSError) and args.exc_value.errno in (errno.ENOSPC, errno.EDQUOT)):
+            default_hook(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = default_hook
 
 
 def train_main(argv: list[str] | None = None) -> None:

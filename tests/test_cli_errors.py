@@ -2,6 +2,7 @@
 
 import errno
 import hashlib
+import io
 import os
 import shutil
 import subprocess
@@ -369,6 +370,19 @@ def test_a_full_disk_at_start_is_one_line_and_leaves_no_run(workdir: Path, monke
         train_main(["--env", ENV, *TINY])
     check_one_line_error(exit_info.value.code, "No space left on device; free some space or pass -f a folder on another disk")
     assert snapshot(workdir / "logs") == before and not (workdir / "logs" / "ppo_stpn" / f"{ENV}_2").exists()
+
+
+def test_a_full_disk_under_tensorboard_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """TensorBoard's writer thread printed its traceback around the one error line."""
+    from tensorboard.summary.writer import record_writer
+
+    monkeypatch.setattr(record_writer.RecordWriter, "write", lambda self, data: full_disk(io.BytesIO()))
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--env", ENV, *TINY, "-n", "64", "-tb", str(tmp_path / "tb"), "-f", str(tmp_path / "logs")])
+    check_one_line_error(exit_info.value.code, "No space left on device")
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_a_full_disk_mid_run_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
