@@ -2,7 +2,6 @@
 
 import errno
 import hashlib
-import io
 import os
 import shutil
 import subprocess
@@ -21,7 +20,7 @@ from stable_baselines3.common import base_class
 from sb3_stpn.cli import enjoy_main, train_main
 from sb3_stpn.ops.stpn import dispatch
 from sb3_stpn.zoo.saving import load_problem
-from tests.helpers import REPO, check_one_line_error
+from tests.helpers import ONE_THREAD, REPO, check_one_line_error
 
 ENV = "CartPoleNoVel-v1"
 # Enough to reach the model, never enough to train for long if a check fails to fire
@@ -372,17 +371,28 @@ def test_a_full_disk_at_start_is_one_line_and_leaves_no_run(workdir: Path, monke
     assert snapshot(workdir / "logs") == before and not (workdir / "logs" / "ppo_stpn" / f"{ENV}_2").exists()
 
 
-def test_a_full_disk_under_tensorboard_is_one_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
-) -> None:
-    """TensorBoard's writer thread printed its traceback around the one error line."""
-    from tensorboard.summary.writer import record_writer
+# A run whose TensorBoard writer thread finds the disk full (pytest would catch the thread's traceback in-process)
+FULL_DISK_UNDER_TENSORBOARD = """
+import errno, os, sys
+from tensorboard.summary.writer import record_writer
+from sb3_stpn.cli import train_main
 
-    monkeypatch.setattr(record_writer.RecordWriter, "write", lambda self, data: full_disk(io.BytesIO()))
-    with pytest.raises(SystemExit) as exit_info:
-        train_main(["--env", ENV, *TINY, "-n", "64", "-tb", str(tmp_path / "tb"), "-f", str(tmp_path / "logs")])
-    check_one_line_error(exit_info.value.code, "No space left on device")
-    assert "Traceback" not in capfd.readouterr().err
+def full_disk(self, data):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+record_writer.RecordWriter.write = full_disk
+train_main(sys.argv[1:])
+"""
+
+
+def test_a_full_disk_under_tensorboard_is_one_line(tmp_path: Path) -> None:
+    """TensorBoard's writer thread printed its traceback around the one error line."""
+    argv = ["--env", ENV, *TINY, "-n", "64", "-tb", "tb"]
+    result = subprocess.run([sys.executable, "-c", FULL_DISK_UNDER_TENSORBOARD, *argv], cwd=tmp_path, env=ONE_THREAD,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    check_one_line_error(result.stderr.strip().splitlines()[-1], "No space left on device")
 
 
 def test_a_full_disk_mid_run_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
