@@ -587,12 +587,24 @@ def table(rows: list[dict[str, Any]], references: dict[str, dict[str, list[float
     return "\n".join(lines)
 
 
-def suite_table(runs: list[dict[str, Any]], bootstrap_reps: int = 2000) -> str:
+@dataclass(frozen=True)
+class SuiteScore:
+    """One model over the POPGym suite: the tasks and seeds it is scored on, and its aggregates."""
+
+    tasks: int
+    seeds: int
+    task_mean_mmer: float  # mean over tasks of the mean MMER over seeds
+    task_mean_auc: float  # the same for the sampled area
+    estimates: np.ndarray  # rliable's aggregate mean and IQM of the MMER over (seed, task) runs
+    intervals: np.ndarray  # their 95 % stratified-bootstrap confidence intervals, shape (2, 2): low, high
+
+
+def suite_scores(runs: list[dict[str, Any]], bootstrap_reps: int = 2000) -> dict[str, SuiteScore]:
     """
-    Markdown table of each model over the POPGym tasks that every model ran (empty with fewer than two): the mean over tasks
-    of its MMER and sampled area (means over seeds), and rliable's aggregate mean and interquartile mean of the MMER
-    over every (seed, task) run with 95 % stratified-bootstrap confidence intervals. POPGym scales every task's
-    returns to [-1, 1], so its tasks are aggregated as they are.
+    Each model over the POPGym tasks that every model ran (none with fewer than two tasks): its MMER and area over
+    tasks, and rliable's aggregate mean and interquartile mean of the MMER over every (seed, task) run with 95 %
+    stratified-bootstrap confidence intervals. POPGym scales every task's returns to [-1, 1], so its tasks are
+    aggregated as they are.
     """
     from rliable import library, metrics
 
@@ -603,19 +615,12 @@ def suite_table(runs: list[dict[str, Any]], bootstrap_reps: int = 2000) -> str:
     # Every model over the same tasks: those that all of them ran
     tasks = [task for task in POPGYM_TASKS if all(task in by_task for by_task in by_model.values())]
     if len(tasks) < 2:
-        return ""
-    lines = [
-        "| model | tasks | seeds | mean MMER over tasks | mean AUC (sampled) over tasks | MMER mean [95 % CI] "
-        "| MMER IQM [95 % CI] |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
+        return {}
+    scores = {}
     for label, all_tasks in by_model.items():
-        by_task = {task: all_tasks[task] for task in tasks}
-        seeds = min(len(group) for group in by_task.values())
-        mmer = np.array([[max_mean_episodic_return(group[i]) for group in by_task.values()] for i in range(seeds)])
-        auc = statistics.fmean(statistics.fmean(area_under_curve(*_curve(r, value="return_sampled")) for r in group)
-                               for group in by_task.values())  # fmt: skip
-        task_means = statistics.fmean(statistics.fmean(map(max_mean_episodic_return, group)) for group in by_task.values())
+        groups = [all_tasks[task] for task in tasks]
+        seeds = min(len(group) for group in groups)
+        mmer = np.array([[max_mean_episodic_return(group[i]) for group in groups] for i in range(seeds)])
         with warnings.catch_warnings():  # rliable hands arch a RandomState, which arch deprecates
             warnings.simplefilter("ignore", FutureWarning)
             estimates, intervals = library.get_interval_estimates(
@@ -624,12 +629,56 @@ def suite_table(runs: list[dict[str, Any]], bootstrap_reps: int = 2000) -> str:
                 reps=bootstrap_reps,
                 random_state=np.random.RandomState(0),
             )
-        (mean, iqm), ((mean_low, iqm_low), (mean_high, iqm_high)) = estimates[label], intervals[label]
+        scores[label] = SuiteScore(
+            tasks=len(tasks),
+            seeds=seeds,
+            task_mean_mmer=statistics.fmean(statistics.fmean(map(max_mean_episodic_return, group)) for group in groups),
+            task_mean_auc=statistics.fmean(
+                statistics.fmean(area_under_curve(*_curve(run, value="return_sampled")) for run in group) for group in groups
+            ),
+            estimates=estimates[label],
+            intervals=intervals[label],
+        )
+    return scores
+
+
+def suite_table(scores: dict[str, SuiteScore]) -> str:
+    """Markdown table of :func:`suite_scores` (empty without scores)."""
+    if not scores:
+        return ""
+    lines = [
+        "| model | tasks | seeds | mean MMER over tasks | mean AUC (sampled) over tasks | MMER mean [95 % CI] "
+        "| MMER IQM [95 % CI] |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for label, score in scores.items():
+        (mean, iqm), ((mean_low, iqm_low), (mean_high, iqm_high)) = score.estimates, score.intervals
         lines.append(
-            f"| {label} | {len(by_task)} | {seeds} | {task_means:.2f} | {auc:.2f} | {mean:.2f} [{mean_low:.2f}, "
-            f"{mean_high:.2f}] | {iqm:.2f} [{iqm_low:.2f}, {iqm_high:.2f}] |"
+            f"| {label} | {score.tasks} | {score.seeds} | {score.task_mean_mmer:.2f} | {score.task_mean_auc:.2f} "
+            f"| {mean:.2f} [{mean_low:.2f}, {mean_high:.2f}] | {iqm:.2f} [{iqm_low:.2f}, {iqm_high:.2f}] |"
         )
     return "\n".join(lines)
+
+
+def plot_suite(scores: dict[str, SuiteScore], path: Path) -> None:
+    """rliable's interval-estimate plot of the suite's MMER mean and IQM, one row per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from rliable import plot_utils
+
+    labels = {label: textwrap.fill(label, 40) for label in scores}
+    figure, _ = plot_utils.plot_interval_estimates(
+        {labels[label]: score.estimates for label, score in scores.items()},
+        {labels[label]: score.intervals for label, score in scores.items()},
+        metric_names=["MMER mean", "MMER IQM"],
+        algorithms=list(labels.values()),
+        xlabel="POPGym return (scaled to [-1, 1])",
+        row_height=0.8,
+    )
+    figure.savefig(path, bbox_inches="tight", dpi=80)
+    plt.close(figure)
 
 
 DIAGNOSTIC_FRACTIONS = (0.1, 0.5, 1.0)  # of training, where the plasticity diagnostics are read
@@ -759,8 +808,8 @@ def write_report(runs: list[dict[str, Any]], out: Path, header: str, settings: d
     references = {task: refs for task in tasks if (refs := reference_returns(task, n_reference))}
     rows = summarise(runs)
     text = table(rows, references)
-    if suite := suite_table(runs):
-        text += "\n\nPOPGym suite (MMER: best sampled-policy evaluation of each run):\n\n" + suite
+    if scores := suite_scores(runs):
+        text += "\n\nPOPGym suite (MMER: best sampled-policy evaluation of each run):\n\n" + suite_table(scores)
     if diagnostics := diagnostics_table(runs):
         text += "\n\nPlasticity diagnostics (STPN rows, actor layer):\n\n" + diagnostics
     print(f"\n{header}\n\n{text}")
@@ -768,6 +817,8 @@ def write_report(runs: list[dict[str, Any]], out: Path, header: str, settings: d
     (out / "learning.md").write_text(text + "\n")
     for task in tasks:
         plot(task, runs, references.get(task, {}), out / f"{task}.png")
+    if scores:
+        plot_suite(scores, out / "popgym_suite.png")
     report = {**settings, "table": text, "rows": rows, "references": references, "runs": runs}
     (out / "learning.json").write_text(json.dumps(report, indent=1))
     return text

@@ -33,6 +33,7 @@ from benchmarks.learning import (
     reference_returns,
     run_one,
     seed_band,
+    suite_scores,
     suite_table,
     variant_entry,
 )
@@ -242,15 +243,15 @@ def test_suite_table_aggregates_mmer_over_tasks_and_seeds() -> None:
         run(POPGYM_TASKS[1], 0, 0.6),
         run(POPGYM_TASKS[1], 1, 1.0),
     ]
-    (row,) = suite_table(runs, bootstrap_reps=200).splitlines()[2:]
+    (row,) = suite_table(suite_scores(runs, bootstrap_reps=200)).splitlines()[2:]
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert cells[:4] == ["STPN h=8 (zoo entry)", "2", "2", "0.55"]
     assert cells[4] == f"{((0.2 - 1) / 2 + (0.4 - 1) / 2 + (0.6 - 1) / 2 + (1.0 - 1) / 2) / 4:.2f}"  # areas of the ramps
     assert cells[5].startswith("0.55 [") and cells[6].startswith("0.50 [")  # IQM of 0.2, 0.4, 0.6, 1.0: the middle two
-    assert suite_table(runs[:2]) == ""  # one task is no suite
+    assert suite_scores(runs[:2]) == {} and suite_table({}) == ""  # one task is no suite
     # Every model over the tasks all of them ran: an STPN run on a third task the LSTM lacks is left out
     lstm = [{**run(task, 0, 0.0), "model": "lstm_params"} for task in POPGYM_TASKS[:2]]
-    rows = suite_table([*runs, run(POPGYM_TASKS[2], 0, 1.0), *lstm], bootstrap_reps=200).splitlines()[2:]
+    rows = suite_table(suite_scores([*runs, run(POPGYM_TASKS[2], 0, 1.0), *lstm], bootstrap_reps=200)).splitlines()[2:]
     assert [row.split("|")[2].strip() for row in rows] == ["2", "2"] and rows[0].split("|")[4].strip() == "0.55"
 
 
@@ -263,6 +264,7 @@ def test_popgym_task_runs_through_the_default_entries(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "learning.json").read_text())
     assert {(run["task"], run["model"]) for run in report["runs"]} == {(t, m) for t in tasks for m in ("stpn", "lstm_params")}
     assert "POPGym suite" in report["table"] and "MMER" in report["table"]
+    assert (tmp_path / "popgym_suite.png").read_bytes()[:4] == b"\x89PNG"
     # The STPN rows got the policies' default, bounded decays: F stays far below W
     assert all(run["diagnostics"][-1]["stpn/F_over_W"] < 0.01 for run in report["runs"] if run["model"] == "stpn")
 
