@@ -23,6 +23,7 @@ from benchmarks.learning import (
     area_within,
     diagnostics_table,
     equal_time_budget,
+    expand_tasks,
     main,
     make_plasticity_warmup_callback,
     max_mean_episodic_return,
@@ -224,6 +225,11 @@ def test_benchmark_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     (tmp_path / "committed" / "runs.jsonl.gz").write_bytes(gzip.compress((tmp_path / "runs.jsonl").read_bytes()))
     main(["--report", str(tmp_path / "committed"), "--out", str(tmp_path / "from_gzip")])
     assert (tmp_path / "from_gzip" / "learning.md").read_text() == (tmp_path / "learning.md").read_text()
+
+
+def test_popgym_stands_for_the_suite() -> None:
+    assert expand_tasks(["popgym"]) == list(POPGYM_TASKS)
+    assert expand_tasks(["CartPoleNoVel-v1", "popgym", POPGYM_TASKS[0]]) == ["CartPoleNoVel-v1", *POPGYM_TASKS]
 
 
 def test_mmer_is_the_best_sampled_evaluation() -> None:
