@@ -20,10 +20,12 @@ def test_saved_model_loads_and_reproduces_its_recorded_actions(name: str) -> Non
         np.testing.assert_allclose(replayed[key], recorded[key], rtol=1e-5, atol=1e-7, err_msg=key)
 
 
-def test_saved_models_predate_the_policies_defaults_and_keep_the_layers() -> None:
-    """The 0.1.0 models recorded only the settings they were given: they load with the layer's lambda_max (None)."""
-    for name in SAVED_MODELS:
-        assert StpnPPO.load(DATA / f"{name}.zip", device="cpu").policy.stpn_actor.lambda_max is None
+@pytest.mark.parametrize("name", list(SAVED_MODELS))
+def test_saved_models_keep_the_defaults_of_their_version(name: str) -> None:
+    """The 0.1.0 models recorded only the settings they were given: they load with the layer's lambda_max (None), the
+    policies' default then. 0.2.0 models recorded every setting, the policies' lambda_max=0.5 among them."""
+    expected = None if name.endswith("_v0_1_0") else 0.5
+    assert StpnPPO.load(DATA / f"{name}.zip", device="cpu").policy.stpn_actor.lambda_max == expected
 
 
 def test_a_model_saved_now_keeps_every_stpn_setting_when_the_defaults_change(

@@ -20,6 +20,8 @@ SAVED_MODELS = {
     "stpn_cartpole_shared_v0_1_0": dict(
         policy_kwargs=dict(stpn_hidden_size=8, shared_stpn=True, enable_critic_stpn=False, stpn_kwargs=dict(recurrent=False))
     ),
+    # 0.2.0 records every STPN setting, the policies' new default (lambda_max=0.5) included
+    "stpn_cartpole_v0_2_0": dict(policy_kwargs=dict(stpn_hidden_size=8)),
 }
 
 
@@ -44,7 +46,10 @@ def replay(model: StpnPPO) -> dict[str, list]:
 
 
 def main() -> None:
+    """Write the models of this version; those of earlier versions are the record and stay as they are."""
     for name, kwargs in SAVED_MODELS.items():
+        if (DATA / f"{name}.zip").exists():
+            continue
         model = StpnPPO("MlpStpnPolicy", "CartPole-v1", n_steps=32, batch_size=32, n_epochs=1, seed=0, **kwargs)
         model.learn(64)
         model.save(DATA / f"{name}.zip")
