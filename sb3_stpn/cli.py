@@ -16,8 +16,10 @@ import argparse
 import difflib
 import errno
 import importlib
+import importlib.util
 import os
 import pickle
+import re
 import runpy
 import shutil
 import signal
@@ -143,13 +145,34 @@ def _check_device(device: str, algo: str) -> None:
         raise ZooError(str(error)) from None
 
 
+# Environment families this package's extras bring: (id pattern, the module that registers or runs them, the extra)
+ENV_EXTRAS = (
+    (re.compile(r"(MiniGrid|BabyAI)-"), "minigrid", "envs"),
+    (re.compile(r"ALE/|.*NoFrameskip-v4$"), "ale_py", "envs"),
+    (re.compile(r"popgym-"), "popgym", "bench"),
+)
+
+
+def _missing_extra(env_id: str) -> str | None:
+    """The ``pip install`` line for the extra ``env_id`` needs when its module does not import here, else None."""
+    needs = [(module, extra) for pattern, module, extra in ENV_EXTRAS if pattern.match(env_id)]
+    if env_id in gym.registry and str(gym.spec(env_id).entry_point).startswith("gymnasium.envs.mujoco"):
+        needs.append(("mujoco", "envs"))  # gymnasium registers its MuJoCo ids whether or not mujoco is installed
+    for module, extra in needs:
+        if importlib.util.find_spec(module) is None:
+            return f'{env_id} needs the {module} package, which is not installed; pip install "sb3-stpn[{extra}]"'
+    return None
+
+
 def _check_env(gym_packages: list[str], env_id: str) -> None:
-    """Import ``--gym-packages`` and check that the env id is registered."""
+    """Import ``--gym-packages`` and check that the env id is registered, naming the extra a known family needs."""
     for module in gym_packages:
         try:
             importlib.import_module(module)
         except ImportError as error:
             raise ZooError(f"cannot import --gym-packages {module} ({error}); install it or fix the name") from error
+    if (missing := _missing_extra(env_id)) is not None:
+        raise ZooError(missing)
     if env_id not in gym.registry:
         close = difflib.get_close_matches(env_id, gym.registry, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
@@ -439,6 +462,10 @@ def _check_enjoy_args(args: argparse.Namespace) -> None:
 
 def _enjoy(argv: list[str]) -> None:
     record = "--record" in argv
+    for module in ("pygame", "moviepy") if record else ():  # the frames are rendered with pygame, the video made by moviepy
+        if importlib.util.find_spec(module) is None:
+            extra = "envs" if module == "pygame" else "zoo"
+            raise ZooError(f'--record needs the {module} package, which is not installed; pip install "sb3-stpn[{extra}]"')
     argv = [arg for arg in argv if arg != "--record"]
     meter = EnergyMeter()
     script = "rl_zoo3.record_video" if record else "rl_zoo3.enjoy"

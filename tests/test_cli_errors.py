@@ -2,6 +2,7 @@
 
 import errno
 import hashlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -151,6 +152,31 @@ def test_a_kernel_path_as_a_shell_user_may_type_it_runs(value: str, workdir: Pat
     monkeypatch.setenv("SB3_STPN_KERNEL", value)
     train_main(["--env", ENV, *TINY, "-f", "kernel_logs"])
     assert list((workdir / "kernel_logs").rglob(f"{ENV}.zip"))
+
+
+@pytest.mark.parametrize(
+    ("main", "argv", "module", "extra"),
+    [
+        (train_main, ["--env", "MiniGrid-MemoryS7-v0"], "minigrid", "envs"),
+        (train_main, ["--env", "PongNoFrameskip-v4"], "ale_py", "envs"),
+        (train_main, ["--env", "HalfCheetah-v5"], "mujoco", "envs"),
+        (train_main, ["--env", "popgym-RepeatFirstEasy-v0"], "popgym", "bench"),
+        (enjoy_main, ["--env", "MiniGrid-MemoryS7-v0"], "minigrid", "envs"),
+        (enjoy_main, ["--env", ENV, "--record"], "pygame", "envs"),
+        (enjoy_main, ["--env", ENV, "--record"], "moviepy", "zoo"),
+    ],
+)
+def test_a_missing_extra_is_named(
+    main: Callable[[list[str]], None], argv: list[str], module: str, extra: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the extra, MiniGrid was "unknown environment ... --gym-packages MODULE" and --record a traceback."""
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == module else find_spec(name, *args))
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    check_one_line_error(
+        exit_info.value.code, f'needs the {module} package, which is not installed; pip install "sb3-stpn[{extra}]"'
+    )
 
 
 @pytest.fixture
