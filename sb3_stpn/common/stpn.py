@@ -48,7 +48,7 @@ class STPN(nn.Module):
         forward, so the gradient is zero above it). None (default) is the paper's model. Training can push
         some lambdas above 1, and F then grows without bound where nothing else bounds it (``normalize=False``,
         a plastic bias, Oja's rule) until it is inf or NaN, which the layer reports with a
-        :class:`~sb3_stpn.ops.stpn.dispatch.DivergedStateError`: ``lambda_max=1.0`` (or a ``clamp``) prevents it.
+        :class:`~sb3_stpn.ops.stpn.config.DivergedStateError`: ``lambda_max=1.0`` (or a ``clamp``) prevents it.
     :param lambda_init: Bounds of the uniform initialisation of ``weight_lambda``.
     :param gamma_init: ``weight_gamma`` is drawn from U(-a, a) with a = gamma_init / sqrt(H).
     :param plastic: ``False`` gives the STPN's plasticity-free twin: no ``weight_lambda``/``weight_gamma``
