@@ -49,7 +49,8 @@ from rl_zoo3.exp_manager import ExperimentManager
 from rl_zoo3.utils import ALGOS, StoreDict
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.utils import get_device
-from stable_baselines3.common.vec_env import VecNormalize
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
 from sb3_stpn.common.energy import ActorEnergyRecorder
 from sb3_stpn.common.policies import actor_memory
@@ -248,13 +249,30 @@ class EnergyMeter:
 
     ``model.predict`` is wrapped: each call is one step of each environment. The mean energy per
     step of environment 0's episode is printed when its next episode starts (right after rl_zoo3
-    prints that episode's reward and length), and the mean over all steps at :meth:`report`.
+    prints that episode's reward and length), or at :meth:`report` for an episode the rollout's last step ended
+    (the env :meth:`watch` wraps tells), and the mean over all steps at :meth:`report`.
     """
 
     def __init__(self) -> None:
         self.kind = ""
         self.episode: list[float] = []
         self.steps: list[float] = []
+        self.episode_ended = False  # whether environment 0's last step ended its episode
+
+    def watch(self, env: VecEnv) -> VecEnv:
+        """``env``, telling this meter whether each step ended environment 0's episode."""
+        meter = self
+
+        class EpisodeEnds(VecEnvWrapper):
+            def reset(self) -> VecEnvObs:
+                return self.venv.reset()
+
+            def step_wait(self) -> VecEnvStepReturn:
+                observations, rewards, dones, infos = self.venv.step_wait()
+                meter.episode_ended = bool(dones[0])
+                return observations, rewards, dones, infos
+
+        return EpisodeEnds(env)
 
     def attach(self, model: BaseAlgorithm) -> None:
         recorder = ActorEnergyRecorder(model.policy)
@@ -275,6 +293,8 @@ class EnergyMeter:
         model.predict = metered_predict  # type: ignore[method-assign]
 
     def report(self) -> None:
+        if self.episode and self.episode_ended:
+            print(f"Episode mean {self.kind} energy per step: {np.mean(self.episode):.4g}")
         if self.steps:
             print(f"Mean {self.kind} energy per step over {len(self.steps)} steps: {np.mean(self.steps):.4g}")
 
@@ -399,8 +419,10 @@ class CheckpointStatistics:
     saved with it (``rl_model_vecnormalize_<N>_steps.pkl``), not the run's final ones, which a killed run lacks.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, wrap: Callable[[VecEnv], VecEnv]) -> None:
+        """:param wrap: Applied to every env this makes (the energy meter's episode watch)."""
         self.model_path: str | None = None
+        self.wrap = wrap
 
     def get_model_path(self, *args: Any, **kwargs: Any) -> Any:
         found = _latest_model_path(*args, **kwargs)
@@ -413,7 +435,7 @@ class CheckpointStatistics:
         """rl_zoo3's create_test_env (which rl_zoo3.enjoy calls with keywords), with the checkpoint's own statistics."""
 
         def create(stats_path: str | None) -> Any:
-            return _zoo_create_test_env(env_id, stats_path=stats_path, hyperparams=hyperparams, **kwargs)
+            return self.wrap(_zoo_create_test_env(env_id, stats_path=stats_path, hyperparams=hyperparams, **kwargs))
 
         if (
             stats_path is not None
@@ -469,7 +491,7 @@ def _enjoy(argv: list[str]) -> None:
     argv = [arg for arg in argv if arg != "--record"]
     meter = EnergyMeter()
     script = "rl_zoo3.record_video" if record else "rl_zoo3.enjoy"
-    statistics = CheckpointStatistics()
+    statistics = CheckpointStatistics(meter.watch)
     received: list[int] = []
     with (
         raising_interrupted(received.append),  # rl_zoo3's enjoy catches the KeyboardInterrupt and ends as if done

@@ -41,7 +41,7 @@ def test_train_then_enjoy(algo: str, memory: str, tmp_path: Path) -> None:
     lengths = [int(value) for value in re.findall(r"Episode Length (\d+)", out)]
     energies = [float(value) for value in re.findall(rf"Episode mean {memory} energy per step: ([\d.e+-]+)", out)]
     assert returns and returns == lengths  # CartPole pays 1 per step
-    assert len(energies) >= len(returns) - 1 and all(energy > 0 for energy in energies)
+    assert len(energies) == len(returns) and all(energy > 0 for energy in energies)  # the last episode too
     assert re.search(rf"Mean {memory} energy per step over 300 steps: [\d.]", out)
 
     best = run_script("enjoy.py", "--algo", algo, "--env", ENV, "--no-render", "-n", "50", "--load-best", cwd=tmp_path)
@@ -210,6 +210,19 @@ def test_enjoy_replays_the_maze_with_the_sampled_policy(
     monkeypatch.setattr(StpnPPO, "predict", spy)
     enjoy_main([*maze[:2], "--no-render", "-n", "5", *flags])
     assert modes and set(modes) == {deterministic}
+
+
+def test_enjoy_prints_the_energy_of_every_episode_the_last_included(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The maze's episodes are 200 steps: -n 400 ends two, and each gets its energy line (the last one had none)."""
+    monkeypatch.chdir(tmp_path)
+    maze = ["--env", "GridMaze-v0", "--hyperparams", "n_envs:2", "n_steps:16", "sequence_length:16", "batch_size:32"]
+    train_main([*maze[:2], "-n", "32", "--eval-freq", "-1", *maze[2:], "n_epochs:1"])
+    capsys.readouterr()
+    enjoy_main([*maze[:2], "--no-render", "-n", "400"])
+    out = capsys.readouterr().out
+    assert out.count("Episode Reward") == 2 and out.count("Episode mean STPN energy per step") == 2
 
 
 def test_readme_loads_a_zoo_run_with_its_normalisation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
