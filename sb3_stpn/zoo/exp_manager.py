@@ -33,6 +33,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sys
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -67,7 +68,7 @@ from sb3_stpn.common.stpn import STPN
 from sb3_stpn.envs import GRID_MAZE_IDS, make_grid_maze_vec_env
 from sb3_stpn.ops.stpn import DivergedStateError
 from sb3_stpn.zoo.hyperparams_opt import merge_policy_kwargs, tuning_entry
-from sb3_stpn.zoo.saving import checkpoint_vec_normalize_path, load_problem
+from sb3_stpn.zoo.saving import checkpoint_vec_normalize_path, load_problem, process_alive
 
 AUTO_POLICY = "auto"
 # The env wrapper ``policy: auto`` adds (rl_zoo3 imports wrappers by name, also in enjoy from the saved config)
@@ -277,9 +278,10 @@ class StpnExperimentManager(ExperimentManager):
             if self.storage is not None and self.study_name is not None:
                 # Create the study (a database's tables too) before rl_zoo3 opens it: workers started together never
                 # race in creating them, and an unusable storage is one error line
-                optuna.create_study(
+                study = optuna.create_study(
                     storage=open_storage(self.storage), study_name=self.study_name, direction="maximize", load_if_exists=True
                 )
+                fail_trials_of_dead_workers(study)
             try:
                 super().hyperparameters_optimization()
             except (Interrupted, ValueError):
@@ -486,6 +488,8 @@ class StpnExperimentManager(ExperimentManager):
             self.vec_env_class = vec_env_class
 
     def objective(self, trial: optuna.Trial) -> float:
+        """rl_zoo3's objective, the trial marked with the worker that runs it (see :func:`fail_trials_of_dead_workers`)."""
+        trial.set_user_attr(WORKER_ATTR, _worker_id())
         # The ppo_stpn/ppo_lstm spaces tune the memory on top of the entry: they merge into its policy_kwargs
         with tuning_entry(self._hyperparams.get("policy_kwargs") or {}):
             return super().objective(trial)
@@ -581,6 +585,28 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage:
         ) from error
     finally:
         engine.dispose()
+
+
+WORKER_ATTR = "worker"  # the user attribute naming the process that runs a trial: "<host>:<pid>"
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def fail_trials_of_dead_workers(study: optuna.Study) -> None:
+    """
+    Mark FAIL the RUNNING trials whose worker, a process of this host, is gone (killed with SIGKILL or by the OOM
+    killer): they would stay RUNNING for ever, and ``--max-total-trials`` counts them. Optuna's heartbeat would do
+    this for databases, but rl_zoo3 opens the storage itself, without one; the journal has none. A trial of a worker
+    on another host is left as it is: whether that worker lives cannot be told from here.
+    """
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=[TrialState.RUNNING]):
+        worker_host, _, pid = str(trial.user_attrs.get(WORKER_ATTR, "")).rpartition(":")
+        if worker_host == host and pid.isdigit() and not process_alive(int(pid)):
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            print(f"Trial {trial.number} failed: its worker (process {pid} of this host) is gone", file=sys.stderr)
 
 
 def check_journal(path: Path) -> None:

@@ -1,6 +1,10 @@
 """StpnExperimentManager drops no setting silently: policy_kwargs overrides merge into the entry's, and --trial-id
 loads the trial asked for (trial 0 included, from the default journal) or says in one line that the study lacks it."""
 
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -8,9 +12,11 @@ import pytest
 import yaml
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 
 from sb3_stpn import StpnPPO
 from sb3_stpn.cli import train_main
+from sb3_stpn.zoo.exp_manager import WORKER_ATTR
 from sb3_stpn.zoo.hyperparams_opt import sample_ppo_stpn_params
 from tests.helpers import check_one_line_error
 
@@ -136,3 +142,20 @@ def test_each_key_value_is_evaluated_once(tmp_path: Path, monkeypatch: pytest.Mo
     train_main(["--env", ENV, *TINY, f"n_epochs:{counted.format(1)}", "--env-kwargs", f"render_mode:{counted.format(None)}"])
     assert (tmp_path / "evaluations").read_text() == "xx"
     assert saved_config(tmp_path / "logs")["n_epochs"] == 1
+
+
+def test_trials_of_killed_workers_on_this_host_are_failed(
+    study: optuna.Study, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A SIGKILLed worker's trial stayed RUNNING for ever, and --max-total-trials counted it."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a worker of this host that is no more
+    dead, remote = study.ask(), study.ask()
+    dead.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{gone.pid}")
+    remote.set_user_attr(WORKER_ATTR, "another-host:1")
+    train_main(["--env", ENV, *TINY, "--optimize", "--n-trials", "1"])
+    states = {trial.number: trial.state for trial in study.trials}
+    assert states[dead.number] == TrialState.FAIL and states[remote.number] == TrialState.RUNNING
+    assert f"Trial {dead.number} failed: its worker (process {gone.pid} of this host) is gone" in capsys.readouterr().err
+    (new,) = [trial for trial in study.trials if trial.number > remote.number]  # the trial this worker ran, marked
+    assert new.user_attrs[WORKER_ATTR] == f"{socket.gethostname()}:{os.getpid()}"
