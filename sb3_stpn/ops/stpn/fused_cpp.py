@@ -8,12 +8,13 @@ import os
 import platform
 import shutil
 import stat
+import subprocess
 import sys
 import sysconfig
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,7 @@ def _build_cpp_extension() -> Any:
     name = build_directory.name
     library = build_directory / f"{name}{cpp_extension.LIB_EXT}"
     checked = _make_private_folder(build_directory)
-    with _build_lock(build_directory):
+    with _build_lock(build_directory) as lock:
         if _private_folder_identity(build_directory) != checked:  # swapped while this process waited for the lock
             raise PermissionError(
                 f"refusing the kernel cache folder {build_directory}, which was replaced after it was checked; remove "
@@ -112,10 +113,11 @@ def _build_cpp_extension() -> Any:
             print(f"sb3_stpn: {library} is not the library this cache built; rebuilding it", file=sys.stderr)
             library.unlink()
         for attempt in (1, 2):
-            if not library.is_file():
+            building = not library.is_file()
+            if building:
                 print(f"sb3_stpn: building the C++ STPN kernel in {build_directory} (about a minute, once)", file=sys.stderr)
             try:
-                with _ninja_on_path():
+                with _ninja_on_path(), _build_dies_with_this_process(build_directory, lock) if building else nullcontext():
                     cpp_extension.load(
                         name=name,
                         sources=[str(source)],
@@ -209,7 +211,7 @@ def _cached_source(build_directory: Path, library: Path) -> Path:
 
 
 @contextmanager
-def _build_lock(build_directory: Path) -> Iterator[None]:
+def _build_lock(build_directory: Path) -> Iterator[int]:
     """
     Hold an exclusive ``flock`` on ``<build folder>/build.flock`` while torch builds or loads the kernel.
 
@@ -217,6 +219,7 @@ def _build_lock(build_directory: Path) -> Iterator[None]:
     the OOM killer, and every later load then waits on it forever. A ``flock`` is released by the kernel
     when its process dies, so whoever holds ours is alive, and a ``lock`` found under it is a dead build's:
     it is removed. Waiting for a live builder ends after ``BUILD_LOCK_TIMEOUT_S`` with a :class:`TimeoutError`.
+    Yields the lock file's descriptor (see :func:`_build_dies_with_this_process`).
     """
     lock_path = build_directory / "build.flock"
     with open(lock_path, "a") as lock_file:
@@ -238,9 +241,57 @@ def _build_lock(build_directory: Path) -> Iterator[None]:
                 time.sleep(BUILD_LOCK_POLL_S)
         try:
             (build_directory / "lock").unlink(missing_ok=True)
-            yield
+            yield lock_file.fileno()
         finally:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+# Run by a watchdog process while this one builds (see _build_dies_with_this_process): argv = builder pid, folder
+_BUILD_WATCHDOG = """
+import os, signal, sys, time
+builder, folder = int(sys.argv[1]), os.path.realpath(sys.argv[2])
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"  # a zombie is dead, only not yet reaped
+    except OSError:
+        return False
+
+while alive(builder):
+    time.sleep(0.05)
+for _ in range(3):  # a compiler that ninja starts while the sweep runs is caught by the next one
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/cwd") == folder:
+                os.kill(int(pid), signal.SIGKILL)
+        except OSError:
+            pass
+    time.sleep(0.1)
+"""
+
+
+@contextmanager
+def _build_dies_with_this_process(build_directory: Path, lock: int) -> Iterator[None]:
+    """
+    While the block builds, a watchdog process ends the build's processes (ninja and the compilers, which torch
+    starts in ``build_directory``) if this process dies first, even by SIGKILL: left running, they went on writing
+    into the cache for half a minute without the lock. The watchdog shares the build lock (``lock``, a descriptor of
+    the flocked file), so no other build can start in the folder until the orphans are gone. Linux (``/proc``) only.
+    """
+    if not Path("/proc/self/cwd").exists():
+        yield
+        return
+    watchdog = subprocess.Popen(
+        [sys.executable, "-c", _BUILD_WATCHDOG, str(os.getpid()), str(build_directory)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        pass_fds=(lock,), start_new_session=True,  # a Ctrl-C to this process's group must not stop the watchdog first
+    )  # fmt: skip
+    try:
+        yield
+    finally:
+        watchdog.kill()
+        watchdog.wait()
 
 
 @contextmanager

@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,35 @@ def test_a_real_build_killed_midway_leaves_the_next_one_working(extensions_root:
     first.wait(timeout=10)
     assert lock.exists(), "the build ended before it could be killed"
     subprocess.run(build, env=env, check=True, timeout=300)
+
+
+def processes_in(folder: Path) -> list[int]:
+    """The pids whose working directory is ``folder`` (ninja and the compilers torch runs there), from /proc."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        with suppress(OSError):
+            if entry.name.isdigit() and os.readlink(entry / "cwd") == str(folder.resolve()):
+                pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="reads the processes' folders from Linux's /proc")
+def test_a_build_killed_takes_its_compiler_with_it(extensions_root: Path) -> None:
+    """SIGKILL of the first build left ninja and the compiler writing into the cache, without the lock, ~34 s more."""
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(extensions_root), "PYTHONPATH": str(REPO)}
+    build = subprocess.Popen([sys.executable, "-c", "from sb3_stpn.ops.stpn import cpp_kernel_available as a; a()"],
+                             env=env, stderr=subprocess.DEVNULL)  # fmt: skip
+    folder = fused_cpp.cpp_build_directory()
+    deadline = time.monotonic() + 120
+    while not processes_in(folder):  # ninja has started the compiler
+        assert build.poll() is None and time.monotonic() < deadline, "the build ended before it was seen compiling"
+        time.sleep(0.05)
+    build.kill()
+    build.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while processes_in(folder) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_in(folder) == []
 
 
 def fake_build(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
