@@ -34,8 +34,21 @@ def kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, cpp_
     return request.param
 
 
+class PostgresServer(str):
+    """The server's URL without database (a ``str``, as the tests use it), which can also be stopped and started."""
+
+    def __new__(cls, url: str, control: list) -> "PostgresServer":
+        server = super().__new__(cls, url)
+        server.control = control  # pg_ctl's command line without its action, and how to run it (as which user)
+        return server
+
+    def pg_ctl(self, action: str) -> None:
+        command, as_server = self.control
+        subprocess.run([*command, *action.split()], check=True, capture_output=True, **as_server)
+
+
 @pytest.fixture(scope="module")
-def postgres_server() -> Iterator[str]:
+def postgres_server() -> Iterator[PostgresServer]:
     """A fresh PostgreSQL cluster on 127.0.0.1, password authentication; yields its URL without database."""
     if BIN is None:
         pytest.skip("no PostgreSQL server binaries (initdb); apt-get install postgresql to run these tests")
@@ -54,10 +67,13 @@ def postgres_server() -> Iterator[str]:
         check=True, capture_output=True, **as_server,
     )  # fmt: skip
     options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-    start = [BIN / "pg_ctl", "-D", data, "-o", options, "-l", folder / "server.log", "-w", "start"]
-    subprocess.run(start, check=True, capture_output=True, **as_server)
+    server = PostgresServer(
+        f"postgresql://stpn:{PASSWORD}@127.0.0.1:{port}",
+        [[BIN / "pg_ctl", "-D", data, "-o", options, "-l", folder / "server.log", "-w"], as_server],
+    )
+    server.pg_ctl("start")
     try:
-        yield f"postgresql://stpn:{PASSWORD}@127.0.0.1:{port}"
+        yield server
     finally:
         subprocess.run([BIN / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True, **as_server)
         shutil.rmtree(folder, ignore_errors=True)

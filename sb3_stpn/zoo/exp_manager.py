@@ -35,6 +35,7 @@ import shutil
 import signal
 import socket
 import sys
+import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -288,6 +289,10 @@ class StpnExperimentManager(ExperimentManager):
                 # A stop outside the trials (rl_zoo3 catches those inside), or optuna's "No trials are completed yet"
                 if self.interrupted is None:
                     raise
+            except Exception as error:
+                if (lost := _database_lost(error, self.storage)) is None:
+                    raise
+                raise lost from error
         if self.interrupted is not None:
             raise Interrupted(self.interrupted, "the study keeps the trials that finished")
 
@@ -488,11 +493,28 @@ class StpnExperimentManager(ExperimentManager):
             self.vec_env_class = vec_env_class
 
     def objective(self, trial: optuna.Trial) -> float:
-        """rl_zoo3's objective, the trial marked with the worker that runs it (see :func:`fail_trials_of_dead_workers`)."""
-        trial.set_user_attr(WORKER_ATTR, _worker_id())
-        # The ppo_stpn/ppo_lstm spaces tune the memory on top of the entry: they merge into its policy_kwargs
-        with tuning_entry(self._hyperparams.get("policy_kwargs") or {}):
-            return super().objective(trial)
+        """
+        rl_zoo3's objective, the trial marked with the worker that runs it (see :func:`fail_trials_of_dead_workers`).
+
+        A database that goes away during the trial (a restart, a network blip) fails the trial in one line once it is
+        back, and the study goes on; optuna itself, failing to record the failure, left the trial RUNNING behind a
+        cascade of tracebacks. Before a result is handed to optuna, the database is waited for likewise.
+        """
+        try:
+            trial.set_user_attr(WORKER_ATTR, _worker_id())
+            # The ppo_stpn/ppo_lstm spaces tune the memory on top of the entry: they merge into its policy_kwargs
+            with tuning_entry(self._hyperparams.get("policy_kwargs") or {}):
+                value = super().objective(trial)
+        except DATABASE_ERRORS as error:
+            wait_for_storage(trial.study, self.storage)
+            print(
+                f"Trial {trial.number} failed: the Optuna database went away during it ({_first_line(error)}); it is back, "
+                "the study goes on",
+                file=sys.stderr,
+            )
+            return float("nan")  # optuna records a NaN result as a failed trial, and goes on
+        wait_for_storage(trial.study, self.storage)
+        return value
 
     def load_trial(self, storage: str, study_name: str, trial_id: int | None = None, convert: bool = True) -> dict[str, Any]:
         """
@@ -585,6 +607,48 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage:
         ) from error
     finally:
         engine.dispose()
+
+
+# What a database storage raises when its server is gone: SQLAlchemy's errors, optuna's wrapping of them
+DATABASE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
+DATABASE_WAIT_S = 120.0  # how long a worker waits for its database to come back
+DATABASE_POLL_S = 1.0
+
+
+def _first_line(error: BaseException) -> str:
+    return " ".join(str(error).split("\n")[0].split())[:200]
+
+
+def wait_for_storage(study: optuna.Study, storage: str | None) -> None:
+    """Return once ``study``'s storage answers; a :class:`ZooError` if it has not within ``DATABASE_WAIT_S``."""
+    deadline = time.monotonic() + DATABASE_WAIT_S
+    while True:
+        try:
+            study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            return
+        except DATABASE_ERRORS as error:
+            if time.monotonic() > deadline:
+                raise ZooError(
+                    f"the Optuna database {shown_storage(storage or '')} has been unreachable for {DATABASE_WAIT_S:g} s "
+                    f"({_first_line(error)}); start it again and rerun: a worker of this host marks the trial it left "
+                    "RUNNING failed as it starts"
+                ) from error
+            time.sleep(DATABASE_POLL_S)
+
+
+def _database_lost(error: BaseException, storage: str | None) -> ZooError | None:
+    """The one-line error for a failure whose causes include a lost database (optuna's own cascade included)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ZooError):
+            return seen
+        if isinstance(seen, DATABASE_ERRORS):
+            return ZooError(
+                f"lost the Optuna database {shown_storage(storage or '')} ({_first_line(seen)}); start it again and rerun: "
+                "a worker of this host marks the trial it left RUNNING failed as it starts"
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 WORKER_ATTR = "worker"  # the user attribute naming the process that runs a trial: "<host>:<pid>"
