@@ -144,8 +144,8 @@ def variant_entry(variant: Variant, task: str, steps: int, changes: dict[str, An
     entry["n_timesteps"] = steps
     if changes:
         entry = merged(entry, changes)
-    if task in POPGYM_TASKS and (wrapper := popgym_observation_wrapper(task)):
-        entry.setdefault("env_wrapper", wrapper)
+    if task in POPGYM_TASKS:
+        register_popgym()  # Autoencode's Tuple observation: the default entry's policy: auto flattens it
     if variant.equal_hidden:
         entry["policy_kwargs"]["lstm_hidden_size"] = stpn_hidden_size(task)
     if variant.twin:
@@ -157,22 +157,12 @@ def variant_entry(variant: Variant, task: str, steps: int, changes: dict[str, An
     return entry
 
 
-def popgym_observation_wrapper(task: str) -> str | None:
-    """
-    Register POPGym's ids and return the wrapper its task needs to reach SB3, if any: gymnasium's
-    ``FlattenObservation`` (one-hot per part) for a ``Tuple`` observation (Autoencode), which SB3 cannot take.
-    A format change, the same for every model, not tuning.
-    """
-    import gymnasium as gym
-
+def register_popgym() -> None:
+    """Import POPGym, which registers its ``popgym-*`` ids (the ``bench`` extra); a missing install is one line."""
     try:
-        import popgym  # noqa: F401  (registers the popgym-* ids)
+        import popgym  # noqa: F401
     except ImportError:
-        raise SystemExit(f'{task} needs POPGym: pip install "sb3-stpn[bench]"') from None
-    env = gym.make(task)
-    needs_flattening = isinstance(env.observation_space, gym.spaces.Tuple)
-    env.close()
-    return "gymnasium.wrappers.FlattenObservation" if needs_flattening else None
+        raise SystemExit('the POPGym tasks need POPGym: pip install "sb3-stpn[bench]"') from None
 
 
 def stpn_hidden_size(task: str) -> int:

@@ -172,6 +172,23 @@ def default_config(algo: str) -> Path:
 
 def load_config_entry(config: Path, env_id: str, is_atari: bool) -> dict[str, Any]:
     """Read ``config`` and return the entry rl_zoo3 will use for ``env_id`` (its own, ``atari`` or ``default``)."""
+    entries = _read_config(config)
+    return entries[config_entry_name(entries, config, env_id, is_atari)]
+
+
+def config_entry_name(entries: dict[str, Any], config: Path, env_id: str, is_atari: bool) -> str:
+    """Which entry of ``entries`` (read from ``config``) rl_zoo3 uses for ``env_id``: its own, ``atari`` or ``default``."""
+    names = [env_id, "atari"] if is_atari else [env_id]
+    for name in [*names, "default"]:
+        if name in entries:
+            if not isinstance(entries[name], dict):
+                raise ZooError(f"entry {name!r} of {config} must be a dict of hyperparameters; fix the file")
+            return name
+    raise ZooError(f"no entry for {env_id} and no 'default' entry in {config}; add one")
+
+
+def _read_config(config: Path) -> dict[str, Any]:
+    """The entries of the YAML config ``config``; a missing or malformed file is a :class:`ZooError`."""
     try:
         entries = yaml.safe_load(config.read_text())
     except OSError as error:
@@ -183,13 +200,7 @@ def load_config_entry(config: Path, env_id: str, is_atari: bool) -> dict[str, An
         raise ZooError(f"malformed YAML in {config}{where}: {problem}; fix the file") from error
     if not isinstance(entries, dict):
         raise ZooError(f"{config} must map environment ids to hyperparameter dicts; fix the file")
-    names = [env_id, "atari"] if is_atari else [env_id]
-    for name in [*names, "default"]:
-        if name in entries:
-            if not isinstance(entries[name], dict):
-                raise ZooError(f"entry {name!r} of {config} must be a dict of hyperparameters; fix the file")
-            return entries[name]
-    raise ZooError(f"no entry for {env_id} and no 'default' entry in {config}; add one")
+    return entries
 
 
 def auto_policy(algo_class: type[BaseAlgorithm], observation_space: spaces.Space) -> str:
@@ -229,7 +240,14 @@ class StpnExperimentManager(ExperimentManager):
 
     @property
     def _fix(self) -> str:
-        return f"fix the {self.env_name.gym_id} entry of {self.config} or the --hyperparams override"
+        entry = self.env_name.gym_id
+        if str(self.config).endswith((".yml", ".yaml")):  # the entry rl_zoo3 took: the env's own, atari or default
+            with contextlib.suppress(ZooError):
+                entries = _read_config(Path(self.config))
+                entry = config_entry_name(
+                    entries, Path(self.config), self.env_name.gym_id, self.is_atari(self.env_name.gym_id)
+                )
+        return f"fix the {entry} entry of {self.config} or the --hyperparams override"
 
     interrupted: int | None = None  # the signal (SIGINT: Ctrl-C, or SIGTERM) that stopped learn
 

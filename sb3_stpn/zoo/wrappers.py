@@ -11,7 +11,7 @@ from typing import TypeGuard
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from gymnasium.wrappers import FilterObservation, TransformObservation
+from gymnasium.wrappers import FilterObservation, FlattenObservation, TransformObservation
 from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
 
 from sb3_stpn.zoo.exp_manager import ZooError
@@ -43,10 +43,17 @@ def fit_observation_to_sb3(env: gym.Env) -> gym.Env:
     Wrap ``env`` so that SB3's default policies take its observations; ``env`` itself if they already do.
 
     Dict keys of other spaces (Text, Sequence, Graph, nested Dict or Tuple) are dropped, with a warning,
-    and images too small for NatureCNN become [0, 1] float arrays, which the policies flatten. An
-    observation that stays unusable raises a :class:`ZooError` naming the wrapper to write.
+    and images too small for NatureCNN become [0, 1] float arrays, which the policies flatten. A Tuple of
+    Box, Discrete, MultiDiscrete or MultiBinary spaces (POPGym's Autoencode), and a MultiDiscrete, become one flat
+    Box with a one-hot block per discrete part (gymnasium's ``FlattenObservation``): for a MultiDiscrete that is
+    what SB3 feeds its policies anyway, but sb3-contrib's LSTM policy fails on SB3's numpy-integer feature size for
+    it. An observation that stays unusable raises a :class:`ZooError` naming the wrapper to write.
     """
     space = env.observation_space
+    if isinstance(space, spaces.MultiDiscrete) or (
+        isinstance(space, spaces.Tuple) and all(isinstance(part, SB3_SPACES) for part in space.spaces)
+    ):
+        return FlattenObservation(env)
     if isinstance(space, spaces.Dict):
         kept = [key for key, subspace in space.spaces.items() if isinstance(subspace, SB3_SPACES)]
         if not kept:
