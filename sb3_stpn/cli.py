@@ -195,10 +195,27 @@ def _check_log_folder(folder: str) -> None:
         raise ZooError(f"cannot write logs to -f {folder} ({error.strerror}); pass a writable folder") from error
 
 
+# Torch threads on CPU when neither --num-threads nor OMP_NUM_THREADS says: the models are small, and more threads
+# mostly wait on each other and on other jobs (benchmarks/threads.py measures it; docs/performance.md has the table)
+CPU_THREADS = 1
+
+
+def _default_threads(args: argparse.Namespace) -> None:
+    """On CPU, with no ``--num-threads`` and no ``OMP_NUM_THREADS``, train or replay with ``CPU_THREADS`` threads."""
+    if args.num_threads > 0 or os.environ.get("OMP_NUM_THREADS") or get_device(args.device).type != "cpu":
+        return
+    args.num_threads = CPU_THREADS
+    print(
+        f"Using {CPU_THREADS} torch thread on the CPU, faster for these small models than torch's default "
+        f"{th.get_num_threads()}; --num-threads N or OMP_NUM_THREADS=N chooses another count"
+    )
+
+
 def _check_train_args(args: argparse.Namespace) -> None:
-    """Validate rl_zoo3 train's arguments and fill in the project's defaults (config, Optuna storage and study)."""
+    """Validate rl_zoo3 train's arguments and fill in the project's defaults (config, threads, Optuna storage)."""
     _check_env(args.gym_packages, args.env)
     _check_device(args.device, args.algo)
+    _default_threads(args)
     if args.n_timesteps is None:
         args.n_timesteps = -1  # the zoo's "use the config's n_timesteps"
     elif args.n_timesteps <= 0:
@@ -476,6 +493,8 @@ def _check_enjoy_args(args: argparse.Namespace) -> None:
     """Validate the arguments of rl_zoo3's enjoy or record_video (which has no --gym-packages)."""
     _check_env(getattr(args, "gym_packages", []), args.env.gym_id)
     _check_device(getattr(args, "device", "auto"), args.algo)
+    if hasattr(args, "num_threads"):  # enjoy's; record_video has no --num-threads
+        _default_threads(args)
     if args.n_timesteps <= 0:
         raise ZooError(f"-n must be a positive number of steps, got {args.n_timesteps}")
     if args.env.gym_id in GRID_MAZE_IDS and not args.deterministic:

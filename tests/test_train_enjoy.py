@@ -138,6 +138,22 @@ def test_enjoy_stopped_exits_128_plus_the_signal(stop: signal.Signals, status: i
     assert out.strip().splitlines()[-1] == f"stopped by {stop.name}" and "Traceback" not in out
 
 
+@pytest.mark.parametrize(
+    ("flags", "omp", "chosen"), [([], None, True), (["--num-threads", "2"], None, False), ([], "2", False)]
+)
+def test_one_torch_thread_on_cpu_unless_told(flags: list[str], omp: str | None, chosen: bool, tmp_path: Path) -> None:
+    """The README's command took 26 min with torch's default threads beside other jobs, 4 min with one: one thread is the
+    CLI's default on CPU, said once; --num-threads and OMP_NUM_THREADS still win."""
+    environment = {key: value for key, value in ONE_THREAD.items() if key != "OMP_NUM_THREADS"}
+    environment.update({"OMP_NUM_THREADS": omp} if omp else {})
+    code = "import sys, torch; from sb3_stpn.cli import train_main; train_main(); print('threads', torch.get_num_threads())"
+    argv = ["--env", ENV, "-n", "64", *SHRINK, "--eval-freq", "-1", *flags]
+    out = subprocess.run([sys.executable, "-c", code, *argv], cwd=tmp_path, env=environment, capture_output=True,
+                         text=True, timeout=300, check=True).stdout  # fmt: skip
+    assert out.count("Using 1 torch thread on the CPU") == (1 if chosen else 0)
+    assert out.strip().splitlines()[-1] == f"threads {1 if chosen else 2}"
+
+
 def test_env_without_entry_with_a_text_mission(tmp_path: Path) -> None:
     """MiniGrid (Dict observation: a Text mission, a 7x7 image) trains and replays through the `default` entry."""
     minigrid = ["--env", "MiniGrid-Empty-5x5-v0", "--gym-packages", "minigrid"]
