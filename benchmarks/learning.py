@@ -15,10 +15,16 @@ synaptic energy per step (``sb3_stpn.common.energy``) during the final evaluatio
 per rollout, the plasticity diagnostics of ``StpnDiagnosticsCallback``. The mazes also
 get reference rows: the random policy, a memoryless wall-avoider and the shortest-path oracle.
 
-Writes to ``--out``: ``learning.md`` (the table), ``learning.json`` (all curves) and one
-``<task>.png`` learning-curve plot per task (mean over seeds, shaded +- std).
+``--tasks popgym`` runs the validation suite: six POPGym memory tasks (the ``bench`` extra) that nothing here was
+tuned on, through the configs' ``default`` entries. Each row then also gets POPGym's metric, the MMER (the best
+mean return of the sampled policy over training's evaluations), and the suite rliable's aggregate mean and IQM of
+the MMER over every (seed, task) run, with bootstrap confidence intervals.
 
-Usage: ``python -m benchmarks.learning [--tasks ...] [--seeds 3] [--steps N | TASK=N ...] [--jobs 2] [--quick]``
+Writes to ``--out``: ``learning.md`` (the table), ``learning.json`` (all curves), ``runs.jsonl`` (each run as it
+ends; a run into a folder that holds runs resumes) and one ``<task>.png`` learning-curve plot per task (mean over
+seeds, shaded +- std), plus ``popgym_suite.png`` (the suite's aggregates) for the POPGym tasks.
+
+Usage: ``python -m benchmarks.learning [--tasks ... | popgym] [--seeds 3] [--steps N | TASK=N ...] [--jobs 2] [--quick]``
 """
 
 import argparse
