@@ -19,10 +19,14 @@ from sb3_stpn.common.stpn import STPN
 # below the row norms ||W_i|| (about 0.6 at initialisation for STPNr), so that pre-update normalisation, which grows
 # F by lambda / ||W + F|| per step, shrinks F instead of letting it reach W's size in ~50 steps (docs/plasticity.md)
 POLICY_STPN_DEFAULTS: dict[str, Any] = {"lambda_max": 0.5}
-# The STPN layer's own value of each of those settings: the policies' defaults before 0.2.0
-LAYER_STPN_DEFAULTS: dict[str, Any] = {
-    name: parameter.default for name, parameter in inspect.signature(STPN).parameters.items() if name in POLICY_STPN_DEFAULTS
+# Every keyword setting of the STPN layer (not the sizes) with the layer's own default: the paper's model
+_LAYER_SETTINGS: dict[str, Any] = {
+    name: parameter.default
+    for name, parameter in inspect.signature(STPN).parameters.items()
+    if parameter.default is not inspect.Parameter.empty
 }
+# The layer's own value of each setting the policies change: the policies' defaults before 0.2.0
+LAYER_STPN_DEFAULTS: dict[str, Any] = {name: _LAYER_SETTINGS[name] for name in POLICY_STPN_DEFAULTS}
 
 
 def stpn_settings(stpn_kwargs: dict[str, Any] | None, defaults: dict[str, Any] = POLICY_STPN_DEFAULTS) -> dict[str, Any]:
@@ -30,12 +34,7 @@ def stpn_settings(stpn_kwargs: dict[str, Any] | None, defaults: dict[str, Any] =
     Every keyword setting of the policy's STPN layers (not the sizes): ``stpn_kwargs`` over ``defaults`` over the
     layer's own defaults. Saved with a model in full, so that it acts the same whatever later versions' defaults are.
     """
-    layer = {
-        name: parameter.default
-        for name, parameter in inspect.signature(STPN).parameters.items()
-        if parameter.default is not inspect.Parameter.empty
-    }
-    return {**layer, **defaults, **(stpn_kwargs or {})}
+    return {**_LAYER_SETTINGS, **defaults, **(stpn_kwargs or {})}
 
 
 class StpnActorCriticPolicy(RecurrentActorCriticPolicy):
@@ -55,11 +54,10 @@ class StpnActorCriticPolicy(RecurrentActorCriticPolicy):
     :param shared_stpn: One STPN for actor and critic (the critic's gradient does not reach it).
     :param enable_critic_stpn: A separate STPN for the critic (the default, as for the LSTM).
         With neither, the critic sees the features through a linear layer.
-    :param stpn_kwargs: Passed to :class:`~sb3_stpn.STPN`, over the policies' own defaults
-        (``POLICY_STPN_DEFAULTS``: ``lambda_max=0.5``; a key given here wins, ``lambda_max=None`` is the paper's model)
-        (``recurrent``, ``normalize``, ``norm_time``,
+    :param stpn_kwargs: Passed to :class:`~sb3_stpn.STPN` (``recurrent``, ``normalize``, ``norm_time``,
         ``norm_gain``, ``clamp``, ``scalar_plasticity``, ``plastic_bias``, ``rule``, ``lambda_max``, ``lambda_init``,
-        ``gamma_init``, ``plastic``, ``lambda_lr_scale``, ``gamma_lr_scale``).
+        ``gamma_init``, ``plastic``, ``lambda_lr_scale``, ``gamma_lr_scale``), over the policies' own defaults
+        (``POLICY_STPN_DEFAULTS``: ``lambda_max=0.5``); a key given here wins, ``lambda_max=None`` is the paper's model.
     """
 
     def __init__(
