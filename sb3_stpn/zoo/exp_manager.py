@@ -631,6 +631,8 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage:
 DATABASE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
 DATABASE_WAIT_S = 120.0  # how long a worker waits for its database to come back
 DATABASE_POLL_S = 1.0
+# What a worker that lost its database says to do: fail_trials_of_dead_workers cleans up after it
+_DATABASE_RESTART = "start it again and rerun: a worker of this host marks the trial it left RUNNING failed as it starts"
 
 
 def _first_line(error: BaseException) -> str:
@@ -648,8 +650,7 @@ def wait_for_storage(study: optuna.Study, storage: str | None) -> None:
             if time.monotonic() > deadline:
                 raise ZooError(
                     f"the Optuna database {shown_storage(storage or '')} has been unreachable for {DATABASE_WAIT_S:g} s "
-                    f"({_first_line(error)}); start it again and rerun: a worker of this host marks the trial it left "
-                    "RUNNING failed as it starts"
+                    f"({_first_line(error)}); {_DATABASE_RESTART}"
                 ) from error
             time.sleep(DATABASE_POLL_S)
 
@@ -662,8 +663,7 @@ def _database_lost(error: BaseException, storage: str | None) -> ZooError | None
             return seen
         if isinstance(seen, DATABASE_ERRORS):
             return ZooError(
-                f"lost the Optuna database {shown_storage(storage or '')} ({_first_line(seen)}); start it again and rerun: "
-                "a worker of this host marks the trial it left RUNNING failed as it starts"
+                f"lost the Optuna database {shown_storage(storage or '')} ({_first_line(seen)}); {_DATABASE_RESTART}"
             )
         seen = seen.__cause__ or seen.__context__
     return None
