@@ -1,7 +1,7 @@
 """
 StpnPPO vs sb3-contrib's RecurrentPPO (LSTM): environment steps per second and peak memory.
 
-Each (env, algo) run trains from the project's zoo config (``zoo_configs/<algo>.yml``, the same
+Each (env, algo) run trains from the project's zoo config (``sb3_stpn/zoo_configs/<algo>.yml``, the same
 settings and matched parameter counts) for the same number of steps, in a fresh child process
 so that its peak resident memory (RSS) is its own. Runs alternate between the two algorithms, and
 steps per second count only ``learn`` (env creation and imports excluded). On CUDA one rollout and

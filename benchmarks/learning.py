@@ -94,7 +94,7 @@ class Variant:
 
     key: str
     algo: str  # rl_zoo3 algorithm name
-    config: str  # zoo_configs/<config>.yml
+    config: str  # sb3_stpn/zoo_configs/<config>.yml
     equal_hidden: bool = False  # LSTM with the STPN's hidden size instead of the entry's
     mlp: bool = False  # SB3 PPO MlpPolicy with the entry's PPO settings
     twin: bool = False  # the STPN entry with plastic=False (no plastic bias either), nothing else changed

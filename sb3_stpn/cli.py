@@ -2,7 +2,7 @@
 
 rl_zoo3's own parser reads the command line, so every flag, abbreviation and default keeps the zoo's
 meaning. On top of the zoo these commands
-- default to ``--algo ppo_stpn`` and to the project's ``zoo_configs/<algo>.yml`` (``-conf`` overrides),
+- default to ``--algo ppo_stpn`` and to the project's ``sb3_stpn/zoo_configs/<algo>.yml`` (``-conf`` overrides),
 - default Optuna runs (``--optimize`` and ``--trial-id``) to a shared journal file ``<log folder>/optuna.log``
   and the study name ``<algo>_<env>``, so that several processes started alike work on one study,
 - make ``enjoy`` read ``-f logs`` by default and load the latest run that holds a model, print the

@@ -11,6 +11,11 @@ from pathlib import Path
 import pytest
 import torch as th
 
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    tomllib = None
+
 REPO = Path(__file__).resolve().parents[1]
 ENV = "CartPoleNoVel-v1"
 # What a checkout holds besides the sources: never part of a build
@@ -29,6 +34,16 @@ def run(command: list[str], cwd: Path) -> str:
     result = subprocess.run(command, cwd=cwd, env=ENVIRONMENT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     return result.stdout
+
+
+@pytest.mark.skipif(tomllib is None, reason="reads pyproject.toml with tomllib (Python >= 3.11)")
+def test_every_package_lies_where_its_name_says() -> None:
+    """setuptools installs an editable checkout as one path entry only when no package folder is remapped; a remap
+    (as zoo_configs/ once was) makes it use an import hook and warn about same-named folders at every set-up."""
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setuptools["package-dir"] == {"": "."}
+    misplaced = [name for name in setuptools["packages"] if not (REPO / name.replace(".", "/")).is_dir()]
+    assert len(setuptools["packages"]) > 5 and not misplaced, misplaced
 
 
 @pytest.mark.slow  # 1-2 minutes, mostly installing torch; .ci/run runs it after the default suite

@@ -76,10 +76,8 @@ AUTO_POLICY = "auto"
 FIT_OBSERVATION_WRAPPER = "sb3_stpn.zoo.wrappers.fit_observation_to_sb3"
 # Hyperparameters that only make sense as positive integers (rl_zoo3's and the on-policy algorithms')
 POSITIVE_INTEGERS = ("n_envs", "n_timesteps", "n_steps", "batch_size", "n_epochs", "sequence_length")
-_PACKAGE = Path(__file__).resolve().parents[1]
-# The project's configs, <algo>.yml: the repository's top-level zoo_configs/, which a wheel installs
-# as package data in sb3_stpn/zoo_configs/ (mapped in pyproject.toml, not copied)
-CONFIG_DIR = _PACKAGE / "zoo_configs" if (_PACKAGE / "zoo_configs").is_dir() else _PACKAGE.parent / "zoo_configs"
+# The project's configs, <algo>.yml (package data: a checkout and an installed wheel read the same folder)
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "zoo_configs"
 # The PostgreSQL advisory lock workers take in turn to create Optuna's tables (any constant, the same in every worker)
 _SCHEMA_LOCK_KEY = 0x5B3_57F0
 

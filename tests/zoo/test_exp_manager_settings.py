@@ -22,7 +22,7 @@ from tests.helpers import check_one_line_error
 
 ENV = "CartPoleNoVel-v1"
 TINY = ["-n", "16", "--eval-freq", "-1", "--hyperparams", "n_envs:1", "n_steps:8", "batch_size:8", "n_epochs:1"]
-# The CartPoleNoVel-v1 entry's policy_kwargs (zoo_configs/ppo_stpn.yml)
+# The CartPoleNoVel-v1 entry's policy_kwargs (sb3_stpn/zoo_configs/ppo_stpn.yml)
 ENTRY_STPN_KWARGS = dict(
     lambda_max=None,
     normalize=False,
