@@ -1,4 +1,4 @@
-"""Every entry of sb3_stpn/zoo_configs/ppo_stpn.yml and ppo_lstm.yml loads, trains one short rollout, and the two match in size."""
+"""Every entry of sb3_stpn/zoo_configs/ppo_stpn.yml and ppo_lstm.yml loads, trains a short rollout; the two match in size."""
 
 import argparse
 from pathlib import Path
