@@ -1,0 +1,45 @@
+"""The zoo benchmark resumes a run that died after a checkpoint, with that checkpoint's statistics, and reports it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.zoo_benchmark import REPO, Progress, Runner, Segment, load_runs, main, saved_steps
+
+ENV = "CartPoleNoVel-v1"  # its entry: 8 envs x 32 steps a rollout, normalised observations
+
+
+def test_a_run_killed_after_a_checkpoint_resumes_from_it_then_is_replayed(tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "zoo"
+    runner = Runner(out, save_freq=512, deadline=None, eval_steps=600, n_timesteps=2048)
+    progress_path = runner.progress_path("ppo_stpn", ENV, 0)
+    progress_path.parent.mkdir(parents=True)
+    # A first segment that checkpointed at 512 and 1024 steps, then died before saving its model
+    first = Segment(str(progress_path.parent / "segment0"))
+    train = [sys.executable, "train.py", "--algo", "ppo_stpn", "--env", ENV, "--seed", "0", "-n", "1024"]
+    subprocess.run([*train, "--save-freq", "512", "-f", first.folder], cwd=REPO, check=True, capture_output=True)
+    run = Path(first.folder, "ppo_stpn", f"{ENV}_1")
+    (run / f"{ENV}.zip").unlink()
+    Progress("ppo_stpn", ENV, 0, budget=2048, bounded=True, segments=[first]).write(progress_path)
+
+    summary = runner.run("ppo_stpn", ENV, 0)
+
+    progress = Progress.read(progress_path)
+    assert [segment.steps for segment in progress.segments] == [1024, 1024], summary
+    second_log = (progress_path.parent / "segment1.log").read_text()
+    assert f"{run}/rl_model_vecnormalize_1024_steps.pkl" in second_log  # the checkpoint's own statistics
+    resumed = Path(progress.segments[1].folder, "ppo_stpn", f"{ENV}_1", f"{ENV}.zip")
+    assert saved_steps(resumed) == 1024
+    # Replayed as rl_zoo3.benchmark does: whole episodes from the Monitor log of 600 steps
+    assert progress.returns and 0 < progress.eval_steps <= 600 + 500
+    assert summary.startswith(f"ppo_stpn {ENV} seed 0: 2048 steps, replay ")
+
+    # Finished runs are not trained again, and the report has their row and a plot
+    assert runner.run("ppo_stpn", ENV, 0) == summary and len(load_runs(out)) == 1
+    markdown, plots = tmp_path / "table.md", tmp_path / "img"
+    report = ["zoo_benchmark", "--report", str(out), "--markdown", str(markdown), "--plots", str(plots)]
+    monkeypatch.setattr(sys, "argv", report)
+    main()
+    (row,) = [line for line in markdown.read_text().splitlines() if line.startswith(f"| {ENV} | ppo_stpn |")]
+    assert "2e+03 (bounded) (trained: 2,048)" in row and " | 1/1 | " in row
+    assert (plots / f"benchmark_{ENV}.png").stat().st_size > 10_000
