@@ -14,6 +14,7 @@ from typing import Literal
 import torch as th
 from torch import nn
 
+from sb3_stpn.common.utils import check_positive_int
 from sb3_stpn.ops.stpn import DIVERGENCE_ADVICE, DivergedStateError, StpnConfig, StpnParams, stpn_sequence
 
 PlasticityRule = Literal["hebbian", "oja"]
@@ -83,9 +84,8 @@ class STPN(nn.Module):
         gamma_lr_scale: float = 1.0,
     ):
         super().__init__()
-        for name, size in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
-                raise ValueError(f"STPN {name} must be a positive integer, got {size!r}")
+        input_size = check_positive_int(input_size, "STPN input_size")
+        hidden_size = check_positive_int(hidden_size, "STPN hidden_size")
         if lambda_init[0] > lambda_init[1]:
             raise ValueError(f"lambda_init=(low, high) needs low <= high, got {tuple(lambda_init)}")
         if rule not in ("hebbian", "oja"):
@@ -101,8 +101,8 @@ class STPN(nn.Module):
                 raise ValueError(f"{name} must be a positive number, got {scale!r}")
         if plastic_bias and not plastic:
             raise ValueError("plastic_bias=True needs plastic=True: the plasticity-free twin has no plastic bias")
-        self.input_size = int(input_size)
-        self.hidden_size = int(hidden_size)
+        self.input_size = input_size
+        self.hidden_size = hidden_size
         self.recurrent = recurrent
         self.normalize = normalize
         self.norm_time = norm_time
