@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch as th
 
-import sb3_stpn.ops.stpn as stpn_kernel
 from sb3_stpn.common.stpn import STPN
+from sb3_stpn.ops.stpn import KERNEL_ENV, cpp_kernel_available, triton_kernel_available
 
 TRAIN_CASES = [(256, 32, 4, 64), (8, 128, 512, 128), (64, 32, 32, 64)]
 ROLLOUT_CASES = [(8, 1, 512, 128), (8, 1, 4, 64)]
@@ -117,7 +117,7 @@ def bench_case(
         seconds = timings(step_function(lstm, x, train), repeats, device)
         rows.append({"model": f"{name} (H={lstm_hidden})", "seconds": seconds})
     for path in paths:
-        os.environ[stpn_kernel.KERNEL_ENV] = path
+        os.environ[KERNEL_ENV] = path
         # The per-step reference loop is slow: fewer repeats
         count = max(2, repeats // 4) if path == "reference" else repeats
         seconds = timings(step_function(stpn, x, train), count, device)
@@ -170,11 +170,11 @@ def main() -> None:
     device = th.device(args.device)
     if device.type == "cuda":
         # The per-step reference loop would launch thousands of tiny kernels per call
-        paths = ["torch"] + (["triton"] if stpn_kernel.triton_kernel_available() else [])
+        paths = ["torch"] + (["triton"] if triton_kernel_available() else [])
         train_cases, rollout_cases = CUDA_TRAIN_CASES, CUDA_ROLLOUT_CASES
         name = th.cuda.get_device_name(device)
     else:
-        paths = ["reference", "torch"] + (["cpp"] if stpn_kernel.cpp_kernel_available() else [])
+        paths = ["reference", "torch"] + (["cpp"] if cpp_kernel_available() else [])
         train_cases, rollout_cases = TRAIN_CASES, ROLLOUT_CASES
         name = f"CPU, {th.get_num_threads()} thread(s)"
     if args.quick:

@@ -11,7 +11,6 @@ Memory for the states, per rollout: ``ceil(n_steps / sequence_length) * n_envs *
 bytes, twice when the critic has its own STPN.
 """
 
-import numbers
 from collections.abc import Callable, Generator
 
 import numpy as np
@@ -24,6 +23,8 @@ from sb3_contrib.common.recurrent.type_aliases import (
     RNNStates,
 )
 from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
+
+from sb3_stpn.common.utils import check_positive_int
 
 
 class SequenceStateStorage:
@@ -60,9 +61,8 @@ class SequenceStateStorage:
         store_critic_state: bool = True,
     ):
         sequence_length = buffer_size if sequence_length is None else sequence_length
-        if isinstance(sequence_length, bool) or not isinstance(sequence_length, numbers.Integral) or sequence_length < 1:
-            raise ValueError(f"sequence_length must be a positive integer (or None for n_steps), got {sequence_length!r}")
-        self.sequence_length = min(int(sequence_length), buffer_size)
+        sequence_length = check_positive_int(sequence_length, "sequence_length", " (or None for n_steps)")
+        self.sequence_length = min(sequence_length, buffer_size)
         self.n_sequences_per_env = -(-buffer_size // self.sequence_length)
         self.store_critic_state = store_critic_state
         self.actor_states = self.critic_states = None

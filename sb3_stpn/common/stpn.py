@@ -14,6 +14,7 @@ from typing import Literal
 import torch as th
 from torch import nn
 
+from sb3_stpn.common.utils import check_positive_int
 from sb3_stpn.ops.stpn import DIVERGENCE_ADVICE, DivergedStateError, StpnConfig, StpnParams, stpn_sequence
 
 PlasticityRule = Literal["hebbian", "oja"]
@@ -83,34 +84,23 @@ class STPN(nn.Module):
         gamma_lr_scale: float = 1.0,
     ):
         super().__init__()
-        for name, size in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
-                raise ValueError(f"STPN {name} must be a positive integer, got {size!r}")
+        input_size = check_positive_int(input_size, "STPN input_size")
+        hidden_size = check_positive_int(hidden_size, "STPN hidden_size")
         if lambda_init[0] > lambda_init[1]:
             raise ValueError(f"lambda_init=(low, high) needs low <= high, got {tuple(lambda_init)}")
-        if rule not in ("hebbian", "oja"):
-            raise ValueError(f"Unknown plasticity rule {rule!r}: use 'hebbian' or 'oja'")
-        if norm_time not in ("pre", "post"):
-            raise ValueError(f"Unknown norm_time {norm_time!r}: use 'pre' or 'post'")
-        if clamp is not None and clamp <= 0:
-            raise ValueError(f"clamp must be positive or None, got {clamp}")
-        if lambda_max is not None and lambda_max <= 0:
-            raise ValueError(f"lambda_max must be positive or None, got {lambda_max}")
+        # The op's options, checked once (by StpnConfig) and handed as they are to every forward
+        self.config = StpnConfig(
+            recurrent=recurrent, normalize=normalize, clamp=clamp, rule=rule, norm_time=norm_time, lambda_max=lambda_max
+        )
         for name, scale in (("lambda_lr_scale", lambda_lr_scale), ("gamma_lr_scale", gamma_lr_scale)):
             if not (isinstance(scale, numbers.Real) and math.isfinite(scale) and scale > 0):
                 raise ValueError(f"{name} must be a positive number, got {scale!r}")
         if plastic_bias and not plastic:
             raise ValueError("plastic_bias=True needs plastic=True: the plasticity-free twin has no plastic bias")
-        self.input_size = int(input_size)
-        self.hidden_size = int(hidden_size)
-        self.recurrent = recurrent
-        self.normalize = normalize
-        self.norm_time = norm_time
-        self.clamp = clamp
+        self.input_size = input_size
+        self.hidden_size = hidden_size
         self.scalar_plasticity = scalar_plasticity
         self.plastic_bias = plastic_bias
-        self.rule = rule
-        self.lambda_max = lambda_max
         self.lambda_init = tuple(lambda_init)
         self.gamma_init = gamma_init
         self.plastic = plastic
@@ -139,6 +129,16 @@ class STPN(nn.Module):
         self.reset_parameters()
 
     @property
+    def recurrent(self) -> bool:
+        """STPNr (True) or STPNf (False): ``config.recurrent``."""
+        return self.config.recurrent
+
+    @property
+    def lambda_max(self) -> float | None:
+        """The bound the decays act clamped to, or None: ``config.lambda_max``."""
+        return self.config.lambda_max
+
+    @property
     def presynaptic_size(self) -> int:
         """``K``: inputs, plus the neurons' own previous outputs for STPNr."""
         return self.input_size + (self.hidden_size if self.recurrent else 0)
@@ -147,17 +147,6 @@ class STPN(nn.Module):
     def state_shape(self) -> tuple[tuple[int], tuple[int, int]]:
         """Per-environment shapes of ``h`` and ``F`` (``F`` has one more column with a plastic bias)."""
         return (self.hidden_size,), (self.hidden_size, self.presynaptic_size + int(self.plastic_bias))
-
-    @property
-    def config(self) -> StpnConfig:
-        return StpnConfig(
-            recurrent=self.recurrent,
-            normalize=self.normalize,
-            clamp=self.clamp,
-            rule=self.rule,
-            norm_time=self.norm_time,
-            lambda_max=self.lambda_max,
-        )
 
     def reset_parameters(self) -> None:
         """The paper's initialisation (the table in ``sb3_stpn/ops/stpn/README.md``, Parameters)."""
@@ -248,16 +237,17 @@ class STPN(nn.Module):
         return outputs, (h, fast)
 
     def extra_repr(self) -> str:
-        variant = "STPNr" if self.recurrent else "STPNf"
-        options = [f"{self.input_size}, {self.hidden_size}", variant, f"normalize={self.normalize}", f"rule={self.rule}"]
-        if self.normalize and self.norm_time != "pre":
-            options.append(f"norm_time={self.norm_time!r}")
+        config = self.config
+        variant = "STPNr" if config.recurrent else "STPNf"
+        options = [f"{self.input_size}, {self.hidden_size}", variant, f"normalize={config.normalize}", f"rule={config.rule}"]
+        if config.normalize and config.norm_time != "pre":
+            options.append(f"norm_time={config.norm_time!r}")
         if self.norm_gain is not None:
             options.append("norm_gain=True")
-        if self.clamp is not None:
-            options.append(f"clamp={self.clamp}")
-        if self.lambda_max is not None:
-            options.append(f"lambda_max={self.lambda_max}")
+        if config.clamp is not None:
+            options.append(f"clamp={config.clamp}")
+        if config.lambda_max is not None:
+            options.append(f"lambda_max={config.lambda_max}")
         if self.scalar_plasticity:
             options.append("scalar_plasticity=True")
         if self.plastic_bias:

@@ -17,12 +17,14 @@ vector (3x3 receptive field, 4 additional inputs of which one is unused, 4 actio
 """
 
 from collections import deque
-from numbers import Integral, Real
+from numbers import Real
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+
+from sb3_stpn.common.utils import check_positive_int, is_integer
 
 # Actions, clockwise from up. (The reference code uses up, down, left, right; the order does not matter to a learner.)
 UP, RIGHT, DOWN, LEFT = 0, 1, 2, 3
@@ -47,11 +49,6 @@ _AGENT_RGB = (30, 90, 220)
 _REWARD_RGB = (40, 180, 60)
 
 Position = tuple[int, int]
-
-
-def _is_int(value: Any) -> bool:
-    """True for integers (Python or NumPy), excluding ``bool``."""
-    return isinstance(value, Integral) and not isinstance(value, bool)
 
 
 def _is_finite_real(value: Any) -> bool:
@@ -93,10 +90,9 @@ class GridMazeEnv(gym.Env[np.ndarray, np.int64]):
         wall_penalty: float = 0.0,
         render_mode: str | None = None,
     ) -> None:
-        if not _is_int(size) or size < 5 or size % 2 == 0:
+        if not is_integer(size) or size < 5 or size % 2 == 0:
             raise ValueError(f"size must be an odd integer >= 5, got {size!r}")
-        if not _is_int(episode_length) or episode_length < 1:
-            raise ValueError(f"episode_length must be a positive integer, got {episode_length!r}")
+        episode_length = check_positive_int(episode_length, "episode_length")
         if not _is_finite_real(reward_value) or reward_value <= 0:
             raise ValueError(f"reward_value must be a finite number > 0, got {reward_value!r}")
         if not _is_finite_real(wall_penalty) or wall_penalty < 0:
@@ -105,7 +101,7 @@ class GridMazeEnv(gym.Env[np.ndarray, np.int64]):
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
 
         self.size = int(size)
-        self.episode_length = int(episode_length)
+        self.episode_length = episode_length
         self.reward_value = float(reward_value)
         self.wall_penalty = float(wall_penalty)
         self.render_mode = render_mode

@@ -21,6 +21,7 @@ import numpy as np
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices
 
+from sb3_stpn.common.utils import check_positive_int
 from sb3_stpn.envs.grid_maze import (
     ACTION_DELTAS,
     N_ACTIONS,
@@ -31,7 +32,6 @@ from sb3_stpn.envs.grid_maze import (
     OBS_SIZE,
     OBS_TIME,
     GridMazeEnv,
-    _is_int,
 )
 
 #: Position, in the 3x3 neighbourhood part of the observation, of the cell each action moves to.
@@ -63,11 +63,10 @@ class GridMazeVecEnv(VecEnv):
         reward_value: float = 10.0,
         wall_penalty: float = 0.0,
     ) -> None:
-        if not _is_int(n_envs) or n_envs < 1:
-            raise ValueError(f"n_envs must be a positive integer, got {n_envs!r}")
+        n_envs = check_positive_int(n_envs, "n_envs")
         # One single maze checks the options and holds the layout, spaces and shortest-path distances
         self.maze = GridMazeEnv(size, episode_length, reward_value, wall_penalty)
-        super().__init__(int(n_envs), self.maze.observation_space, self.maze.action_space)
+        super().__init__(n_envs, self.maze.observation_space, self.maze.action_space)
         size = self.maze.size
         self._action_offsets = np.array([d_row * size + d_col for d_row, d_col in ACTION_DELTAS])
         self._walls = self.maze.walls.ravel()

@@ -6,7 +6,8 @@ import pytest
 import torch as th
 
 from sb3_stpn import STPN
-from sb3_stpn.ops.stpn import DivergedStateError
+from sb3_stpn.common import stpn as stpn_module
+from sb3_stpn.ops.stpn import DivergedStateError, StpnConfig, stpn_sequence
 from tests.ops.stpn.spec import assert_close_by_name, layer_options_id, named_results, spec_sequence
 
 INPUT, HIDDEN, BATCH, STEPS = 3, 5, 4, 6
@@ -79,6 +80,23 @@ INVALID_OPTIONS = [
 def test_invalid_options_are_rejected(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         STPN(**{"input_size": INPUT, "hidden_size": HIDDEN, **kwargs})
+
+
+def test_the_layer_hands_its_one_config_to_every_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    options = {"recurrent": False, "normalize": False, "clamp": 0.4, "rule": "oja", "norm_time": "post", "lambda_max": 0.9}
+    layer = STPN(INPUT, HIDDEN, **options)
+    assert layer.config == StpnConfig(**options)
+    assert (layer.recurrent, layer.lambda_max) == (False, 0.9)
+    handed = []
+
+    def recording(*args, config: StpnConfig, **kwargs):
+        handed.append(config)
+        return stpn_sequence(*args, config=config, **kwargs)
+
+    monkeypatch.setattr(stpn_module, "stpn_sequence", recording)
+    for _ in range(2):
+        layer(th.randn(STEPS, BATCH, INPUT))
+    assert len(handed) == 2 and all(config is layer.config for config in handed)
 
 
 def test_wrong_input_shape_is_rejected() -> None:

@@ -25,6 +25,17 @@ class StpnConfig:
     # If set, weight_lambda and bias_lambda are clamped to at most this in the forward (None: the paper's model)
     lambda_max: float | None = None
 
+    def __post_init__(self) -> None:
+        """Refuse options no path implements, once, where they are given (a layer builds its config once)."""
+        if self.rule not in ("hebbian", "oja"):
+            raise ValueError(f"Unknown plasticity rule {self.rule!r}: use 'hebbian' or 'oja'")
+        if self.norm_time not in ("pre", "post"):
+            raise ValueError(f"Unknown norm_time {self.norm_time!r}: use 'pre' or 'post'")
+        if self.clamp is not None and self.clamp <= 0:
+            raise ValueError(f"clamp must be positive or None, got {self.clamp}")
+        if self.lambda_max is not None and self.lambda_max <= 0:
+            raise ValueError(f"lambda_max must be positive or None, got {self.lambda_max}")
+
 
 class DivergedStateError(ValueError):
     """The fast weights F (or the input) became inf or NaN: the outputs would be garbage from then on."""

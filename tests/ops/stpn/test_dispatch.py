@@ -14,8 +14,7 @@ import torch as th
 from torch.autograd.gradcheck import GradcheckError
 
 from sb3_stpn.common.stpn import STPN
-from sb3_stpn.ops.stpn import KERNEL_ENV, DivergedStateError, StpnConfig, fused_cpp
-from sb3_stpn.ops.stpn import dispatch as stpn_kernel
+from sb3_stpn.ops.stpn import KERNEL_ENV, DivergedStateError, StpnConfig, dispatch, fused_cpp
 from tests.ops.stpn.spec import (
     HIDDEN,
     STEPS,
@@ -178,8 +177,8 @@ def test_fallback_when_the_build_fails(monkeypatch: pytest.MonkeyPatch, caplog: 
         monkeypatch.setenv(KERNEL_ENV, "auto")
         x = th.zeros(2, 1, 3)
         with caplog.at_level(logging.WARNING, logger=fused_cpp.__name__):
-            assert stpn_kernel.kernel_choice(x) == "torch"
-            assert stpn_kernel.kernel_choice(x) == "torch"
+            assert dispatch.kernel_choice(x) == "torch"
+            assert dispatch.kernel_choice(x) == "torch"
         warnings = [r for r in caplog.records if "C++ STPN kernel is unavailable" in r.getMessage()]
         assert len(warnings) == 1
         config = StpnConfig()
@@ -188,7 +187,7 @@ def test_fallback_when_the_build_fails(monkeypatch: pytest.MonkeyPatch, caplog: 
         th.testing.assert_close(run_path(tensors, starts, config)[0], expected[0])
         monkeypatch.setenv(KERNEL_ENV, "cpp")
         with pytest.raises(RuntimeError, match="could not be built"):
-            stpn_kernel.kernel_choice(x)
+            dispatch.kernel_choice(x)
     finally:
         monkeypatch.undo()
         fused_cpp._cpp_ops.cache_clear()
@@ -196,17 +195,17 @@ def test_fallback_when_the_build_fails(monkeypatch: pytest.MonkeyPatch, caplog: 
 
 def test_auto_and_bad_choice(monkeypatch: pytest.MonkeyPatch, cpp_available: bool) -> None:
     monkeypatch.setenv(KERNEL_ENV, "auto")
-    assert stpn_kernel.kernel_choice(th.zeros(1, 1, 1)) == ("cpp" if cpp_available else "torch")
-    assert stpn_kernel.kernel_choice(th.zeros(1, 1, 1, dtype=th.float16)) == "torch"
+    assert dispatch.kernel_choice(th.zeros(1, 1, 1)) == ("cpp" if cpp_available else "torch")
+    assert dispatch.kernel_choice(th.zeros(1, 1, 1, dtype=th.float16)) == "torch"
     monkeypatch.setenv(KERNEL_ENV, "cuda")
     with pytest.raises(ValueError, match=KERNEL_ENV):
-        stpn_kernel.kernel_choice(th.zeros(1, 1, 1))
+        dispatch.kernel_choice(th.zeros(1, 1, 1))
 
 
 def test_checkpoint_interval() -> None:
-    assert stpn_kernel.checkpoint_interval(32, 1) == 32
-    assert stpn_kernel.checkpoint_interval(32, stpn_kernel.SEGMENT_BUDGET_BYTES) == 6
-    assert stpn_kernel.checkpoint_interval(1, 10**12) == 1
+    assert dispatch.checkpoint_interval(32, 1) == 32
+    assert dispatch.checkpoint_interval(32, dispatch.SEGMENT_BUDGET_BYTES) == 6
+    assert dispatch.checkpoint_interval(1, 10**12) == 1
 
 
 def _bad_inputs() -> dict[str, tuple[Callable[[], object], str]]:
@@ -371,23 +370,23 @@ def test_auto_checks_triton_before_trusting_it_and_falls_back_to_torch(
             launches.append(1)
             if fault == "raises":
                 raise RuntimeError("CUDA error: an illegal memory access was encountered")
-            outputs, fast, energy, checkpoints = stpn_kernel.fused_torch.forward(*args, **kwargs)
+            outputs, fast, energy, checkpoints = dispatch.fused_torch.forward(*args, **kwargs)
             return outputs + 1e-3, fast, energy, checkpoints
 
-        backward = staticmethod(stpn_kernel.fused_torch.backward)
+        backward = staticmethod(dispatch.fused_torch.backward)
 
-    backend = stpn_kernel._backend
-    monkeypatch.setattr(stpn_kernel, "_backend", lambda choice: BrokenTriton if choice == "triton" else backend(choice))
-    monkeypatch.setattr(stpn_kernel, "kernel_choice", lambda x: "triton")  # as auto chooses on a CUDA tensor
+    backend = dispatch._backend
+    monkeypatch.setattr(dispatch, "_backend", lambda choice: BrokenTriton if choice == "triton" else backend(choice))
+    monkeypatch.setattr(dispatch, "kernel_choice", lambda x: "triton")  # as auto chooses on a CUDA tensor
     monkeypatch.setenv(KERNEL_ENV, "auto")
-    stpn_kernel._triton_agrees_on.cache_clear()
+    dispatch._triton_agrees_on.cache_clear()
     config = StpnConfig(norm_time="post")
     tensors, starts = make_problem(config, plastic_bias=True, scalar=False, norm_gain=True)
     try:
-        with caplog.at_level(logging.WARNING, logger=stpn_kernel.__name__):
+        with caplog.at_level(logging.WARNING, logger=dispatch.__name__):
             first, again = run_path(tensors, starts, config), run_path(tensors, starts, config)
     finally:
-        stpn_kernel._triton_agrees_on.cache_clear()
+        dispatch._triton_agrees_on.cache_clear()
     (warning,) = [r.getMessage() for r in caplog.records if "failed its check against the torch path" in r.getMessage()]
     assert ("illegal memory access" if fault == "raises" else "outputs: Tensor-likes are not close") in warning
     assert len(launches) == 1  # the check only: both runs took the torch path, and the check ran once

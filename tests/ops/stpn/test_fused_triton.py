@@ -23,8 +23,7 @@ if not CUDA:
 pytest.importorskip("triton")
 
 from sb3_stpn.common.stpn import STPN  # noqa: E402
-from sb3_stpn.ops.stpn import KERNEL_ENV, DivergedStateError, StpnConfig, kernel_choice  # noqa: E402
-from sb3_stpn.ops.stpn import dispatch as stpn_kernel  # noqa: E402
+from sb3_stpn.ops.stpn import KERNEL_ENV, DivergedStateError, StpnConfig, dispatch, kernel_choice  # noqa: E402
 from sb3_stpn.ops.stpn import fused_triton as stpn_triton  # noqa: E402
 from tests.ops.stpn.spec import assert_close_by_name, layer_options_id, named_results, spy_on_backward  # noqa: E402
 
@@ -32,13 +31,13 @@ DEVICE = th.device("cuda" if CUDA else "cpu")
 STEPS, BATCH, INPUTS, HIDDEN = 6, 2, 3, 5
 # Step 3 starts the second checkpoint segment (segments of ceil(sqrt(6)) = 3 steps)
 RESETS = [(2, 0), (3, 1), (5, 0)]
-DEFAULT_BUDGET = stpn_kernel.SEGMENT_BUDGET_BYTES
+DEFAULT_BUDGET = dispatch.SEGMENT_BUDGET_BYTES
 
 
 @pytest.fixture(autouse=True)
 def several_segments(monkeypatch: pytest.MonkeyPatch) -> None:
     """Backward recomputes several checkpoint segments, as at real sequence lengths."""
-    monkeypatch.setattr(stpn_kernel, "SEGMENT_BUDGET_BYTES", 1)
+    monkeypatch.setattr(dispatch, "SEGMENT_BUDGET_BYTES", 1)
 
 
 @pytest.fixture
@@ -178,7 +177,7 @@ def test_float32_close_to_float64(monkeypatch: pytest.MonkeyPatch, options: dict
 
 def test_one_segment(monkeypatch: pytest.MonkeyPatch) -> None:
     """The default budget: the whole sequence is one segment (only F_0 kept)."""
-    monkeypatch.setattr(stpn_kernel, "SEGMENT_BUDGET_BYTES", DEFAULT_BUDGET)
+    monkeypatch.setattr(dispatch, "SEGMENT_BUDGET_BYTES", DEFAULT_BUDGET)
     assert_matches_reference(monkeypatch, segments=1, clamp=0.4, rule="oja", plastic_bias=True)
 
 
@@ -222,18 +221,18 @@ def test_choice_of_the_path(monkeypatch: pytest.MonkeyPatch) -> None:
     assert kernel_choice(types.SimpleNamespace(device=th.device("cuda"), dtype=th.float32)) == "triton"
     assert kernel_choice(types.SimpleNamespace(device=th.device("cuda"), dtype=th.bfloat16)) == "torch"
     # CPU tensors are the C++ kernel's or the torch path's (here without the C++ build), even under the interpreter
-    monkeypatch.setattr(stpn_kernel, "_cpp_ops", lambda: None)
+    monkeypatch.setattr(dispatch, "_cpp_ops", lambda: None)
     assert kernel_choice(th.zeros(1, 1, 1)) == "torch"
 
 
 def test_fallback_when_triton_does_not_import(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.delattr(sb3_stpn.ops.stpn, "fused_triton")
     monkeypatch.setitem(sys.modules, "sb3_stpn.ops.stpn.fused_triton", None)
-    stpn_kernel._triton_ops.cache_clear()
+    dispatch._triton_ops.cache_clear()
     try:
         monkeypatch.setenv(KERNEL_ENV, "auto")
         cuda_tensor = types.SimpleNamespace(device=th.device("cuda"), dtype=th.float32)
-        with caplog.at_level(logging.WARNING, logger=stpn_kernel.__name__):
+        with caplog.at_level(logging.WARNING, logger=dispatch.__name__):
             assert kernel_choice(cuda_tensor) == "torch"
             assert kernel_choice(cuda_tensor) == "torch"
         assert len([r for r in caplog.records if "Triton STPN kernel is unavailable" in r.getMessage()]) == 1
@@ -242,7 +241,7 @@ def test_fallback_when_triton_does_not_import(monkeypatch: pytest.MonkeyPatch, c
             kernel_choice(cuda_tensor)
     finally:
         monkeypatch.undo()
-        stpn_kernel._triton_ops.cache_clear()
+        dispatch._triton_ops.cache_clear()
 
 
 # Compiles both kernels with every option on, as on a GPU: float32, H=64 in tiles of 16 columns on 8 warps
@@ -276,9 +275,9 @@ def test_compiles_for_a_gpu() -> None:
 def test_auto_check_of_triton_passes() -> None:
     """The check auto runs before it trusts Triton, on the real kernels (in the interpreter without CUDA, as in CI)."""
     device = "cuda" if CUDA else "cpu"
-    stpn_kernel._triton_agrees_on.cache_clear()
+    dispatch._triton_agrees_on.cache_clear()
     try:
-        assert stpn_kernel._triton_agrees_on(device, th.float32, StpnConfig(lambda_max=0.5), (False, False))
-        assert stpn_kernel._triton_agrees_on(device, th.float64, StpnConfig(recurrent=False, clamp=0.4), (True, True))
+        assert dispatch._triton_agrees_on(device, th.float32, StpnConfig(lambda_max=0.5), (False, False))
+        assert dispatch._triton_agrees_on(device, th.float64, StpnConfig(recurrent=False, clamp=0.4), (True, True))
     finally:
-        stpn_kernel._triton_agrees_on.cache_clear()
+        dispatch._triton_agrees_on.cache_clear()
