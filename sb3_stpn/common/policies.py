@@ -48,8 +48,27 @@ class StpnActorCriticPolicy(RecurrentActorCriticPolicy):
     The sequence methods (``forward``, ``evaluate_actions``, ...) are inherited: they hand whole
     sequences to :meth:`_process_sequence`, which runs the STPN once per sequence batch.
 
-    Takes every argument of ``ActorCriticPolicy`` (see SB3's docs) plus:
+    The arguments are SB3's ``ActorCriticPolicy``'s, plus the STPN's:
 
+    :param observation_space: Observation space.
+    :param action_space: Action space.
+    :param lr_schedule: Learning rate schedule (could be constant).
+    :param net_arch: The specification of the policy and value networks, on top of the STPN output.
+    :param activation_fn: Activation function of those networks.
+    :param ortho_init: Whether to use orthogonal initialization.
+    :param use_sde: Whether to use State Dependent Exploration.
+    :param log_std_init: Initial value for the log standard deviation.
+    :param full_std: Whether to use (n_features x n_actions) parameters for the std instead of only (n_features,)
+        when using gSDE.
+    :param use_expln: Use ``expln()`` instead of ``exp()`` to ensure a positive standard deviation (cf. the gSDE
+        paper): it keeps the variance above zero and prevents it from growing too fast.
+    :param squash_output: Whether to squash the output with a tanh, which keeps it within bounds when using gSDE.
+    :param features_extractor_class: Features extractor to use (its features feed the STPN).
+    :param features_extractor_kwargs: Keyword arguments to pass to the features extractor.
+    :param share_features_extractor: If True, the features extractor is shared between the policy and value networks.
+    :param normalize_images: Whether to normalize images, dividing by 255.0.
+    :param optimizer_class: The optimizer to use, ``th.optim.Adam`` by default.
+    :param optimizer_kwargs: Additional keyword arguments, excluding the learning rate, to pass to the optimizer.
     :param stpn_hidden_size: Number of STPN neurons ``H``.
     :param shared_stpn: One STPN for actor and critic (the critic's gradient does not reach it).
     :param enable_critic_stpn: A separate STPN for the critic (the default, as for the LSTM).
@@ -149,7 +168,11 @@ class StpnActorCriticPolicy(RecurrentActorCriticPolicy):
         return data
 
     def initial_state(self, n_envs: int) -> RNNStates:
-        """Zero actor and critic states for ``n_envs`` environments, as RecurrentPPO carries them."""
+        """
+        Zero actor and critic states, as RecurrentPPO carries them.
+
+        :param n_envs: Number of environments.
+        """
         actor_state = self._with_layer_axis(self.stpn_actor.initial_state(n_envs))
         critic_state = self._with_layer_axis(self.stpn_critic.initial_state(n_envs)) if self.stpn_critic else actor_state
         return RNNStates(actor_state, critic_state)
@@ -194,7 +217,12 @@ class StpnActorCriticPolicy(RecurrentActorCriticPolicy):
         """
         RecurrentPPO's ``predict`` contract: pass back the returned actor state ``(h, F)`` at the next call.
 
-        ``state=None`` starts every environment from the zero state; ``episode_start`` has one flag per environment.
+        :param observation: A batch of observations, of shape ``(n_envs, *obs_shape)``.
+        :param state: The actor state ``(h, F)`` that the last call returned, or None to start every environment from
+            the zero state.
+        :param episode_start: One flag per environment, True where an episode starts (its state is reset), or None.
+        :param deterministic: Whether to return the most likely action rather than a sample.
+        :return: The actions and the actor state to pass back.
         """
         observation_tensor, _ = self.obs_to_tensor(observation)
         first = next(iter(observation_tensor.values())) if isinstance(observation_tensor, dict) else observation_tensor
@@ -233,7 +261,12 @@ def actor_memory(policy: nn.Module) -> nn.Module | None:
 
 
 class StpnActorCriticCnnPolicy(StpnActorCriticPolicy):
-    """STPN policy for image observations: SB3's NatureCNN features extractor by default."""
+    """
+    STPN policy for image observations: SB3's NatureCNN features extractor by default. The other arguments are
+    :class:`StpnActorCriticPolicy`'s.
+
+    :param features_extractor_class: Features extractor to use.
+    """
 
     def __init__(self, *args, features_extractor_class: type[BaseFeaturesExtractor] = NatureCNN, **kwargs):
         # *args are the leading positional ones: features_extractor_class given there too is Python's TypeError
@@ -241,7 +274,12 @@ class StpnActorCriticCnnPolicy(StpnActorCriticPolicy):
 
 
 class StpnMultiInputActorCriticPolicy(StpnActorCriticPolicy):
-    """STPN policy for Dict observations: SB3's CombinedExtractor by default."""
+    """
+    STPN policy for Dict observations: SB3's CombinedExtractor by default. The other arguments are
+    :class:`StpnActorCriticPolicy`'s.
+
+    :param features_extractor_class: Features extractor to use.
+    """
 
     def __init__(self, *args, features_extractor_class: type[BaseFeaturesExtractor] = CombinedExtractor, **kwargs):
         super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)  # type: ignore[misc]

@@ -184,7 +184,13 @@ class STPN(nn.Module):
     def initial_state(
         self, batch_size: int, device: th.device | str | None = None, dtype: th.dtype | None = None
     ) -> StpnState:
-        """Zero ``(h, F)``, the state at an episode start."""
+        """
+        Zero ``(h, F)``, the state at an episode start.
+
+        :param batch_size: Number of sequences ``B``.
+        :param device: Device of the state (None: the layer's).
+        :param dtype: Dtype of the state (None: the layer's).
+        """
         device = self.weight.device if device is None else device
         dtype = self.weight.dtype if dtype is None else dtype
         h_shape, f_shape = self.state_shape

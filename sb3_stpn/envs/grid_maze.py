@@ -129,7 +129,12 @@ class GridMazeEnv(gym.Env[np.ndarray, np.int64]):
         self._prev_action: int | None = None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-        """Start an episode: agent at the centre, a fresh reward cell drawn with ``self.np_random``."""
+        """
+        Start an episode: agent at the centre, a fresh reward cell drawn with ``self.np_random``.
+
+        :param seed: Seed of ``self.np_random`` (None: keep drawing from it).
+        :param options: Unused (Gymnasium's interface).
+        """
         super().reset(seed=seed)
         self.agent_pos = self.centre
         self.reward_pos = self._reward_candidates[int(self.np_random.integers(len(self._reward_candidates)))]
@@ -141,7 +146,11 @@ class GridMazeEnv(gym.Env[np.ndarray, np.int64]):
         return self._observation(), self._info()
 
     def step(self, action: int | np.integer) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        """Move one cell (or bump into a wall), collect and teleport on reaching the reward, truncate at the time limit."""
+        """
+        Move one cell (or bump into a wall), collect and teleport on reaching the reward, truncate at the time limit.
+
+        :param action: 0 up, 1 right, 2 down, 3 left.
+        """
         if self.agent_pos is None or self.reward_pos is None:
             raise RuntimeError("reset() must be called before step()")
         if not self.action_space.contains(action):

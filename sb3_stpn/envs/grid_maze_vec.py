@@ -113,7 +113,11 @@ class GridMazeVecEnv(VecEnv):
         return self._observations()
 
     def step_async(self, actions: np.ndarray) -> None:
-        """Check and store one action per maze (integers in ``[0, 4)``)."""
+        """
+        Check and store one action per maze.
+
+        :param actions: One integer in ``[0, 4)`` per maze (0 up, 1 right, 2 down, 3 left).
+        """
         if not self._started:
             raise RuntimeError("reset() must be called before step()")
         actions = np.asarray(actions)
@@ -162,19 +166,40 @@ class GridMazeVecEnv(VecEnv):
         """Nothing to release: the mazes are plain arrays."""
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
-        """An option every maze shares (``size``, ``episode_length``, ``walls``, ``render_mode``...), once per index."""
+        """
+        An option every maze shares, once per index.
+
+        :param attr_name: The option (``size``, ``episode_length``, ``walls``, ``render_mode``...).
+        :param indices: The mazes asked about (None: all).
+        """
         return [getattr(self.maze, attr_name)] * len(list(self._get_indices(indices)))
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
-        """Unsupported: the mazes share one set of options, fixed at construction."""
+        """
+        Unsupported: the mazes share one set of options, fixed at construction.
+
+        :param attr_name: The option.
+        :param value: Its new value.
+        :param indices: The mazes asked about (None: all).
+        """
         raise NotImplementedError("GridMazeVecEnv's options are fixed at construction; build a new one to change them")
 
     def env_method(self, method_name: str, *method_args, indices: VecEnvIndices = None, **method_kwargs) -> list[Any]:
-        """Unsupported: there are no per-maze env objects (``shortest_path_actions()`` is the batched oracle)."""
+        """
+        Unsupported: there are no per-maze env objects (``shortest_path_actions()`` is the batched oracle).
+
+        :param method_name: The method.
+        :param indices: The mazes asked about (None: all).
+        """
         raise NotImplementedError("GridMazeVecEnv has no per-maze env objects; call its own methods instead")
 
     def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
-        """No maze is wrapped by a gym wrapper (wrap the whole VecEnv with VecEnv wrappers instead)."""
+        """
+        No maze is wrapped by a gym wrapper (wrap the whole VecEnv with VecEnv wrappers instead).
+
+        :param wrapper_class: The wrapper asked about.
+        :param indices: The mazes asked about (None: all).
+        """
         return [False] * len(list(self._get_indices(indices)))
 
     def _draw_ranks_except(self, mazes: np.ndarray, excluded_ranks: np.ndarray) -> np.ndarray:
@@ -211,7 +236,12 @@ def make_grid_maze_vec_env(
     n_envs: int, seed: int | None = None, monitor_dir: str | None = None, **maze_kwargs: Any
 ) -> VecMonitor:
     """A :class:`GridMazeVecEnv` in a ``VecMonitor`` (episode returns in ``info["episode"]`` for SB3 logging and
-    ``evaluate_policy``; ``monitor_dir`` also gets a ``0.monitor.csv`` as rl_zoo3 writes), seeded for its first reset.
+    ``evaluate_policy``), seeded for its first reset.
+
+    :param n_envs: Number of mazes.
+    :param seed: Seed of the first reset (None: a random one).
+    :param monitor_dir: A folder for the monitor's ``0.monitor.csv``, as rl_zoo3 writes it (None: no file).
+    :param maze_kwargs: The maze's options: ``size``, ``episode_length``, ``reward_value``, ``wall_penalty``.
     """
     filename = None
     if monitor_dir is not None:

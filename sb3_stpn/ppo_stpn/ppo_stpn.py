@@ -43,11 +43,42 @@ class StpnPPO(RecurrentPPO):
     (see :mod:`sb3_stpn.common.buffers`), since ``F`` is ``H x K`` floats per environment.
     Every sequence is replayed whole from that state; the STPN resets itself at episode starts.
 
-    Takes every argument of :class:`sb3_contrib.RecurrentPPO`, plus:
+    The arguments are :class:`sb3_contrib.RecurrentPPO`'s, plus ``sequence_length``:
 
+    :param policy: The policy: ``"MlpStpnPolicy"``, ``"CnnStpnPolicy"``, ``"MultiInputStpnPolicy"`` or an
+        :class:`~sb3_stpn.common.policies.StpnActorCriticPolicy` subclass.
+    :param env: The environment to learn from (if registered in Gymnasium, can be its id).
+    :param learning_rate: The learning rate, a constant or a function of the progress remaining (from 1 to 0).
+    :param n_steps: The number of steps to run for each environment per update (the rollout holds
+        ``n_steps * n_envs`` steps).
+    :param batch_size: Minibatch size, in steps.
+    :param n_epochs: Number of epochs when optimizing the surrogate loss.
+    :param gamma: Discount factor.
+    :param gae_lambda: Factor for the trade-off of bias vs variance of the Generalized Advantage Estimator.
+    :param clip_range: Clipping parameter, a constant or a function of the progress remaining (from 1 to 0).
+    :param clip_range_vf: Clipping parameter for the value function, a constant or a function of the progress
+        remaining; None (default) does not clip the value function. This clipping depends on the reward scaling.
+    :param normalize_advantage: Whether to normalize the advantage.
+    :param ent_coef: Entropy coefficient for the loss.
+    :param vf_coef: Value function coefficient for the loss.
+    :param max_grad_norm: The maximum value for the gradient clipping.
+    :param use_sde: Whether to use generalized State Dependent Exploration (gSDE) instead of action noise.
+    :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE; -1 (default) samples only at
+        the beginning of the rollout.
+    :param target_kl: Limit the KL divergence between updates (the clipping alone may not prevent large updates);
+        None (default): no limit.
     :param sequence_length: Length of the training sequences (truncated BPTT window);
         None (default) uses the whole rollout, ``n_steps``. ``batch_size`` still counts steps:
         a minibatch holds ``max(1, batch_size // sequence_length)`` sequences.
+    :param stats_window_size: Number of episodes the logged success rate, episode length and reward are averaged
+        over.
+    :param tensorboard_log: The log location for TensorBoard (None: no logging).
+    :param policy_kwargs: Additional arguments passed to the policy on creation (see
+        :class:`~sb3_stpn.common.policies.StpnActorCriticPolicy`).
+    :param verbose: The verbosity level: 0 no output, 1 info, 2 debug.
+    :param seed: Seed for the pseudo random generators.
+    :param device: Device (cpu, cuda, ...) on which the code should run; ``"auto"`` takes the GPU if there is one.
+    :param _init_setup_model: Whether to build the network at the creation of the instance.
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -181,7 +212,15 @@ class StpnPPO(RecurrentPPO):
         exact_match: bool = True,
         device: th.device | str = "auto",
     ) -> None:
-        """SB3's ``set_parameters``, with a one-line error when the saved tensors do not fit this policy."""
+        """
+        SB3's ``set_parameters``, with a one-line error when the saved tensors do not fit this policy.
+
+        :param load_path_or_dict: A saved model's zip file (path or file-like), or a nested dictionary of state
+            dictionaries by object name (see ``get_parameters``).
+        :param exact_match: Whether the given parameters must include every module and every parameter of each
+            (False updates only those given).
+        :param device: Device on which the parameters are loaded.
+        """
         try:
             super().set_parameters(load_path_or_dict, exact_match=exact_match, device=device)
         except RuntimeError as error:

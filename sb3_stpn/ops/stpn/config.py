@@ -8,21 +8,31 @@ from typing import NamedTuple, Protocol
 
 import torch as th
 
-# Added to the row norms so that an all-zero row does not divide by zero (README.md)
+#: Added to the row norms so that an all-zero row does not divide by zero (README.md)
 NORM_EPS = 1e-16
 
 
 @dataclass(frozen=True)
 class StpnConfig:
-    """The options of the recurrence that are not learned parameters."""
+    """
+    The options of the recurrence that are not learned parameters (:class:`~sb3_stpn.common.stpn.STPN`'s, which
+    says more of each).
+
+    :param recurrent: STPNr: the previous output is presynaptic input too; False: the feed-forward STPNf.
+    :param normalize: Divide each neuron's efficacies by their L2 norm.
+    :param clamp: If set, ``F`` is clamped to ``[-clamp, clamp]`` after every update.
+    :param rule: ``"hebbian"`` or ``"oja"``.
+    :param norm_time: ``"pre"``: divide ``F_{t-1}`` by ``n_t`` before the Hebbian term; ``"post"``: divide the
+        new ``F`` by its own norm.
+    :param lambda_max: If set, ``weight_lambda`` and ``bias_lambda`` are clamped to at most this in the forward
+        (None: the paper's model).
+    """
 
     recurrent: bool = True
     normalize: bool = True
     clamp: float | None = None
     rule: str = "hebbian"
-    # "pre": divide F_{t-1} by n_t before the Hebbian term; "post": divide the new F by its own norm
     norm_time: str = "pre"
-    # If set, weight_lambda and bias_lambda are clamped to at most this in the forward (None: the paper's model)
     lambda_max: float | None = None
 
     def __post_init__(self) -> None:
@@ -41,6 +51,7 @@ class DivergedStateError(ValueError):
     """The fast weights F (or the input) became inf or NaN: the outputs would be garbage from then on."""
 
 
+#: The advice of every :class:`DivergedStateError`: what makes ``F`` diverge and how to bound it
 DIVERGENCE_ADVICE = (
     "the fast weights F became inf or NaN (a decay weight_lambda or bias_lambda above 1 makes F grow without "
     "bound, most of all with normalize=False, a plastic bias or Oja's rule; or the input holds inf/NaN): bound F "
@@ -58,6 +69,14 @@ class StpnParams(NamedTuple):
     """
     The learned tensors of one layer, as every path takes them (README.md, Parameters); ``None`` where the layer
     has none. The field order is the C++ kernel's argument order, so that ``*params`` passes them there.
+
+    :param weight: The slow weights ``W`` (H, K).
+    :param bias: The bias (H,).
+    :param weight_lambda: The decays of ``F`` (H, K), or one scalar for the layer.
+    :param weight_gamma: The plasticity rates (H, K), or one scalar for the layer.
+    :param bias_lambda: The decays of a plastic bias (H,) or scalar, carried as the last column of ``F``.
+    :param bias_gamma: The plasticity rates of a plastic bias (H,) or scalar.
+    :param norm_gain: A learned gain of the norm (H,).
     """
 
     weight: th.Tensor

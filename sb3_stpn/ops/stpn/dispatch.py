@@ -26,8 +26,9 @@ from sb3_stpn.ops.stpn.naive import stpn_sequence_reference
 
 logger = logging.getLogger(__name__)
 
-# Selects the path of stpn_sequence: auto (default), reference, torch, cpp or triton
+#: The environment variable that selects the path of stpn_sequence: one of KERNELS
 KERNEL_ENV = "SB3_STPN_KERNEL"
+#: The paths: auto (the default: the fastest available), reference, torch, cpp or triton
 KERNELS = ("auto", "reference", "torch", "cpp", "triton")
 # Bound on the buffer holding a recomputed checkpoint segment (per thread for cpp, per call for the others)
 SEGMENT_BUDGET_BYTES = 32 * 2**20
@@ -126,7 +127,10 @@ def _requested_kernel() -> str:
 
 def kernel_choice(x: th.Tensor) -> str:
     """The path ``stpn_sequence`` takes for ``x``: ``SB3_STPN_KERNEL``, or for ``auto`` the fastest available (where
-    ``auto`` picks Triton, :func:`stpn_sequence` first checks it against the torch path: see :func:`_triton_agrees`)."""
+    ``auto`` picks Triton, :func:`stpn_sequence` first checks it against the torch path: see :func:`_triton_agrees`).
+
+    :param x: The input the path must take: its device and dtype decide.
+    """
     choice = _requested_kernel()
     cpp_fits = x.device.type == "cpu" and x.dtype in (th.float32, th.float64)
     triton_fits = x.dtype in (th.float32, th.float64) and (
@@ -243,6 +247,12 @@ def stpn_sequence(
     as :func:`~sb3_stpn.ops.stpn.naive.stpn_sequence_reference`. A bad input raises a ``ValueError``
     (:func:`~sb3_stpn.ops.stpn.checks.check_inputs`), an inf or NaN in F a ``DivergedStateError``.
 
+    :param x: Inputs (T, B, I).
+    :param state: ``(h0, F_0)``, as :func:`~sb3_stpn.ops.stpn.naive.stpn_sequence_reference` takes it.
+    :param params: The layer's learned tensors (scalar decays and rates are broadcast here, for every fused path).
+    :param config: The recurrence's options (``lambda_max`` is applied here, so that every path bounds alike).
+    :param episode_starts: (T, B) of 0/1, or None.
+    :param record_energy: Whether to return the energy (T, B) too.
     :return: outputs (T, B, H), final ``h``, final ``F`` and, if asked, energy (T, B).
     """
     if config.lambda_max is not None:

@@ -20,8 +20,14 @@ def stpn_step(
     record_energy: bool = False,
 ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
     """
-    One step of the STPN (README.md, One step): ``x`` (B, I), ``h`` (B, H), ``fast`` (B, H, K[+1]).
+    One step of the STPN (README.md, One step).
 
+    :param x: Inputs (B, I).
+    :param h: The previous outputs (B, H).
+    :param fast: The fast weights ``F`` (B, H, K), with one more column for a plastic bias.
+    :param params: The layer's learned tensors.
+    :param config: The options of the recurrence.
+    :param record_energy: Whether to return the energy too.
     :return: the new ``h``, the new ``F`` and, if asked, the energy per sample (B,).
     """
     weight, bias, weight_lambda, weight_gamma, bias_lambda, bias_gamma, norm_gain = params
@@ -81,6 +87,12 @@ def stpn_sequence_reference(
 
     ``episode_starts`` (T, B) zeroes the state of a row before the step it marks.
 
+    :param x: Inputs (T, B, I).
+    :param state: ``(h0, F_0)``, of shapes (B, H) and (B, H, K), with one more column of ``F`` for a plastic bias.
+    :param params: The layer's learned tensors.
+    :param config: The options of the recurrence.
+    :param episode_starts: (T, B) of 0/1, or None: no resets.
+    :param record_energy: Whether to return the energy per step and sample too.
     :return: outputs (T, B, H), final ``h``, final ``F`` and, if asked, energy (T, B).
     """
     h0, fast0 = state
