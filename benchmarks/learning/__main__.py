@@ -13,7 +13,7 @@ from typing import Any
 
 import benchmarks.learning
 from benchmarks.learning.report import write_report
-from benchmarks.learning.runs import RUNS_FILE, finished_job_keys, job_key, read_runs, run_job
+from benchmarks.learning.runs import RUNS_FILE, Job, finished_job_keys, read_runs, run_job
 from benchmarks.learning.variants import POPGYM_TASKS, TASKS, VARIANTS, python_value, variants_for
 
 POPGYM_SUITE = "popgym"  # --tasks popgym: the whole suite
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     steps = parse_steps(args.steps, tasks, QUICK_STEPS if args.quick else DEFAULT_STEPS)
     changes = {"ppo_stpn": parse_changes(args.stpn_hyperparams), "ppo_lstm": parse_changes(args.lstm_hyperparams)}
     jobs = [
-        (task, variant.key, seed, steps[task], n_evals, n_episodes, changes.get(variant.algo, {}), args.plasticity_warmup)
+        Job(task, variant.key, seed, steps[task], n_evals, n_episodes, changes.get(variant.algo, {}), args.plasticity_warmup)
         for task in tasks
         for seed in range(args.first_seed, args.first_seed + seeds)
         for variant in variants_for(task)
@@ -131,9 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     # Resume: the runs a stopped benchmark finished into this --out are kept, not trained again
     finished = finished_job_keys(args.out / RUNS_FILE)
-    todo = [
-        job for job in jobs if job_key(*job[:3], job[6], job[7] if VARIANTS[job[1]].algo == "ppo_stpn" else 0) not in finished
-    ]
+    todo = [job for job in jobs if job.key not in finished]
     if len(todo) < len(jobs):
         print(f"resuming: {len(jobs) - len(todo)} of the {len(jobs)} runs are already in {args.out / RUNS_FILE}", flush=True)
     start = time.perf_counter()

@@ -11,6 +11,7 @@ import json
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,29 @@ from benchmarks.learning.variants import VARIANTS, variant_entry
 RUNS_FILE = "runs.jsonl"
 
 
-def run_job(job: tuple[Any, ...]) -> dict[str, Any]:
-    """:func:`run_one` on one job tuple (what ``Pool.imap`` passes)."""
-    return run_one(*job)
+@dataclass(frozen=True)
+class Job:
+    """One run to train: a model of the comparison on a task with one seed, its budget and its evaluations."""
+
+    task: str
+    model: str  # a key of VARIANTS
+    seed: int
+    steps: int
+    n_evals: int  # evaluations after the one at step 0
+    n_episodes: int  # episodes per evaluation
+    changes: dict[str, Any]  # --stpn-hyperparams or --lstm-hyperparams, for the model's config
+    plasticity_warmup: int = 0  # --plasticity-warmup (STPN rows only)
+
+    @property
+    def key(self) -> str:
+        """:func:`job_key` of the run this job records (which keeps a warmup for the STPN rows only)."""
+        warmup = self.plasticity_warmup if VARIANTS[self.model].algo == "ppo_stpn" else 0
+        return job_key(self.task, self.model, self.seed, self.changes, warmup)
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """:func:`run_one` on one job (what ``Pool.imap`` passes)."""
+    return run_one(job.task, job.model, job.seed, job.steps, job.n_evals, job.n_episodes, job.changes, job.plasticity_warmup)
 
 
 def run_one(
