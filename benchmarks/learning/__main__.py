@@ -14,7 +14,7 @@ from typing import Any
 import benchmarks.learning
 from benchmarks.learning.report import write_report
 from benchmarks.learning.runs import RUNS_FILE, Job, finished_job_keys, read_runs, run_job
-from benchmarks.learning.variants import POPGYM_TASKS, TASKS, VARIANTS, python_value, variants_for
+from benchmarks.learning.variants import POPGYM_TASKS, TASKS, VARIANTS, variants_for
 
 POPGYM_SUITE = "popgym"  # --tasks popgym: the whole suite
 # Steps per run that fit a shared 2-core machine (a few minutes per run); the configs' n_timesteps are 1e5 to 1e7
@@ -54,14 +54,19 @@ def parse_steps(values: list[str] | None, tasks: list[str], defaults: dict[str, 
 
 
 def parse_changes(values: list[str] | None) -> dict[str, Any]:
-    """``--stpn-hyperparams`` or ``--lstm-hyperparams``: ``KEY=VALUE`` pairs with Python values."""
-    changes = {}
+    """``--stpn-hyperparams`` or ``--lstm-hyperparams``: ``KEY=VALUE`` pairs with Python values, read by rl_zoo3's
+    parser of train.py's ``--hyperparams KEY:VALUE``, so that a value means here what it means there."""
+    from rl_zoo3.utils import StoreDict
+
+    pairs = []
     for value in values or []:
         key, separator, text = value.partition("=")
         if not separator:
             raise SystemExit(f"--stpn-hyperparams and --lstm-hyperparams take KEY=VALUE, got {value!r}")
-        changes[key] = python_value(text)
-    return changes
+        pairs.append(f"{key}:{text}")
+    parsed = argparse.Namespace()
+    StoreDict(option_strings=[], dest="changes")(parser=None, namespace=parsed, values=pairs)  # it reads no parser
+    return parsed.changes
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -80,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         default=None,
         metavar="KEY=VALUE",
-        help="changes to the STPN's zoo entry for tuning experiments, values in Python, dicts merged into the entry's "
+        help="changes to the STPN's zoo entry for tuning experiments, values in Python, as train.py's --hyperparams: "
+        "policy_kwargs and their stpn_kwargs merged into the entry's, other keys replaced "
         "(e.g. learning_rate=3e-4 'policy_kwargs=dict(stpn_kwargs=dict(clamp=1.0))'); the STPN rows name them",
     )
     parser.add_argument(

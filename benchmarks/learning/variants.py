@@ -24,6 +24,8 @@ POPGYM_TASKS = (
 
 # Policy kwargs that only the STPN policies take (dropped for the memory-less MLP PPO)
 STPN_ONLY_KWARGS = ("stpn_hidden_size", "stpn_kwargs", "enable_critic_stpn", "shared_stpn")
+# What the STPN's twin changes in the entry's stpn_kwargs
+PLASTICITY_OFF = {"plastic": False, "plastic_bias": False}
 
 
 @dataclass(frozen=True)
@@ -51,49 +53,50 @@ def variants_for(task: str) -> list[Variant]:
     return [STPN, STPN_TWIN, LSTM_PARAMS, LSTM_HIDDEN, *([MLP] if task == "InvertedPendulum-v5" else [])]
 
 
-def python_value(text: str) -> Any:
-    """A config value written as Python, e.g. ``dict(activation_fn=nn.ReLU)``, evaluated as rl_zoo3 does."""
-    from torch import nn
-
-    return eval(text, {"dict": dict, "nn": nn})
-
-
-def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """``base`` updated with ``changes``, recursing into dicts both have (e.g. ``stpn_kwargs`` in ``policy_kwargs``)."""
-    result = dict(base)
-    for key, value in changes.items():
-        both_dicts = isinstance(value, dict) and isinstance(result.get(key), dict)
-        result[key] = merged(result[key], value) if both_dicts else value
-    return result
-
-
 def zoo_entry(config: str, task: str) -> dict[str, Any]:
-    """The zoo config entry of ``task`` with ``policy_kwargs`` evaluated to a dict (as rl_zoo3 does)."""
+    """The zoo config entry of ``task`` with ``policy_kwargs`` evaluated to a dict (in rl_zoo3's namespace, as it does)."""
+    import rl_zoo3.exp_manager
+
     from sb3_stpn.zoo import CONFIG_DIR
     from sb3_stpn.zoo.exp_manager import load_config_entry
 
     entry = dict(load_config_entry(CONFIG_DIR / f"{config}.yml", task, is_atari=False))
     kwargs = entry.get("policy_kwargs") or {}
-    entry["policy_kwargs"] = dict(python_value(kwargs) if isinstance(kwargs, str) else kwargs)
+    entry["policy_kwargs"] = dict(eval(kwargs, vars(rl_zoo3.exp_manager)) if isinstance(kwargs, str) else kwargs)
     return entry
+
+
+def with_changes(entry: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """
+    ``changes`` on top of ``entry`` as the zoo puts ``--hyperparams`` on a config entry: each key replaced, except
+    ``policy_kwargs``, merged into the entry's by the zoo's :func:`~sb3_stpn.zoo.hyperparams_opt.merge_policy_kwargs`
+    (``stpn_kwargs`` key by key too).
+    """
+    from sb3_stpn.zoo.hyperparams_opt import merge_policy_kwargs
+
+    result = {**entry, **changes}
+    if "policy_kwargs" in changes:
+        result["policy_kwargs"] = merge_policy_kwargs(entry["policy_kwargs"], changes["policy_kwargs"])
+    return result
 
 
 def variant_entry(variant: Variant, task: str, steps: int, changes: dict[str, Any] | None = None) -> dict[str, Any]:
     """
     The hyperparameters ``variant`` trains with on ``task``: its zoo entry with only the documented changes.
 
-    ``changes`` (``--stpn-hyperparams`` or ``--lstm-hyperparams``, for tuning experiments) are merged into the entry.
+    ``changes`` (``--stpn-hyperparams`` or ``--lstm-hyperparams``, for tuning experiments) go on top of the entry as
+    train.py's ``--hyperparams`` would (:func:`with_changes`).
     """
     entry = zoo_entry(variant.config, task)
     entry["n_timesteps"] = steps
     if changes:
-        entry = merged(entry, changes)
+        entry = with_changes(entry, changes)
     if task in POPGYM_TASKS:
         register_popgym()  # Autoencode's Tuple observation: the default entry's policy: auto flattens it
     if variant.equal_hidden:
         entry["policy_kwargs"]["lstm_hidden_size"] = stpn_hidden_size(task)
     if variant.twin:
-        entry["policy_kwargs"] = merged(entry["policy_kwargs"], {"stpn_kwargs": {"plastic": False, "plastic_bias": False}})
+        entry = with_changes(entry, {"policy_kwargs": {"stpn_kwargs": PLASTICITY_OFF}})
     if variant.mlp:
         entry["policy"] = "MlpPolicy"
         entry.pop("sequence_length", None)
