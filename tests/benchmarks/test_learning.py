@@ -12,30 +12,27 @@ import numpy as np
 import pytest
 import torch as th
 
-from benchmarks.learning import (
+from benchmarks.learning.__main__ import expand_tasks, main, parse_changes, parse_steps
+from benchmarks.learning.callbacks import make_plasticity_warmup_callback
+from benchmarks.learning.references import minigrid_memory_returns, reference_returns
+from benchmarks.learning.report import diagnostics_table
+from benchmarks.learning.runs import run_one
+from benchmarks.learning.stats import (
+    area_under_curve,
+    area_within,
+    equal_time_budget,
+    max_mean_episodic_return,
+    mean_std,
+    seed_band,
+)
+from benchmarks.learning.suite import suite_scores, suite_table
+from benchmarks.learning.variants import (
     LSTM_HIDDEN,
     LSTM_PARAMS,
     MLP,
     POPGYM_TASKS,
     STPN,
     STPN_TWIN,
-    area_under_curve,
-    area_within,
-    diagnostics_table,
-    equal_time_budget,
-    expand_tasks,
-    main,
-    make_plasticity_warmup_callback,
-    max_mean_episodic_return,
-    mean_std,
-    minigrid_memory_returns,
-    parse_changes,
-    parse_steps,
-    reference_returns,
-    run_one,
-    seed_band,
-    suite_scores,
-    suite_table,
     variant_entry,
     zoo_entry,
 )
