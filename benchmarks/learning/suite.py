@@ -47,14 +47,21 @@ def suite_scores(runs: list[dict[str, Any]], bootstrap_reps: int = 2000) -> dict
         groups = [all_tasks[task] for task in tasks]
         seeds = min(len(group) for group in groups)
         mmer = np.array([[max_mean_episodic_return(group[i]) for group in groups] for i in range(seeds)])
-        with warnings.catch_warnings():  # rliable hands arch a RandomState, which arch deprecates
-            warnings.simplefilter("ignore", FutureWarning)
-            estimates, intervals = library.get_interval_estimates(
-                {label: mmer},
-                lambda scores: np.array([metrics.aggregate_mean(scores), metrics.aggregate_iqm(scores)]),
-                reps=bootstrap_reps,
-                random_state=np.random.RandomState(0),
-            )
+        # rliable's stratified bootstrap draws its indices from NumPy's global generator, whatever random_state
+        # says, so the intervals are reproducible only with that generator seeded (and restored afterwards)
+        global_state = np.random.get_state()
+        np.random.seed(0)
+        try:
+            with warnings.catch_warnings():  # rliable hands arch a RandomState, which arch deprecates
+                warnings.simplefilter("ignore", FutureWarning)
+                estimates, intervals = library.get_interval_estimates(
+                    {label: mmer},
+                    lambda scores: np.array([metrics.aggregate_mean(scores), metrics.aggregate_iqm(scores)]),
+                    reps=bootstrap_reps,
+                    random_state=np.random.RandomState(0),
+                )
+        finally:
+            np.random.set_state(global_state)
         scores[label] = SuiteScore(
             tasks=len(tasks),
             seeds=seeds,

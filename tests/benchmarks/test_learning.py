@@ -259,6 +259,21 @@ def test_suite_table_aggregates_mmer_over_tasks_and_seeds() -> None:
     assert [row.split("|")[2].strip() for row in rows] == ["2", "2"] and rows[0].split("|")[4].strip() == "0.55"
 
 
+def test_suite_intervals_do_not_depend_on_numpy_global_generator() -> None:
+    """rliable's bootstrap draws from NumPy's global generator, whatever random_state it is given."""
+    runs = [
+        {"task": task, "model": "stpn", "seed": seed, "changes": {}, "hidden_size": 8,
+         "curve": [{"timesteps": 0, "return_sampled": -1.0}, {"timesteps": 10, "return_sampled": np.sin(seed + 3 * index)}]}
+        for index, task in enumerate(POPGYM_TASKS[:3]) for seed in range(6)
+    ]  # fmt: skip
+    intervals = []
+    for global_seed in (1, 2):
+        np.random.seed(global_seed)
+        (score,) = suite_scores(runs, bootstrap_reps=100).values()
+        intervals.append(score.intervals)
+    assert np.array_equal(*intervals) and np.ptp(intervals[0]) > 0.1
+
+
 def test_popgym_task_runs_through_the_default_entries(tmp_path: Path) -> None:
     """The suite runs through both configs' default entries as they are (Autoencode's Tuple observation is flattened
     by their policy: auto, for every model alike)."""
