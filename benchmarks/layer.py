@@ -1,5 +1,6 @@
 """
-Time the STPN layer on each kernel path against ``torch.nn.LSTM``; print a markdown table, write JSON.
+Time the STPN layer on each kernel path against ``torch.nn.LSTM``, and the peak memory a call allocates; print a
+markdown table, write JSON.
 
 Training cases time forward + backward of a whole (T, B) batch; rollout cases (T=1) time one forward
 step without grad. LSTMs are timed at the STPN's hidden size and at an equal parameter count (on CUDA
@@ -17,7 +18,8 @@ Bytes the fused kernels move per sample and step, with S = H * K elements of F a
 The implied bandwidth (bytes / time) sits next to the device's copy bandwidth, measured on a large
 tensor in the same run.
 
-Usage: ``python -m benchmarks.layer [--device cpu|cuda] [--threads 1] [--quick] [--out benchmarks/results/layer.json]``
+Usage: ``python -m benchmarks.layer [--device cpu|cuda] [--threads 1] [--quick] [--paths torch cpp]
+[--out benchmarks/results/layer.json]``
 """
 
 import argparse
@@ -30,6 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch as th
+from torch._C._profiler import _EventType
+from torch.profiler import ProfilerActivity, profile
 
 from sb3_stpn.common.stpn import STPN
 from sb3_stpn.ops.stpn import KERNEL_ENV, cpp_kernel_available, triton_kernel_available
@@ -68,6 +72,34 @@ def timings(fn: Callable[[], None], repeats: int, device: th.device) -> list[flo
         synchronize()
         result.append(time.perf_counter() - start)
     return result
+
+
+def peak_memory(fn: Callable[[], None], device: th.device) -> int:
+    """
+    Bytes of ``device`` memory one call of ``fn`` holds at its peak, beyond what was allocated before it: on CUDA the
+    allocator's statistics; on CPU, which keeps none, the allocations and frees a memory profile of the call records.
+    """
+    if device.type == "cuda":
+        th.cuda.synchronize()
+        before = th.cuda.memory_allocated(device)
+        th.cuda.reset_peak_memory_stats(device)
+        fn()
+        th.cuda.synchronize()
+        return th.cuda.max_memory_allocated(device) - before
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as memory_profile:
+        fn()
+    # The event tree is torch's private record (the public events fold allocations into the ops that made them)
+    events, changes = list(memory_profile.profiler.kineto_results.experimental_event_tree()), []
+    while events:
+        event = events.pop()
+        events.extend(event.children)
+        if event.tag == _EventType.Allocation and event.extra_fields.device.type == device.type:
+            changes.append((event.start_time_ns, event.extra_fields.alloc_size))
+    held = peak = 0
+    for _, size in sorted(changes):
+        held += size
+        peak = max(peak, held)
+    return peak
 
 
 def copy_bandwidth(repeats: int, megabytes: int, device: th.device) -> float:
@@ -114,16 +146,19 @@ def bench_case(
     lstm_sizes = {"LSTM same H": hidden, "LSTM same params": lstm_hidden_for_params(params, inputs)}
     for name, lstm_hidden in lstm_sizes.items():
         lstm = th.nn.LSTM(inputs, lstm_hidden).to(device)
-        seconds = timings(step_function(lstm, x, train), repeats, device)
-        rows.append({"model": f"{name} (H={lstm_hidden})", "seconds": seconds})
+        run = step_function(lstm, x, train)
+        rows.append(
+            {"model": f"{name} (H={lstm_hidden})", "seconds": timings(run, repeats, device), "peak": peak_memory(run, device)}
+        )
     for path in paths:
         os.environ[KERNEL_ENV] = path
         # The per-step reference loop is slow: fewer repeats
         count = max(2, repeats // 4) if path == "reference" else repeats
-        seconds = timings(step_function(stpn, x, train), count, device)
+        run = step_function(stpn, x, train)
+        seconds = timings(run, count, device)
         traffic = KERNEL_TRAFFIC.get(path)
         kernel_bytes = traffic and 4 * batch * steps * hidden * (inputs + hidden) * traffic[0 if train else 1]
-        rows.append({"model": f"STPN {path}", "seconds": seconds, "bytes": kernel_bytes})
+        rows.append({"model": f"STPN {path}", "seconds": seconds, "bytes": kernel_bytes, "peak": peak_memory(run, device)})
     if not train:
         for row in rows:
             row["seconds"] = [s / ROLLOUT_STEPS for s in row["seconds"]]
@@ -138,20 +173,21 @@ def bench_case(
             vs_lstm_same_h=median / lstm_same,
             vs_lstm_same_params=median / lstm_params,
             gbps=row.get("bytes") and row["bytes"] / median / 1e9,
+            peak_mib=row["peak"] / 2**20,
         )
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| case | model | median ms | min ms | x LSTM same H | x LSTM same params | kernel GB/s |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| case | model | median ms | min ms | x LSTM same H | x LSTM same params | kernel GB/s | peak MiB |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         gbps = f"{r['gbps']:.1f}" if r["gbps"] else ""
         lines.append(
             f"| {r['case']} | {r['model']} | {r['median_ms']:.2f} | {r['min_ms']:.2f} | "
-            f"{r['vs_lstm_same_h']:.2f} | {r['vs_lstm_same_params']:.2f} | {gbps} |"
+            f"{r['vs_lstm_same_h']:.2f} | {r['vs_lstm_same_params']:.2f} | {gbps} | {r['peak_mib']:.1f} |"
         )
     return "\n".join(lines)
 
@@ -162,6 +198,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, few repeats")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument(
+        "--paths", nargs="+", choices=stpn_kernel.KERNELS[1:], help="the STPN paths to time (default: all here)"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/layer.json"))
     args = parser.parse_args()
     th.set_num_threads(args.threads)
@@ -177,6 +216,8 @@ def main() -> None:
         paths = ["reference", "torch"] + (["cpp"] if cpp_kernel_available() else [])
         train_cases, rollout_cases = TRAIN_CASES, ROLLOUT_CASES
         name = f"CPU, {th.get_num_threads()} thread(s)"
+    if args.paths:
+        paths = args.paths
     if args.quick:
         train_cases, rollout_cases = QUICK_TRAIN_CASES, QUICK_ROLLOUT_CASES
     cases = [(c, True) for c in train_cases] + [(c, False) for c in rollout_cases]
