@@ -36,7 +36,7 @@ from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
 from sb3_stpn.common.stpn import STPN
-from sb3_stpn.ops.stpn import KERNEL_ENV, cpp_kernel_available, triton_kernel_available
+from sb3_stpn.ops.stpn import KERNEL_ENV, KERNELS, cpp_kernel_available, triton_kernel_available
 
 TRAIN_CASES = [(256, 32, 4, 64), (8, 128, 512, 128), (64, 32, 32, 64)]
 ROLLOUT_CASES = [(8, 1, 512, 128), (8, 1, 4, 64)]
@@ -198,9 +198,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, few repeats")
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument(
-        "--paths", nargs="+", choices=stpn_kernel.KERNELS[1:], help="the STPN paths to time (default: all here)"
-    )
+    parser.add_argument("--paths", nargs="+", choices=KERNELS[1:], help="the STPN paths to time (default: all here)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/layer.json"))
     args = parser.parse_args()
     th.set_num_threads(args.threads)
