@@ -1,11 +1,11 @@
 """
 Summarise Optuna studies run with ``train.py --optimize``: each study's command, trial counts and top trials.
 
-The studies behind the tuned zoo entries are committed as their journal files (``docs/studies/*.log``,
-rl_zoo3's JournalStorage format); this prints the markdown tables ``docs/history/learning.md`` quotes, so that
+The studies behind the tuned zoo entries are committed as their journal files (``results/studies/*.log``,
+rl_zoo3's JournalStorage format); this prints the markdown tables ``results/history/learning.md`` quotes, so that
 every tuned value can be traced to the trial it came from.
 
-Usage: ``python -m benchmarks.studies docs/studies/*.log [--top 5]``
+Usage: ``python -m benchmarks.studies results/studies/*.log [--top 5]``
 """
 
 import argparse

@@ -309,7 +309,7 @@ def main() -> None:
     parser.add_argument("--eval-steps", type=int, default=EVAL_STEPS, help="replay steps (rl_zoo3.benchmark's -n)")
     parser.add_argument("--report", help="write the table and plots of this --out folder instead of training")
     parser.add_argument("--markdown", default="docs/benchmark_table.md", help="where the report writes its table")
-    parser.add_argument("--plots", default="docs/img", help="where the report writes one plot per env")
+    parser.add_argument("--plots", default="results/img", help="where the report writes one plot per env")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     report(args) if args.report else train(args)

@@ -22,8 +22,7 @@ release = sb3_stpn.__version__
 extensions = ["myst_parser", "sphinx.ext.autodoc", "param_check", "outside_links"]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-# The rounds' results, the Optuna journals and the archive are data that the pages link to, not pages of the site
-exclude_patterns = ["_build", "history", "round7", "round8", "round9", "studies", "img"]
+exclude_patterns = ["_build"]
 
 # Anchors such as plasticity.md#round-8-2026-12-03-minigrid-memorys7-at-400k-steps, as GitHub makes them
 myst_heading_anchors = 4

@@ -1,7 +1,7 @@
 """
 A Sphinx extension for the Markdown pages' links to repository files that are not pages of the site: the project
-README, the op's equations (``sb3_stpn/ops/stpn/README.md``), the changelog, the rounds' tables (``round7/`` ...)
-and the archive (``history/``). MyST takes a link to any ``.md`` file for a link to a page, and warns where there is
+README, the op's equations (``sb3_stpn/ops/stpn/README.md``), the changelog, and the records under ``results/``
+(the rounds' tables, the archive). MyST takes a link to any ``.md`` file for a link to a page, and warns where there is
 none; these become download links instead, so that the site carries a copy of each file and every link leads
 somewhere (a ``#section`` of such a file is dropped: the copy is the raw file).
 """
