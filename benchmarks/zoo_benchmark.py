@@ -15,11 +15,15 @@ replay's Monitor log.
 Usage::
 
     python -m benchmarks.zoo_benchmark --envs CartPoleNoVel-v1 --algos ppo_stpn ppo_lstm --seeds 0 1 2 \
-        --out benchmarks/results/zoo --jobs 2 [--stop-after 170] [--n-timesteps N]
-    python -m benchmarks.zoo_benchmark --report benchmarks/results/zoo --markdown results/benchmark.md
+        --jobs 2 [--stop-after 170] [--n-timesteps N]
+    python -m benchmarks.zoo_benchmark --report results/zoo_benchmark --markdown docs/benchmark_table.md \
+        --agents rl-trained-agents
 
 ``--n-timesteps`` trains a bounded run instead of the entry's budget (the table says so). Progress lives in
-``<out>/<algo>/<env>/seed<k>/progress.json``; the segments' run folders beside it are rl_zoo3's own.
+``<out>/<algo>/<env>/seed<k>/progress.json`` (``--out``: ``results/zoo_benchmark``), beside the segments' rl_zoo3
+run folders, whose models and logs git ignores; the rest (Monitor logs, evaluations, configs) is the record that
+the report reads. ``--agents`` exports each row's best final agent, replayable with
+``python enjoy.py --algo <algo> --env <env> -f rl-trained-agents``.
 """
 
 import argparse
@@ -272,7 +276,7 @@ def report(args: argparse.Namespace) -> None:
             if replayed:
                 pooled = [value for run in replayed for value in run.returns or []]
                 score = f"{np.mean(pooled):.1f} ± {np.std(pooled):.1f}"
-                per_seed = ", ".join(f"{np.mean(run.returns or []):.1f}" for run in replayed)
+                per_seed = ", ".join(f"{replay_mean(run):.1f}" for run in replayed)
                 episodes = "/".join(str(len(run.returns or [])) for run in replayed)
             else:
                 score, per_seed, episodes = "not finished", "", ""
@@ -294,6 +298,36 @@ def report(args: argparse.Namespace) -> None:
         plt.close(figure)
     markdown.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    if args.agents:
+        export_agents(runs, Path(args.agents))
+
+
+# What a replay needs from a run folder (rl_zoo3's layout): the model, the settings and the normalisation statistics
+AGENT_FILES = ("{env}.zip", "{env}/config.yml", "{env}/args.yml", "{env}/vecnormalize.pkl")
+
+
+def export_agents(runs: list[Progress], folder: Path) -> None:
+    """The final agent of each row's best seed, laid out as rl-baselines3-zoo's trained agents
+    (``<algo>/<env>_1/``), and ``benchmark.json`` with what its replay scored."""
+    rows = []
+    for algo, env in sorted({(run.algo, run.env) for run in runs if run.returns}):
+        best = max((run for run in runs if (run.algo, run.env) == (algo, env) and run.returns), key=replay_mean)
+        source, target = run_folder(best.segments[-1], algo, env), folder / algo / f"{env}_1"
+        shutil.rmtree(target, ignore_errors=True)
+        for name in (pattern.format(env=env) for pattern in AGENT_FILES):
+            if (source / name).is_file():
+                (target / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source / name, target / name)
+        returns = best.returns or []
+        rows.append(
+            {"algo": algo, "env": env, "seed": best.seed, "steps": best.steps, "eval_seed": EVAL_SEED,
+             "episodes": len(returns), "returns": returns, "mean": float(np.mean(returns)), "std": float(np.std(returns))}
+        )  # fmt: skip
+    (folder / "benchmark.json").write_text(json.dumps(rows, indent=1))
+
+
+def replay_mean(run: Progress) -> float:
+    return float(np.mean(run.returns or []))
 
 
 def main() -> None:
@@ -301,7 +335,7 @@ def main() -> None:
     parser.add_argument("--envs", nargs="+", default=["CartPoleNoVel-v1"])
     parser.add_argument("--algos", nargs="+", default=["ppo_stpn", "ppo_lstm"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--out", default="benchmarks/results/zoo", help="progress and run folders (resumed)")
+    parser.add_argument("--out", default="results/zoo_benchmark", help="progress and run folders (resumed)")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (one torch thread each)")
     parser.add_argument("--save-freq", type=int, default=50_000, help="steps between checkpoints")
     parser.add_argument("--stop-after", type=float, help="minutes after which running segments save and stop")
@@ -310,6 +344,7 @@ def main() -> None:
     parser.add_argument("--report", help="write the table and plots of this --out folder instead of training")
     parser.add_argument("--markdown", default="docs/benchmark_table.md", help="where the report writes its table")
     parser.add_argument("--plots", default="results/img", help="where the report writes one plot per env")
+    parser.add_argument("--agents", help="with --report: export each row's best final agent into this folder")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     report(args) if args.report else train(args)

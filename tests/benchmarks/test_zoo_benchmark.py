@@ -1,5 +1,6 @@
 """The zoo benchmark resumes a run that died after a checkpoint, with that checkpoint's statistics, and reports it."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -37,9 +38,15 @@ def test_a_run_killed_after_a_checkpoint_resumes_from_it_then_is_replayed(tmp_pa
     # Finished runs are not trained again, and the report has their row and a plot
     assert runner.run("ppo_stpn", ENV, 0) == summary and len(load_runs(out)) == 1
     markdown, plots = tmp_path / "table.md", tmp_path / "img"
-    report = ["zoo_benchmark", "--report", str(out), "--markdown", str(markdown), "--plots", str(plots)]
+    agents = tmp_path / "agents"
+    report = ["zoo_benchmark", "--report", str(out), "--markdown", str(markdown), "--plots", str(plots), "--agents", str(agents)]
     monkeypatch.setattr(sys, "argv", report)
     main()
     (row,) = [line for line in markdown.read_text().splitlines() if line.startswith(f"| {ENV} | ppo_stpn |")]
     assert "2e+03 (bounded) (trained: 2,048)" in row and " | 1/1 | " in row
     assert (plots / f"benchmark_{ENV}.png").stat().st_size > 10_000
+    # The final agent, as rl-baselines3-zoo lays out its trained agents, with what its replay scored
+    agent = agents / "ppo_stpn" / f"{ENV}_1"
+    assert saved_steps(agent / f"{ENV}.zip") == 1024 and (agent / ENV / "vecnormalize.pkl").is_file()
+    (row,) = json.loads((agents / "benchmark.json").read_text())
+    assert (row["algo"], row["env"], row["seed"], row["returns"]) == ("ppo_stpn", ENV, 0, progress.returns)
