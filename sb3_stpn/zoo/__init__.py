@@ -10,7 +10,8 @@ from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER
 from rl_zoo3.utils import ALGOS
 
 from sb3_stpn import StpnPPO
-from sb3_stpn.zoo.exp_manager import CONFIG_DIR, StpnExperimentManager, ZooError
+from sb3_stpn.zoo.errors import ZooError
+from sb3_stpn.zoo.exp_manager import CONFIG_DIR, StpnExperimentManager
 from sb3_stpn.zoo.hyperparams_opt import (
     convert_ppo_lstm_params,
     convert_ppo_stpn_params,

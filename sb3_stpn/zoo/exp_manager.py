@@ -68,6 +68,7 @@ from sb3_stpn.common.callbacks import StpnDiagnosticsCallback
 from sb3_stpn.common.stpn import STPN
 from sb3_stpn.envs import GRID_MAZE_IDS, make_grid_maze_vec_env
 from sb3_stpn.ops.stpn import DivergedStateError
+from sb3_stpn.zoo.errors import ZooError
 from sb3_stpn.zoo.hyperparams_opt import merge_policy_kwargs, tuning_entry
 from sb3_stpn.zoo.saving import checkpoint_vec_normalize_path, load_problem, process_alive
 
@@ -80,10 +81,6 @@ POSITIVE_INTEGERS = ("n_envs", "n_timesteps", "n_steps", "batch_size", "n_epochs
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "zoo_configs"
 # The PostgreSQL advisory lock workers take in turn to create Optuna's tables (any constant, the same in every worker)
 _SCHEMA_LOCK_KEY = 0x5B3_57F0
-
-
-class ZooError(Exception):
-    """A problem with the command line, a config or a saved file; the message is one line naming the fix."""
 
 
 class Interrupted(KeyboardInterrupt):
