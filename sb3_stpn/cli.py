@@ -58,14 +58,9 @@ from sb3_stpn.envs import GRID_MAZE_IDS
 from sb3_stpn.ops.stpn import KERNEL_ENV, kernel_choice
 from sb3_stpn.ppo_stpn.ppo_stpn import warn_if_cuda_is_missing
 from sb3_stpn.zoo import StpnExperimentManager, ZooError
-from sb3_stpn.zoo.exp_manager import (
-    Interrupted,
-    check_trained_agent,
-    default_config,
-    load_config_entry,
-    raising_interrupted,
-)
+from sb3_stpn.zoo.exp_manager import check_trained_agent, default_config, load_config_entry
 from sb3_stpn.zoo.saving import atomic_saves, checkpoint_vec_normalize_path, load_problem
+from sb3_stpn.zoo.signals import Interrupted, raising_interrupted
 
 DEFAULT_ALGO = "ppo_stpn"
 DEFAULT_LOG_FOLDER = "logs"

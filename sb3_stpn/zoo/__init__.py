@@ -11,13 +11,14 @@ from rl_zoo3.utils import ALGOS
 
 from sb3_stpn import StpnPPO
 from sb3_stpn.zoo.errors import ZooError
-from sb3_stpn.zoo.exp_manager import CONFIG_DIR, StpnExperimentManager
+from sb3_stpn.zoo.exp_manager import CONFIG_DIR, StpnExperimentManager, load_config_entry
 from sb3_stpn.zoo.hyperparams_opt import (
     convert_ppo_lstm_params,
     convert_ppo_stpn_params,
     sample_ppo_lstm_params,
     sample_ppo_stpn_params,
 )
+from sb3_stpn.zoo.signals import Interrupted, raising_interrupted
 
 ALGOS["ppo_stpn"] = StpnPPO
 HYPERPARAMS_SAMPLER["ppo_stpn"] = sample_ppo_stpn_params
@@ -25,4 +26,4 @@ HYPERPARAMS_CONVERTER["ppo_stpn"] = convert_ppo_stpn_params
 HYPERPARAMS_SAMPLER["ppo_lstm"] = sample_ppo_lstm_params
 HYPERPARAMS_CONVERTER["ppo_lstm"] = convert_ppo_lstm_params
 
-__all__ = ["CONFIG_DIR", "StpnExperimentManager", "ZooError"]
+__all__ = ["CONFIG_DIR", "Interrupted", "StpnExperimentManager", "ZooError", "load_config_entry", "raising_interrupted"]

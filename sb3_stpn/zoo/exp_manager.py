@@ -32,7 +32,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import socket
 import sys
 import time
@@ -40,7 +39,6 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import gymnasium as gym
@@ -71,6 +69,11 @@ from sb3_stpn.ops.stpn import DivergedStateError
 from sb3_stpn.zoo.errors import ZooError
 from sb3_stpn.zoo.hyperparams_opt import merge_policy_kwargs, tuning_entry
 from sb3_stpn.zoo.saving import checkpoint_vec_normalize_path, load_problem, process_alive
+from sb3_stpn.zoo.signals import (
+    Interrupted,
+    StopOnSignals,
+    raising_interrupted,  # noqa: F401  (benchmarks/learning.py's import, until its split)
+)
 
 AUTO_POLICY = "auto"
 # The env wrapper ``policy: auto`` adds (rl_zoo3 imports wrappers by name, also in enjoy from the saved config)
@@ -81,55 +84,6 @@ POSITIVE_INTEGERS = ("n_envs", "n_timesteps", "n_steps", "batch_size", "n_epochs
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "zoo_configs"
 # The PostgreSQL advisory lock workers take in turn to create Optuna's tables (any constant, the same in every worker)
 _SCHEMA_LOCK_KEY = 0x5B3_57F0
-
-
-class Interrupted(KeyboardInterrupt):
-    """A stop by SIGINT (Ctrl-C) or SIGTERM (a scheduler, ``docker stop``): handled alike, the exit status 128 + signal."""
-
-    def __init__(self, signum: int, outcome: str = "") -> None:
-        """:param outcome: What the stop left, said after the signal's name in the one line the CLI prints."""
-        super().__init__(signal.Signals(signum).name + (f": {outcome}" if outcome else ""))
-        self.signum = signum
-
-
-@contextmanager
-def raising_interrupted(note: Callable[[int], None] | None = None) -> Iterator[None]:
-    """
-    While the block runs, SIGINT and SIGTERM raise :class:`Interrupted` (after ``note(signum)``).
-
-    Python turns only SIGINT into an exception; SIGTERM's default kills the process on the spot, with no
-    model saved and no clean-up. As a KeyboardInterrupt, it takes every path Ctrl-C takes (rl_zoo3 saves the model).
-    """
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        if note is not None:
-            note(signum)
-        raise Interrupted(signum)
-
-    with _stop_signals_handled_by(interrupt):
-        yield
-
-
-@contextmanager
-def signals_held() -> Iterator[list[int]]:
-    """
-    While the block runs, SIGINT and SIGTERM are only recorded, in the list the block gets: a save they would cut
-    short (a model lost, the exit status still saying saved) completes first, and the caller then stops.
-    """
-    received: list[int] = []
-    with _stop_signals_handled_by(lambda signum, frame: received.append(signum)):
-        yield received
-
-
-@contextmanager
-def _stop_signals_handled_by(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
-    """SIGINT and SIGTERM go to ``handler`` while the block runs; the handlers before it are restored after it."""
-    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for signum, before in previous.items():
-            signal.signal(signum, before)
 
 
 class NonFiniteError(ZooError, ValueError):
@@ -230,7 +184,7 @@ def _check_names(given: dict[str, Any], accepted: set[str], what: str, fix: str)
             raise ZooError(f"unknown {what} {name!r}{hint}; {fix}")
 
 
-class StpnExperimentManager(ExperimentManager):
+class StpnExperimentManager(StopOnSignals):
     """rl_zoo3's ExperimentManager, plus ``policy: auto``, name checks, NaN checks and cleanup on failure."""
 
     @property
@@ -243,8 +197,6 @@ class StpnExperimentManager(ExperimentManager):
                     entries, Path(self.config), self.env_name.gym_id, self.is_atari(self.env_name.gym_id)
                 )
         return f"fix the {entry} entry of {self.config} or the --hyperparams override"
-
-    interrupted: int | None = None  # the signal (SIGINT: Ctrl-C, or SIGTERM) that stopped learn
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -264,31 +216,16 @@ class StpnExperimentManager(ExperimentManager):
                 raise ZooError(f"cannot set up {self.algo} on {self.env_name.gym_id} ({message}); {self._fix}") from error
 
     def learn(self, model: BaseAlgorithm) -> None:
-        def note_interrupt(signum: int) -> None:
-            self.interrupted = signum  # rl_zoo3 catches the KeyboardInterrupt raised next and saves the model
-
-        with raising_interrupted(note_interrupt), self._removing_run_folder_on_failure():
+        with self._removing_run_folder_on_failure():
             try:
                 super().learn(model)
-            except Interrupted:
-                pass  # after training (rl_zoo3 catches it during training), closing the envs: noted, the model is saved next
             except DivergedStateError as error:
                 checkpoints = sorted(Path(self.save_path).glob("rl_model_*_steps.zip"), key=os.path.getmtime)
                 kept = f"the last checkpoint, {checkpoints[-1]}, is intact" if checkpoints else "no checkpoint was saved"
                 raise ZooError(f"training diverged at step {model.num_timesteps}: {error}; {kept}") from error
 
-    def save_trained_model(self, model: BaseAlgorithm) -> None:
-        with signals_held() as received:  # a signal now would cut the save short: it waits until the model is saved
-            super().save_trained_model(model)
-        stop = self.interrupted or next(iter(received), None)
-        if stop:
-            raise Interrupted(stop, f"the model is saved in {self.save_path}")  # exit status 128 + signal
-
     def hyperparameters_optimization(self) -> None:
-        def note_interrupt(signum: int) -> None:
-            self.interrupted = signum  # rl_zoo3 catches the KeyboardInterrupt, then reports as if the study had ended
-
-        with self._removing_run_folder_on_failure(), raising_interrupted(note_interrupt):
+        with self._removing_run_folder_on_failure():
             if self.storage is not None and self.study_name is not None:
                 # Create the study (a database's tables too) before rl_zoo3 opens it: workers started together never
                 # race in creating them, and an unusable storage is one error line
@@ -298,16 +235,10 @@ class StpnExperimentManager(ExperimentManager):
                 fail_trials_of_dead_workers(study)
             try:
                 super().hyperparameters_optimization()
-            except (Interrupted, ValueError):
-                # A stop outside the trials (rl_zoo3 catches those inside), or optuna's "No trials are completed yet"
-                if self.interrupted is None:
-                    raise
             except Exception as error:
                 if (lost := _database_lost(error, self.storage)) is None:
                     raise
                 raise lost from error
-        if self.interrupted is not None:
-            raise Interrupted(self.interrupted, "the study keeps the trials that finished")
 
     def _create_sampler(self, sampler_method: str) -> BaseSampler:
         """rl_zoo3's sampler, one for each trial, seeded from ``(--seed, trial number)`` (see :class:`TrialSeededSampler`)."""
@@ -323,10 +254,15 @@ class StpnExperimentManager(ExperimentManager):
 
     @contextmanager
     def _removing_run_folder_on_failure(self) -> Iterator[None]:
-        """Remove this run's freshly made folder, unless a model was saved in it, when anything fails."""
+        """
+        Remove this run's freshly made folder, unless a model was saved in it, when anything fails; a stop that saved
+        what it could (an :class:`Interrupted` saying what it left) is no failure.
+        """
         try:
             yield
-        except BaseException:
+        except BaseException as error:
+            if isinstance(error, Interrupted) and error.outcome:
+                raise
             run_folder = Path(self.save_path)
             if self._claimed_run_folder and run_folder.is_dir() and not any(run_folder.rglob("*.zip")):
                 shutil.rmtree(run_folder)
