@@ -31,7 +31,6 @@ import inspect
 import io
 import json
 import os
-import shutil
 import socket
 import sys
 import time
@@ -68,11 +67,12 @@ from sb3_stpn.envs import GRID_MAZE_IDS, make_grid_maze_vec_env
 from sb3_stpn.ops.stpn import DivergedStateError
 from sb3_stpn.zoo.errors import ZooError
 from sb3_stpn.zoo.hyperparams_opt import merge_policy_kwargs, tuning_entry
+from sb3_stpn.zoo.run_folder import ClaimedRunFolder
 from sb3_stpn.zoo.saving import checkpoint_vec_normalize_path, load_problem, process_alive
 from sb3_stpn.zoo.signals import (
-    Interrupted,
+    Interrupted,  # noqa: F401  (benchmarks/learning.py's import, until its split)
     StopOnSignals,
-    raising_interrupted,  # noqa: F401  (benchmarks/learning.py's import, until its split)
+    raising_interrupted,  # noqa: F401  (likewise)
 )
 
 AUTO_POLICY = "auto"
@@ -184,7 +184,7 @@ def _check_names(given: dict[str, Any], accepted: set[str], what: str, fix: str)
             raise ZooError(f"unknown {what} {name!r}{hint}; {fix}")
 
 
-class StpnExperimentManager(StopOnSignals):
+class StpnExperimentManager(ClaimedRunFolder, StopOnSignals):
     """rl_zoo3's ExperimentManager, plus ``policy: auto``, name checks, NaN checks and cleanup on failure."""
 
     @property
@@ -206,39 +206,36 @@ class StpnExperimentManager(StopOnSignals):
             self.deterministic_eval = False
 
     def setup_experiment(self) -> tuple[BaseAlgorithm, dict[str, Any]] | None:
-        with self._removing_run_folder_on_failure():
-            try:
-                return super().setup_experiment()
-            except ZooError:
-                raise
-            except (AssertionError, ValueError, RuntimeError, TypeError) as error:  # SB3's and torch's argument checks
-                message = " ".join(f"{type(error).__name__}: {error}".split())
-                raise ZooError(f"cannot set up {self.algo} on {self.env_name.gym_id} ({message}); {self._fix}") from error
+        try:
+            return super().setup_experiment()
+        except ZooError:
+            raise
+        except (AssertionError, ValueError, RuntimeError, TypeError) as error:  # SB3's and torch's argument checks
+            message = " ".join(f"{type(error).__name__}: {error}".split())
+            raise ZooError(f"cannot set up {self.algo} on {self.env_name.gym_id} ({message}); {self._fix}") from error
 
     def learn(self, model: BaseAlgorithm) -> None:
-        with self._removing_run_folder_on_failure():
-            try:
-                super().learn(model)
-            except DivergedStateError as error:
-                checkpoints = sorted(Path(self.save_path).glob("rl_model_*_steps.zip"), key=os.path.getmtime)
-                kept = f"the last checkpoint, {checkpoints[-1]}, is intact" if checkpoints else "no checkpoint was saved"
-                raise ZooError(f"training diverged at step {model.num_timesteps}: {error}; {kept}") from error
+        try:
+            super().learn(model)
+        except DivergedStateError as error:
+            checkpoints = sorted(Path(self.save_path).glob("rl_model_*_steps.zip"), key=os.path.getmtime)
+            kept = f"the last checkpoint, {checkpoints[-1]}, is intact" if checkpoints else "no checkpoint was saved"
+            raise ZooError(f"training diverged at step {model.num_timesteps}: {error}; {kept}") from error
 
     def hyperparameters_optimization(self) -> None:
-        with self._removing_run_folder_on_failure():
-            if self.storage is not None and self.study_name is not None:
-                # Create the study (a database's tables too) before rl_zoo3 opens it: workers started together never
-                # race in creating them, and an unusable storage is one error line
-                study = optuna.create_study(
-                    storage=open_storage(self.storage), study_name=self.study_name, direction="maximize", load_if_exists=True
-                )
-                fail_trials_of_dead_workers(study)
-            try:
-                super().hyperparameters_optimization()
-            except Exception as error:
-                if (lost := _database_lost(error, self.storage)) is None:
-                    raise
-                raise lost from error
+        if self.storage is not None and self.study_name is not None:
+            # Create the study (a database's tables too) before rl_zoo3 opens it: workers started together never
+            # race in creating them, and an unusable storage is one error line
+            study = optuna.create_study(
+                storage=open_storage(self.storage), study_name=self.study_name, direction="maximize", load_if_exists=True
+            )
+            fail_trials_of_dead_workers(study)
+        try:
+            super().hyperparameters_optimization()
+        except Exception as error:
+            if (lost := _database_lost(error, self.storage)) is None:
+                raise
+            raise lost from error
 
     def _create_sampler(self, sampler_method: str) -> BaseSampler:
         """rl_zoo3's sampler, one for each trial, seeded from ``(--seed, trial number)`` (see :class:`TrialSeededSampler`)."""
@@ -251,46 +248,6 @@ class StpnExperimentManager(StopOnSignals):
         else:
             return sampler  # optunahub's AutoSampler, seeded by rl_zoo3 alone
         return TrialSeededSampler(make_sampler, self.seed)
-
-    @contextmanager
-    def _removing_run_folder_on_failure(self) -> Iterator[None]:
-        """
-        Remove this run's freshly made folder, unless a model was saved in it, when anything fails; a stop that saved
-        what it could (an :class:`Interrupted` saying what it left) is no failure.
-        """
-        try:
-            yield
-        except BaseException as error:
-            if isinstance(error, Interrupted) and error.outcome:
-                raise
-            run_folder = Path(self.save_path)
-            if self._claimed_run_folder and run_folder.is_dir() and not any(run_folder.rglob("*.zip")):
-                shutil.rmtree(run_folder)
-            raise
-
-    _claimed_run_folder = False  # only a folder this run made is ever removed, never a simultaneous run's
-
-    def create_log_folder(self) -> None:
-        """
-        Claim the run folder with an atomic ``os.mkdir``, taking the next id when it exists.
-
-        rl_zoo3 picks the id (one above the latest run's) when the manager is made, so runs started
-        together picked the same folder, wrote into it together and one model overwrote the other.
-        """
-        Path(self.log_path).mkdir(parents=True, exist_ok=True)
-        number = Path(self.save_path).name.removeprefix(f"{self.env_name}_")
-        digits = len(number) - len(number.lstrip("0123456789"))
-        run_id, uuid_suffix = int(number[:digits]), number[digits:]
-        while True:
-            save_path = os.path.join(self.log_path, f"{self.env_name}_{run_id}{uuid_suffix}")
-            try:
-                os.mkdir(save_path)
-                break
-            except FileExistsError:
-                run_id += 1
-        self.save_path, self.params_path = save_path, f"{save_path}/{self.env_name}"
-        self._claimed_run_folder = True
-        super().create_log_folder()
 
     def read_hyperparameters(self) -> tuple[dict[str, Any], dict[str, Any]]:
         # rl_zoo3 loads a --trial-id only when the id is truthy (never trial 0), and lets a policy_kwargs override replace
