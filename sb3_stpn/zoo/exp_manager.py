@@ -47,13 +47,14 @@ from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
 from stable_baselines3.common.preprocessing import is_image_space
-from stable_baselines3.common.vec_env import VecCheckNan, VecEnv, VecNormalize
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from sb3_stpn.common.callbacks import StpnDiagnosticsCallback
 from sb3_stpn.common.stpn import STPN
 from sb3_stpn.envs import GRID_MAZE_IDS, make_grid_maze_vec_env
 from sb3_stpn.ops.stpn import DivergedStateError
 from sb3_stpn.zoo.errors import ZooError
+from sb3_stpn.zoo.finite import FiniteEnvs
 from sb3_stpn.zoo.hyperparams_opt import merge_policy_kwargs, tuning_entry
 from sb3_stpn.zoo.optuna_studies import SharedStudies
 from sb3_stpn.zoo.run_folder import ClaimedRunFolder
@@ -71,29 +72,6 @@ FIT_OBSERVATION_WRAPPER = "sb3_stpn.zoo.wrappers.fit_observation_to_sb3"
 POSITIVE_INTEGERS = ("n_envs", "n_timesteps", "n_steps", "batch_size", "n_epochs", "sequence_length")
 # The project's configs, <algo>.yml (package data: a checkout and an installed wheel read the same folder)
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "zoo_configs"
-
-
-class NonFiniteError(ZooError, ValueError):
-    """NaN or inf in what the environment returned or the model sent (a ValueError, so Optuna prunes the trial)."""
-
-
-class VecCheckFinite(VecCheckNan):
-    """SB3's VecCheckNan, always raising, with a one-line :class:`NonFiniteError`."""
-
-    _ORIGINS = {"reset": "an environment reset", "step_wait": "an environment step", "step_async": "the model's actions"}
-
-    def __init__(self, venv: VecEnv):
-        super().__init__(venv, raise_exception=True)
-
-    def _check_val(self, event: str, **kwargs: Any) -> None:
-        try:
-            super()._check_val(event, **kwargs)
-        except ValueError as error:
-            found = str(error).split(".\r\n")[0]
-            raise NonFiniteError(
-                f"{found} from {self._ORIGINS[event]}; fix the environment or add an env_wrapper that cleans its "
-                "observations (or lower learning_rate if the model diverged); training stopped"
-            ) from error
 
 
 def default_config(algo: str) -> Path:
@@ -171,7 +149,7 @@ def _check_names(given: dict[str, Any], accepted: set[str], what: str, fix: str)
             raise ZooError(f"unknown {what} {name!r}{hint}; {fix}")
 
 
-class StpnExperimentManager(ClaimedRunFolder, SharedStudies, StopOnSignals):
+class StpnExperimentManager(ClaimedRunFolder, SharedStudies, StopOnSignals, FiniteEnvs):
     """rl_zoo3's ExperimentManager, plus ``policy: auto``, name checks, NaN checks and cleanup on failure."""
 
     @property
@@ -313,8 +291,8 @@ class StpnExperimentManager(ClaimedRunFolder, SharedStudies, StopOnSignals):
         kwargs = self.eval_env_kwargs if eval_env else self.env_kwargs
         try:
             if self.env_name.gym_id in GRID_MAZE_IDS and self.env_wrapper is None:
-                return VecCheckFinite(self._create_grid_maze_envs(n_envs, eval_env, no_log))
-            return VecCheckFinite(super().create_envs(n_envs, eval_env, no_log))
+                return self._create_grid_maze_envs(n_envs, eval_env, no_log)
+            return super().create_envs(n_envs, eval_env, no_log)
         except TypeError as error:
             if not kwargs:
                 raise
