@@ -58,8 +58,9 @@ from sb3_stpn.envs import GRID_MAZE_IDS
 from sb3_stpn.ops.stpn import KERNEL_ENV, kernel_choice
 from sb3_stpn.ppo_stpn.ppo_stpn import warn_if_cuda_is_missing
 from sb3_stpn.zoo import StpnExperimentManager, ZooError
-from sb3_stpn.zoo.exp_manager import check_trained_agent, default_config, load_config_entry
-from sb3_stpn.zoo.saving import atomic_saves, checkpoint_vec_normalize_path, load_problem
+from sb3_stpn.zoo.checkpoints import check_trained_agent, checkpoint_statistics
+from sb3_stpn.zoo.exp_manager import default_config, load_config_entry
+from sb3_stpn.zoo.saving import atomic_saves, load_problem
 from sb3_stpn.zoo.signals import Interrupted, raising_interrupted
 
 DEFAULT_ALGO = "ppo_stpn"
@@ -467,21 +468,18 @@ class CheckpointStatistics:
             }
         if stats_path is None or self.model_path is None or not (hyperparams or {}).get("normalize"):
             return create(stats_path)
-        own = checkpoint_vec_normalize_path(self.model_path)
-        if own is not None and own.is_file():
-            print(f"Loading the VecNormalize statistics saved with the checkpoint: {own}")
-            with tempfile.TemporaryDirectory() as folder:  # create_test_env reads <stats_path>/vecnormalize.pkl
-                shutil.copyfile(own, Path(folder, "vecnormalize.pkl"))
-                return create(folder)
         final = Path(stats_path, "vecnormalize.pkl")
-        if not final.is_file():
+        statistics = checkpoint_statistics(self.model_path, final)
+        if statistics is None:
             raise ZooError(
                 f"no VecNormalize statistics for {self.model_path} (no {final}: the run stopped before saving them); "
                 "enjoy a checkpoint saved with its statistics (--load-checkpoint N) or retrain"
             )
-        if own is not None:
-            print(f"warning: no {own.name} saved with {self.model_path}; using the run's final statistics", file=sys.stderr)
-        return create(stats_path)
+        if statistics == final:
+            return create(stats_path)
+        with tempfile.TemporaryDirectory() as folder:  # create_test_env reads <stats_path>/vecnormalize.pkl
+            shutil.copyfile(statistics, Path(folder, "vecnormalize.pkl"))
+            return create(folder)
 
 
 def _check_enjoy_args(args: argparse.Namespace) -> None:

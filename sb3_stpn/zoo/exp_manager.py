@@ -29,8 +29,6 @@ import difflib
 import inspect
 import io
 import os
-import sys
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,20 +43,20 @@ from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER
 from rl_zoo3.utils import ALGOS
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.preprocessing import is_image_space
-from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_stpn.common.callbacks import StpnDiagnosticsCallback
 from sb3_stpn.common.stpn import STPN
 from sb3_stpn.envs import GRID_MAZE_IDS, make_grid_maze_vec_env
 from sb3_stpn.ops.stpn import DivergedStateError
+from sb3_stpn.zoo.checkpoints import CheckpointsWithStatistics
 from sb3_stpn.zoo.errors import ZooError
 from sb3_stpn.zoo.finite import FiniteEnvs
 from sb3_stpn.zoo.hyperparams_opt import merge_policy_kwargs, tuning_entry
 from sb3_stpn.zoo.optuna_studies import SharedStudies
 from sb3_stpn.zoo.run_folder import ClaimedRunFolder
-from sb3_stpn.zoo.saving import checkpoint_vec_normalize_path, load_problem
 from sb3_stpn.zoo.signals import (
     Interrupted,  # noqa: F401  (benchmarks/learning.py's import, until its split)
     StopOnSignals,
@@ -149,7 +147,7 @@ def _check_names(given: dict[str, Any], accepted: set[str], what: str, fix: str)
             raise ZooError(f"unknown {what} {name!r}{hint}; {fix}")
 
 
-class StpnExperimentManager(ClaimedRunFolder, SharedStudies, StopOnSignals, FiniteEnvs):
+class StpnExperimentManager(ClaimedRunFolder, SharedStudies, StopOnSignals, CheckpointsWithStatistics, FiniteEnvs):
     """rl_zoo3's ExperimentManager, plus ``policy: auto``, name checks, NaN checks and cleanup on failure."""
 
     @property
@@ -278,10 +276,6 @@ class StpnExperimentManager(ClaimedRunFolder, SharedStudies, StopOnSignals, Fini
 
     def create_callbacks(self) -> None:
         super().create_callbacks()
-        for callback in self.callbacks:
-            if isinstance(callback, CheckpointCallback):
-                # The statistics of each checkpoint with it: the final vecnormalize.pkl exists only after a clean end
-                callback.save_vecnormalize = True
         if issubclass(ALGOS[self.algo], RecurrentPPO):
             # Energy (STPN and LSTM alike) and plasticity diagnostics on by default. First in the list:
             # it reads the actor's last forward at each step, which must be the rollout's, not an evaluation's
@@ -335,48 +329,3 @@ class StpnExperimentManager(ClaimedRunFolder, SharedStudies, StopOnSignals, Fini
             return params
         with tuning_entry(self._entry_policy_kwargs()):
             return HYPERPARAMS_CONVERTER[self.algo](params)
-
-    def _maybe_normalize(self, env: VecEnv, eval_env: bool) -> VecEnv:
-        # -i rl_model_<N>_steps.zip: the statistics saved with that checkpoint, where rl_zoo3 reads the run's final
-        # ones (absent after a killed run: normalisation silently restarted from zero)
-        own = checkpoint_vec_normalize_path(self.trained_agent) if self.trained_agent else None
-        if own is not None and own.is_file():
-            print(f"Loading the VecNormalize statistics saved with the checkpoint: {own}")
-            env = VecNormalize.load(str(own), env)
-            if eval_env:
-                env.training = env.norm_reward = False
-            return env
-        final = Path(self.trained_agent).parent / self.env_name / "vecnormalize.pkl"
-        if self.trained_agent and self.normalize and not eval_env:
-            if not final.is_file():
-                print(
-                    f"warning: no VecNormalize statistics saved with {self.trained_agent} (neither {final} nor a "
-                    "checkpoint's rl_model_vecnormalize_<N>_steps.pkl): normalisation restarts from zero",
-                    file=sys.stderr,
-                )
-            elif own is not None:
-                print(
-                    f"warning: no {own.name} saved with {self.trained_agent}; using the run's final statistics",
-                    file=sys.stderr,
-                )
-        return super()._maybe_normalize(env, eval_env)
-
-    def _load_pretrained_agent(self, hyperparams: dict[str, Any], env: VecEnv) -> BaseAlgorithm:
-        try:
-            return super()._load_pretrained_agent(hyperparams, env)
-        except Exception as error:  # a corrupt zip, or one of another algorithm, fails in many ways inside SB3
-            raise ZooError(
-                f"cannot continue from {self.trained_agent} ({type(error).__name__}: {error}); pass -i the .zip of a "
-                f"{self.algo} agent trained on {self.env_name.gym_id} by train.py"
-            ) from error
-
-
-def check_trained_agent(path: str) -> None:
-    """Reject a ``-i`` path that is not an SB3 model zip before any run folder is made."""
-    if not os.path.isfile(path):
-        raise ZooError(f"trained agent {path} not found; pass -i the .zip train.py saved (logs/<algo>/<env>_<id>/<env>.zip)")
-    if not zipfile.is_zipfile(path) or "data" not in zipfile.ZipFile(path).namelist():
-        raise ZooError(f"{path} is not a model saved by SB3 (corrupt or another format); pass -i the .zip saved by train.py")
-    problem = load_problem(path)
-    if problem is not None:  # e.g. truncated by a save that was killed, yet still a zip
-        raise ZooError(f"cannot continue from {path}, which does not load ({problem}); pass -i another checkpoint or run")
