@@ -4,6 +4,10 @@ rl_zoo3 looks algorithms up by name in ``ALGOS`` (train, enjoy, record_video), O
 ``HYPERPARAMS_SAMPLER`` and trial converters in ``HYPERPARAMS_CONVERTER``; ``ppo_stpn`` is added
 to all three, and ``ppo_lstm`` gets the matching learning-rate space (see ``hyperparams_opt``), so
 that both memory models are tuned alike. Importing ``sb3_stpn`` also registers ``GridMaze-v0``.
+
+:class:`StpnExperimentManager` (``exp_manager``) is the project's manager, built from subclasses of rl_zoo3's that each
+repair one thing for any algorithm (``run_folder``, ``optuna_studies``, ``signals``, ``checkpoints``, ``finite``);
+``patches`` is the one place where names of rl_zoo3 and SB3 are replaced, where they offer no public hook.
 """
 
 from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER

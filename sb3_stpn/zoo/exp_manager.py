@@ -1,11 +1,16 @@
-"""rl_zoo3's ExperimentManager with what STPN runs need on top.
+"""rl_zoo3's ExperimentManager for the project: its configs, the STPN and GridMaze, on top of generic repairs.
+
+:class:`StpnExperimentManager` is built from subclasses of rl_zoo3's manager that each repair one thing, for any
+algorithm: :class:`~sb3_stpn.zoo.run_folder.ClaimedRunFolder` (runs started together never share a folder, and a failed
+run leaves none), :class:`~sb3_stpn.zoo.optuna_studies.SharedStudies` (Optuna workers that never crash together or
+repeat each other; ``--trial-id 0``), :class:`~sb3_stpn.zoo.signals.StopOnSignals` (Ctrl-C and SIGTERM save the model,
+then exit 128 + signal), :class:`~sb3_stpn.zoo.checkpoints.CheckpointsWithStatistics` (a checkpoint continues with its
+own VecNormalize statistics) and :class:`~sb3_stpn.zoo.finite.FiniteEnvs` (NaN or inf stops the run). On top of them:
 
 - ``policy: auto`` in a config entry picks the algorithm's Cnn/MultiInput/Mlp policy from the
   environment's observation space, so the ``default`` entry fits any environment.
 - Hyperparameters, policy kwargs and ``stpn_kwargs`` are checked by name before anything is
   built, so a typo gives one line naming the key instead of a traceback from deep inside SB3.
-- Every environment is wrapped to stop on NaN/inf observations or actions instead of silently
-  training on them.
 - GridMaze ids step their ``n_envs`` mazes in one vectorised :class:`~sb3_stpn.envs.GridMazeVecEnv`, and
   are evaluated (during training and in studies) with the sampled policy, as rl_zoo3 does for Atari and MiniGrid.
 - Recurrent PPO runs (``ppo_stpn``, ``ppo_lstm``) log energy and plasticity diagnostics
@@ -13,15 +18,10 @@
 - ``policy: auto`` also adds :func:`~sb3_stpn.zoo.wrappers.fit_observation_to_sb3` to the env
   wrappers: it drops Dict keys SB3 cannot take (a Text mission) and flattens images too small
   for NatureCNN, so that the ``default`` entry fits envs such as MiniGrid's.
-- Errors SB3 raises while the run is set up (e.g. ``n_steps: -5``) become one line naming the fix.
-- A run that fails with any error removes its own fresh, model-less run folder; a run stopped by
-  Ctrl-C or SIGTERM saves its model, then re-raises the interrupt so that the command exits 130 or 143.
-- Each run claims its folder atomically, so that runs started together never share one.
-- A ``policy_kwargs`` override (``--hyperparams``) is merged into the entry's instead of replacing it, and
-  ``--trial-id 0`` is honoured (rl_zoo3 tests the id for truth); a trial the study lacks is one error line.
-- Optuna studies are created before the first trial, a PostgreSQL database's tables under a lock, so that workers
-  started together never crash; a missing driver or an unreachable database is one error line. Workers started
-  alike never repeat each other's trials: each trial's sampler is seeded from ``(seed, trial number)``.
+- Errors SB3 raises while the run is set up (e.g. ``n_steps: -5``), and a config that does not read, become one line
+  naming the fix; a diverged STPN stops the run with one line naming the last intact checkpoint.
+- A ``policy_kwargs`` override (``--hyperparams``) is merged into the entry's, or the ``--trial-id`` trial's, instead
+  of replacing it; the ``ppo_stpn``/``ppo_lstm`` search spaces merge their options into the entry's likewise.
 """
 
 import contextlib
@@ -147,8 +147,10 @@ def _check_names(given: dict[str, Any], accepted: set[str], what: str, fix: str)
             raise ZooError(f"unknown {what} {name!r}{hint}; {fix}")
 
 
+# Where bases override one method (learn, hyperparameters_optimization), each wraps those after it: a failure reaches
+# the run-folder clean-up after the study's handling and the signals' (a stop that saved what it could is no failure)
 class StpnExperimentManager(ClaimedRunFolder, SharedStudies, StopOnSignals, CheckpointsWithStatistics, FiniteEnvs):
-    """rl_zoo3's ExperimentManager, plus ``policy: auto``, name checks, NaN checks and cleanup on failure."""
+    """rl_zoo3's ExperimentManager with the repairs of its bases, plus ``policy: auto``, name checks and GridMaze."""
 
     @property
     def _fix(self) -> str:
