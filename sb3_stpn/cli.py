@@ -15,12 +15,12 @@ meaning. On top of the zoo these commands
 import argparse
 import difflib
 import errno
+import functools
 import importlib
 import importlib.util
 import os
 import pickle
 import re
-import runpy
 import shutil
 import signal
 import sys
@@ -30,7 +30,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
-from unittest import mock
 
 import gymnasium as gym
 import numpy as np
@@ -41,7 +40,6 @@ except ModuleNotFoundError as error:  # a core install: the console scripts impo
     raise SystemExit(
         f'error: {error.name} is not installed: stpn-train and stpn-enjoy need the zoo extra; pip install "sb3-stpn[zoo]"'
     ) from error
-import rl_zoo3.train
 import rl_zoo3.utils
 import torch as th
 import yaml
@@ -58,74 +56,71 @@ from sb3_stpn.envs import GRID_MAZE_IDS
 from sb3_stpn.ops.stpn import KERNEL_ENV, kernel_choice
 from sb3_stpn.ppo_stpn.ppo_stpn import warn_if_cuda_is_missing
 from sb3_stpn.zoo import StpnExperimentManager, ZooError
-from sb3_stpn.zoo.exp_manager import (
-    Interrupted,
-    check_trained_agent,
-    default_config,
-    load_config_entry,
-    raising_interrupted,
-)
-from sb3_stpn.zoo.saving import atomic_saves, checkpoint_vec_normalize_path, load_problem
+from sb3_stpn.zoo.checkpoints import check_trained_agent, checkpoint_statistics
+from sb3_stpn.zoo.exp_manager import default_config, load_config_entry
+from sb3_stpn.zoo.patches import atomic_saves, run_enjoy, run_train
+from sb3_stpn.zoo.saving import load_problem
+from sb3_stpn.zoo.signals import Interrupted, raising_interrupted
 
 DEFAULT_ALGO = "ppo_stpn"
 DEFAULT_LOG_FOLDER = "logs"
 
 
-@contextmanager
-def _zoo_parser(defaults: dict[str, Any], check: Callable[[argparse.Namespace], None]) -> Iterator[None]:
+class ZooArgumentParser(argparse.ArgumentParser):
     """
-    Let the rl_zoo3 script run next parse its own command line, with our ``defaults`` and checks.
+    The parser an rl_zoo3 script builds (:mod:`sb3_stpn.zoo.patches` hands it this class), reading ``argv`` with our
+    ``defaults`` and checks.
 
-    The script's parser is the first one to parse: it gets ``defaults``, reports a bad flag or value
-    as a :class:`ZooError` instead of usage text, and ``check`` completes and validates its result
-    before the script uses it. Not re-declaring the zoo's flags keeps every spelling it accepts.
+    The script declares its own flags, so every spelling the zoo accepts stays; a bad flag or value is a
+    :class:`ZooError` instead of usage text, and ``check`` completes and validates the parsed arguments before the
+    script uses them.
     """
-    parse_args = argparse.ArgumentParser.parse_args
 
-    def parse_zoo_args(
-        parser: argparse.ArgumentParser, args: list[str] | None = None, namespace: argparse.Namespace | None = None
-    ) -> argparse.Namespace:
-        def error(message: str) -> NoReturn:
-            raise ZooError(f"{message}; see {parser.prog} -h")
+    def __init__(
+        self, *args: Any, argv: list[str], defaults: dict[str, Any], check: Callable[[argparse.Namespace], None], **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.argv, self.defaults, self.check = argv, defaults, check
 
-        argparse.ArgumentParser.parse_args = parse_args  # type: ignore[method-assign]  # the script's parser only
-        parser.set_defaults(**defaults)
-        parser.error = error  # type: ignore[method-assign]
-        with mock.patch.object(StoreDict, "__call__", _store_dict):
-            parsed = parse_args(parser, args, namespace)
-        check(parsed)
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self.set_defaults(**self.defaults)  # now that the script declared its flags, whose own defaults these replace
+        parsed = super().parse_args(self.argv if args is None else args, namespace)
+        self.check(parsed)
         return parsed
 
-    argparse.ArgumentParser.parse_args = parse_zoo_args  # type: ignore[method-assign,assignment]
-    try:
-        yield
-    finally:
-        argparse.ArgumentParser.parse_args = parse_args  # type: ignore[method-assign]
+    def error(self, message: str) -> NoReturn:
+        raise ZooError(f"{message}; see {self.prog} -h")
 
 
-_zoo_store_dict = StoreDict.__call__
+def _parser(
+    program: str, argv: list[str], defaults: dict[str, Any], check: Callable[[argparse.Namespace], None]
+) -> Callable[[], ZooArgumentParser]:
+    """What the script calls to build its parser: a :class:`ZooArgumentParser` named ``program``."""
+    return functools.partial(ZooArgumentParser, prog=program, argv=argv, defaults=defaults, check=check)
 
 
-def _store_dict(
-    action: StoreDict, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: Any = None
-) -> None:
+class OneLineStoreDict(StoreDict):
     """rl_zoo3's ``KEY:VALUE`` flags (``--hyperparams``, ``--env-kwargs``, ...; VALUE is evaluated as Python, once, as
     rl_zoo3 does), with a malformed pair reported in one line naming it instead of a traceback from ``eval``."""
-    parsed: dict[str, Any] = {}
-    for pair in values:
-        one = argparse.Namespace()
-        try:
-            if ":" not in pair:
-                raise ValueError("no ':' between KEY and VALUE")
-            _zoo_store_dict(action, parser, one, [pair])
-        except Exception as error:  # eval raises whatever the expression does
-            problem = " ".join(f"{type(error).__name__}: {error}".split())
-            raise ZooError(
-                f"malformed {option_string} value {pair!r} ({problem}); write KEY:VALUE with a Python VALUE, e.g. "
-                'n_steps:128, policy_kwargs:"dict(net_arch=[64])" or env_wrapper:"\'module.Wrapper\'"'
-            ) from error
-        parsed.update(getattr(one, action.dest))
-    setattr(namespace, action.dest, parsed)
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: Any = None
+    ) -> None:
+        parsed: dict[str, Any] = {}
+        for pair in values:
+            one = argparse.Namespace()
+            try:
+                if ":" not in pair:
+                    raise ValueError("no ':' between KEY and VALUE")
+                super().__call__(parser, one, [pair], option_string)
+            except Exception as error:  # eval raises whatever the expression does
+                problem = " ".join(f"{type(error).__name__}: {error}".split())
+                raise ZooError(
+                    f"malformed {option_string} value {pair!r} ({problem}); write KEY:VALUE with a Python VALUE, e.g. "
+                    'n_steps:128, policy_kwargs:"dict(net_arch=[64])" or env_wrapper:"\'module.Wrapper\'"'
+                ) from error
+            parsed.update(getattr(one, self.dest))
+        setattr(namespace, self.dest, parsed)
 
 
 def _check_device(device: str, algo: str) -> None:
@@ -251,13 +246,9 @@ def _check_train_args(args: argparse.Namespace) -> None:
 
 
 def _train(argv: list[str]) -> None:
-    with (
-        atomic_saves(),
-        mock.patch.object(rl_zoo3.train, "ExperimentManager", StpnExperimentManager),
-        _zoo_parser({"algo": DEFAULT_ALGO, "n_timesteps": None}, _check_train_args),
-        _argv("stpn-train", argv),
-    ):
-        rl_zoo3.train.train()
+    parser = _parser("stpn-train", argv, {"algo": DEFAULT_ALGO, "n_timesteps": None}, _check_train_args)
+    with atomic_saves():
+        run_train(parser, OneLineStoreDict, StpnExperimentManager)
 
 
 class EnergyMeter:
@@ -377,7 +368,7 @@ def _latest_model_path(
         ]
         for pick in picks:
             try:
-                found = _zoo_get_model_path(run_id, folder, algo, env_name, **pick)
+                found = rl_zoo3.utils.get_model_path(run_id, folder, algo, env_name, **pick)
             except (AssertionError, ValueError) as run_error:
                 error = error or run_error
                 continue
@@ -394,10 +385,6 @@ def _latest_model_path(
         f"no trained {algo} agent for {env_name} in {folder}{reason}; train one with "
         f"`stpn-train --algo {algo} --env {env_name} -f {folder}` or pass the right -f/--exp-id"
     )
-
-
-_zoo_get_model_path = rl_zoo3.utils.get_model_path
-_zoo_create_test_env = rl_zoo3.utils.create_test_env
 
 
 def _check_saved_settings(stats_folder: Path) -> None:
@@ -452,7 +439,7 @@ class CheckpointStatistics:
         """rl_zoo3's create_test_env (which rl_zoo3.enjoy calls with keywords), with the checkpoint's own statistics."""
 
         def create(stats_path: str | None) -> Any:
-            return self.wrap(_zoo_create_test_env(env_id, stats_path=stats_path, hyperparams=hyperparams, **kwargs))
+            return self.wrap(rl_zoo3.utils.create_test_env(env_id, stats_path=stats_path, hyperparams=hyperparams, **kwargs))
 
         if (
             stats_path is not None
@@ -472,21 +459,18 @@ class CheckpointStatistics:
             }
         if stats_path is None or self.model_path is None or not (hyperparams or {}).get("normalize"):
             return create(stats_path)
-        own = checkpoint_vec_normalize_path(self.model_path)
-        if own is not None and own.is_file():
-            print(f"Loading the VecNormalize statistics saved with the checkpoint: {own}")
-            with tempfile.TemporaryDirectory() as folder:  # create_test_env reads <stats_path>/vecnormalize.pkl
-                shutil.copyfile(own, Path(folder, "vecnormalize.pkl"))
-                return create(folder)
         final = Path(stats_path, "vecnormalize.pkl")
-        if not final.is_file():
+        statistics = checkpoint_statistics(self.model_path, final)
+        if statistics is None:
             raise ZooError(
                 f"no VecNormalize statistics for {self.model_path} (no {final}: the run stopped before saving them); "
                 "enjoy a checkpoint saved with its statistics (--load-checkpoint N) or retrain"
             )
-        if own is not None:
-            print(f"warning: no {own.name} saved with {self.model_path}; using the run's final statistics", file=sys.stderr)
-        return create(stats_path)
+        if statistics == final:
+            return create(stats_path)
+        with tempfile.TemporaryDirectory() as folder:  # create_test_env reads <stats_path>/vecnormalize.pkl
+            shutil.copyfile(statistics, Path(folder, "vecnormalize.pkl"))
+            return create(folder)
 
 
 def _check_enjoy_args(args: argparse.Namespace) -> None:
@@ -512,27 +496,18 @@ def _enjoy(argv: list[str]) -> None:
     script = "rl_zoo3.record_video" if record else "rl_zoo3.enjoy"
     statistics = CheckpointStatistics(meter.watch)
     received: list[int] = []
-    with (
-        raising_interrupted(received.append),  # rl_zoo3's enjoy catches the KeyboardInterrupt and ends as if done
-        mock.patch.object(rl_zoo3.utils, "get_model_path", statistics.get_model_path),
-        mock.patch.object(rl_zoo3.utils, "create_test_env", statistics.create_test_env),
-        mock.patch.object(rl_zoo3, "create_test_env", statistics.create_test_env),
-        mock.patch.dict(ALGOS, {name: MeteredLoader(algo_class, meter) for name, algo_class in ALGOS.items()}),
-        _zoo_parser({"algo": DEFAULT_ALGO, "folder": DEFAULT_LOG_FOLDER}, _check_enjoy_args),
-        _argv("stpn-enjoy", argv),
-    ):
-        # Both scripts import get_model_path, create_test_env and ALGOS from rl_zoo3 when run, so they see the patches
-        sys.modules.pop(script, None)
-        runpy.run_module(script, run_name="__main__")
+    with raising_interrupted(received.append):  # rl_zoo3's enjoy catches the KeyboardInterrupt and ends as if done
+        run_enjoy(
+            script,
+            _parser("stpn-enjoy", argv, {"algo": DEFAULT_ALGO, "folder": DEFAULT_LOG_FOLDER}, _check_enjoy_args),
+            OneLineStoreDict,
+            algos={name: MeteredLoader(algo_class, meter) for name, algo_class in ALGOS.items()},
+            get_model_path=statistics.get_model_path,
+            create_test_env=statistics.create_test_env,
+        )
     meter.report()
     if received:
         raise Interrupted(received[0])
-
-
-@contextmanager
-def _argv(program: str, argv: list[str]) -> Iterator[None]:
-    with mock.patch.object(sys, "argv", [program, *argv]):
-        yield
 
 
 def _run(script: Callable[[list[str]], None], argv: list[str] | None) -> None:

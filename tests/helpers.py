@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from sb3_stpn.zoo.exp_manager import open_storage
+from sb3_stpn.zoo.optuna_studies import open_storage
 
 REPO = Path(__file__).resolve().parents[1]
 # Tiny models: one torch thread each, as the in-process tests (tests/conftest.py)

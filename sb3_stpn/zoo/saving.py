@@ -1,10 +1,11 @@
 """Saves that a kill, Ctrl-C or a full disk cannot leave half-written, and what loaders check before they pick a file.
 
 SB3 writes a model or VecNormalize file in place: a run stopped or out of space mid-save leaves a 0-byte
-or truncated file where the last good one was, which a loader then picks. :func:`atomic_saves` makes
-every save write a temporary file in the same folder, fsync it and rename it over the target, so the
-target is always either the previous complete file or the new one. A save killed outright (SIGKILL, out of
-memory) cannot remove its temporary file; the next save to the same path removes it.
+or truncated file where the last good one was, which a loader then picks. :func:`atomic_write` writes a
+temporary file in the same folder, fsyncs it and renames it over the target, so the target is always
+either the previous complete file or the new one (:func:`sb3_stpn.zoo.patches.atomic_saves` sends SB3's
+saves through it). A save killed outright (SIGKILL, out of memory) cannot remove its temporary file; the
+next save to the same path removes it.
 """
 
 import glob
@@ -13,11 +14,9 @@ import pickle
 import re
 import socket
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
-from unittest import mock
 
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.save_util import load_from_zip_file
@@ -89,7 +88,9 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def _atomic_model_save(save: Callable[..., None]) -> Callable[..., None]:
+def atomic_model_save(save: Callable[..., None]) -> Callable[..., None]:
+    """``save`` (SB3's ``BaseAlgorithm.save``), atomic when it writes to a path."""
+
     def atomic_save(model: BaseAlgorithm, path: Any, *args: Any, **kwargs: Any) -> None:
         if not isinstance(path, (str, os.PathLike)):
             return save(model, path, *args, **kwargs)  # a file object: the caller owns it
@@ -100,19 +101,9 @@ def _atomic_model_save(save: Callable[..., None]) -> Callable[..., None]:
     return atomic_save
 
 
-def _atomic_vec_normalize_save(vec_normalize: VecNormalize, save_path: str) -> None:
+def atomic_vec_normalize_save(vec_normalize: VecNormalize, save_path: str) -> None:
+    """SB3's ``VecNormalize.save``, atomic."""
     atomic_write(save_path, lambda file: pickle.dump(vec_normalize, file))
-
-
-@contextmanager
-def atomic_saves() -> Iterator[None]:
-    """While the block runs, every model save (``BaseAlgorithm.save``: final models, checkpoints, the best model)
-    and every ``VecNormalize.save`` to a path is atomic (see :func:`atomic_write`)."""
-    with (
-        mock.patch.object(BaseAlgorithm, "save", _atomic_model_save(BaseAlgorithm.save)),
-        mock.patch.object(VecNormalize, "save", _atomic_vec_normalize_save),
-    ):
-        yield
 
 
 def load_problem(path: str | os.PathLike[str]) -> str | None:

@@ -14,7 +14,7 @@ from gymnasium import spaces
 from gymnasium.wrappers import FilterObservation, FlattenObservation, TransformObservation
 from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
 
-from sb3_stpn.zoo.exp_manager import ZooError
+from sb3_stpn.zoo.errors import ZooError
 
 SB3_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
 NATURE_CNN_MIN_SIDE = 36  # kernels 8, 4, 3 with strides 4, 2, 1

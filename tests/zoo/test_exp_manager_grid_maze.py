@@ -10,7 +10,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecMonitor, 
 
 from sb3_stpn.envs import GridMazeVecEnv
 from sb3_stpn.zoo import CONFIG_DIR, StpnExperimentManager
-from sb3_stpn.zoo.exp_manager import VecCheckFinite
+from sb3_stpn.zoo.finite import VecCheckFinite
 
 # Small rollouts of whole (short) episodes
 SHRINK = {"n_envs": 4, "n_steps": 50, "sequence_length": 50, "batch_size": 100, "n_epochs": 1}

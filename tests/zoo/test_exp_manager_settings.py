@@ -16,8 +16,8 @@ from optuna.trial import TrialState
 
 from sb3_stpn import StpnPPO
 from sb3_stpn.cli import train_main
-from sb3_stpn.zoo.exp_manager import WORKER_ATTR
 from sb3_stpn.zoo.hyperparams_opt import sample_ppo_stpn_params
+from sb3_stpn.zoo.optuna_studies import WORKER_ATTR
 from tests.helpers import check_one_line_error
 
 ENV = "CartPoleNoVel-v1"

@@ -12,7 +12,6 @@ import yaml
 
 from sb3_stpn.cli import train_main
 from sb3_stpn.zoo import StpnExperimentManager
-from sb3_stpn.zoo.exp_manager import TrialSeededSampler
 from sb3_stpn.zoo.hyperparams_opt import (
     convert_ppo_lstm_params,
     convert_ppo_stpn_params,
@@ -20,6 +19,7 @@ from sb3_stpn.zoo.hyperparams_opt import (
     sample_ppo_stpn_params,
     tuning_entry,
 )
+from sb3_stpn.zoo.optuna_studies import TrialSeededSampler
 from tests.helpers import ENV, ONE_THREAD, check_distinct_trials, run_workers
 
 

@@ -12,7 +12,7 @@ import optuna
 import pytest
 
 from sb3_stpn.cli import train_main
-from sb3_stpn.zoo import ZooError, exp_manager
+from sb3_stpn.zoo import ZooError, optuna_studies
 from tests.conftest import PostgresServer
 from tests.helpers import ENV, ONE_THREAD, PASSWORD, check_distinct_trials, check_one_line_error, free_port, run_workers
 
@@ -96,13 +96,13 @@ def test_a_database_that_stays_away_is_one_line(monkeypatch: pytest.MonkeyPatch)
         def get_trials(self, **kwargs: object) -> list:
             raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.")
 
-    monkeypatch.setattr(exp_manager, "DATABASE_WAIT_S", 0.0)
+    monkeypatch.setattr(optuna_studies, "DATABASE_WAIT_S", 0.0)
     url = "postgresql://stpn:secret@127.0.0.1/optuna"
     with pytest.raises(ZooError, match=r"the Optuna database postgresql://stpn:\*\*\*@127.0.0.1/optuna has been unreachable"):
-        exp_manager.wait_for_storage(GoneStudy(), url)  # type: ignore[arg-type]
+        optuna_studies.wait_for_storage(GoneStudy(), url)  # type: ignore[arg-type]
     # optuna's own cascade: failing to record a failure, it ended in an UnboundLocalError raised while handling that
     cascade = UnboundLocalError("cannot access local variable 'updated_state'")
     cascade.__context__ = optuna.exceptions.StorageInternalError("An exception is raised during the commit.")
-    lost = exp_manager._database_lost(cascade, url)
+    lost = optuna_studies._database_lost(cascade, url)
     assert lost is not None and "lost the Optuna database postgresql://stpn:***@127.0.0.1/optuna" in str(lost)
-    assert exp_manager._database_lost(RuntimeError("unrelated"), url) is None
+    assert optuna_studies._database_lost(RuntimeError("unrelated"), url) is None

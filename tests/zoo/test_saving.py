@@ -14,7 +14,8 @@ import pytest
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_stpn import StpnPPO
-from sb3_stpn.zoo.saving import atomic_saves, atomic_write, checkpoint_vec_normalize_path, load_problem
+from sb3_stpn.zoo.patches import atomic_saves
+from sb3_stpn.zoo.saving import atomic_write, checkpoint_vec_normalize_path, load_problem
 
 REPO = Path(__file__).resolve().parents[2]
 # Saves a good model, then saves it again with torch's tensor writer stalled mid-zip, to be killed there
@@ -22,7 +23,7 @@ KILLED_SAVE = """
 import sys, time
 import torch as th
 from sb3_stpn import StpnPPO
-from sb3_stpn.zoo.saving import atomic_saves
+from sb3_stpn.zoo.patches import atomic_saves
 
 path, atomic = sys.argv[1], sys.argv[2] == "atomic"
 model = StpnPPO("MlpStpnPolicy", "CartPole-v1", n_steps=8, policy_kwargs=dict(stpn_hidden_size=4))

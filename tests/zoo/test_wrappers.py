@@ -11,7 +11,7 @@ from stable_baselines3.common.env_checker import check_env
 
 from sb3_stpn import StpnPPO
 from sb3_stpn.cli import train_main
-from sb3_stpn.zoo.exp_manager import ZooError
+from sb3_stpn.zoo.errors import ZooError
 from sb3_stpn.zoo.wrappers import fit_observation_to_sb3
 
 
