@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         write_report(read_runs(args.report), args.out, f"Runs of {', '.join(map(str, args.report))}", settings)
         return
 
-    from sb3_stpn.zoo.exp_manager import Interrupted, raising_interrupted
+    from sb3_stpn.zoo import Interrupted, raising_interrupted
 
     tasks = expand_tasks(args.tasks or TASKS)
     seeds = args.seeds or (1 if args.quick else 3)

@@ -57,8 +57,7 @@ def zoo_entry(config: str, task: str) -> dict[str, Any]:
     """The zoo config entry of ``task`` with ``policy_kwargs`` evaluated to a dict (in rl_zoo3's namespace, as it does)."""
     import rl_zoo3.exp_manager
 
-    from sb3_stpn.zoo import CONFIG_DIR
-    from sb3_stpn.zoo.exp_manager import load_config_entry
+    from sb3_stpn.zoo import CONFIG_DIR, load_config_entry
 
     entry = dict(load_config_entry(CONFIG_DIR / f"{config}.yml", task, is_atari=False))
     kwargs = entry.get("policy_kwargs") or {}

@@ -49,6 +49,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_stpn.common.callbacks import StpnDiagnosticsCallback
 from sb3_stpn.common.stpn import STPN
+from sb3_stpn.common.utils import check_positive_int
 from sb3_stpn.envs import GRID_MAZE_IDS, make_grid_maze_vec_env
 from sb3_stpn.ops.stpn import DivergedStateError
 from sb3_stpn.zoo.checkpoints import CheckpointsWithStatistics
@@ -57,11 +58,7 @@ from sb3_stpn.zoo.finite import FiniteEnvs
 from sb3_stpn.zoo.hyperparams_opt import merge_policy_kwargs, tuning_entry
 from sb3_stpn.zoo.optuna_studies import SharedStudies
 from sb3_stpn.zoo.run_folder import ClaimedRunFolder
-from sb3_stpn.zoo.signals import (
-    Interrupted,  # noqa: F401  (benchmarks/learning.py's import, until its split)
-    StopOnSignals,
-    raising_interrupted,  # noqa: F401  (likewise)
-)
+from sb3_stpn.zoo.signals import StopOnSignals
 
 AUTO_POLICY = "auto"
 # The env wrapper ``policy: auto`` adds (rl_zoo3 imports wrappers by name, also in enjoy from the saved config)
@@ -238,12 +235,12 @@ class StpnExperimentManager(ClaimedRunFolder, SharedStudies, StopOnSignals, Chec
         if self.n_timesteps <= 0 and "n_timesteps" not in hyperparams:
             raise ZooError(f"no n_timesteps in the {self.env_name.gym_id} entry of {self.config}; add it or pass -n STEPS")
         for name in POSITIVE_INTEGERS:
-            value = hyperparams.get(name)
-            if value is None:
+            if hyperparams.get(name) is None:
                 continue
-            if isinstance(value, bool) or not (isinstance(value, (int, float)) and value >= 1 and value == int(value)):
-                raise ZooError(f"{name} must be a positive integer, got {value!r}; {self._fix}")
-            hyperparams[name] = int(value)  # YAML's 1e5 and 32.0 are floats; SB3 wants ints
+            try:  # YAML's 1e5 and 32.0 are floats; SB3 wants ints
+                hyperparams[name] = check_positive_int(hyperparams[name], name, whole_floats=True)
+            except ValueError as error:
+                raise ZooError(f"{error}; {self._fix}") from None
         hyperparams, env_wrapper, callbacks, vec_env_wrapper = super()._preprocess_hyperparams(hyperparams)
         self._check_hyperparameters(hyperparams)
         return hyperparams, env_wrapper, callbacks, vec_env_wrapper

@@ -39,7 +39,8 @@ def test_a_run_killed_after_a_checkpoint_resumes_from_it_then_is_replayed(tmp_pa
     assert runner.run("ppo_stpn", ENV, 0) == summary and len(load_runs(out)) == 1
     markdown, plots = tmp_path / "table.md", tmp_path / "img"
     agents = tmp_path / "agents"
-    report = ["zoo_benchmark", "--report", str(out), "--markdown", str(markdown), "--plots", str(plots), "--agents", str(agents)]
+    report = ["zoo_benchmark", "--report", str(out), "--markdown", str(markdown), "--plots", str(plots)]
+    report += ["--agents", str(agents)]
     monkeypatch.setattr(sys, "argv", report)
     main()
     (row,) = [line for line in markdown.read_text().splitlines() if line.startswith(f"| {ENV} | ppo_stpn |")]
