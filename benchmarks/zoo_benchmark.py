@@ -73,7 +73,7 @@ class Progress:
     bounded: bool = False
     segments: list[Segment] = field(default_factory=list)
     returns: list[float] | None = None
-    eval_steps: int | None = None
+    lengths: list[int] | None = None
 
     @property
     def steps(self) -> int:
@@ -206,7 +206,7 @@ class Runner:
             subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, check=True)
         episodes = load_results(str(reward_log))
         progress.returns = [float(value) for value in episodes["r"]]
-        progress.eval_steps = int(episodes["l"].sum())
+        progress.lengths = [int(value) for value in episodes["l"]]
         progress.write(path)
 
 
@@ -321,7 +321,7 @@ def export_agents(runs: list[Progress], folder: Path) -> None:
         returns = best.returns or []
         rows.append(
             {"algo": algo, "env": env, "seed": best.seed, "steps": best.steps, "eval_seed": EVAL_SEED,
-             "episodes": len(returns), "returns": returns, "mean": float(np.mean(returns)), "std": float(np.std(returns))}
+             "returns": returns, "lengths": best.lengths, "mean": float(np.mean(returns)), "std": float(np.std(returns))}
         )  # fmt: skip
     (folder / "benchmark.json").write_text(json.dumps(rows, indent=1))
 
