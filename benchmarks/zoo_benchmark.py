@@ -252,6 +252,11 @@ def stitched_curves(progress: Progress) -> tuple[tuple[np.ndarray, np.ndarray], 
     return (joined(sampled_x), joined(sampled_y)), (joined(eval_x), joined(eval_y))
 
 
+def trained_steps(run: Progress) -> str:
+    """The steps a run trained, and in how many segments if it was resumed."""
+    return f"{run.steps:,}" + (f" in {len(run.segments)} segments" if len(run.segments) > 1 else "")
+
+
 def report(args: argparse.Namespace) -> None:
     """The zoo-shaped table (markdown) and one plot of learning curves per env."""
     import matplotlib
@@ -280,7 +285,7 @@ def report(args: argparse.Namespace) -> None:
                 episodes = "/".join(str(len(run.returns or [])) for run in replayed)
             else:
                 score, per_seed, episodes = "not finished", "", ""
-            steps = ", ".join(f"{run.steps:,}" for run in group)
+            steps = ", ".join(trained_steps(run) for run in group)
             label = f"{budget:.0e}" + (" (bounded)" if any(run.bounded for run in group) else "")
             lines.append(
                 f"| {env} | {algo} | {score} | {per_seed} | {label} (trained: {steps}) | {episodes} | "
