@@ -48,6 +48,8 @@ REPO = Path(__file__).resolve().parents[1]
 # rl_zoo3.benchmark's replay: steps, envs, seed
 EVAL_STEPS = 150_000
 EVAL_SEED = 0
+# Training episodes per point of the sampled learning curve (a moving mean)
+EPISODE_WINDOW = 50
 # Seconds left before --stop-after when a segment is asked to stop (its final save needs a moment)
 STOP_MARGIN_S = 60
 
@@ -252,6 +254,11 @@ def stitched_curves(progress: Progress) -> tuple[tuple[np.ndarray, np.ndarray], 
     return (joined(sampled_x), joined(sampled_y)), (joined(eval_x), joined(eval_y))
 
 
+def steps_label(steps: int) -> str:
+    """A budget as rl_zoo3's benchmark table writes it: 100k, 1M."""
+    return f"{steps / 1e6:g}M" if steps >= 1e6 else f"{steps / 1e3:g}k"
+
+
 def trained_steps(run: Progress) -> str:
     """The steps a run trained, and in how many segments if it was resumed."""
     return f"{run.steps:,}" + (f" in {len(run.segments)} segments" if len(run.segments) > 1 else "")
@@ -263,6 +270,7 @@ def report(args: argparse.Namespace) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from stable_baselines3.common.results_plotter import window_func
 
     runs = load_runs(Path(args.report))
     markdown, plots = Path(args.markdown), Path(args.plots)
@@ -286,16 +294,18 @@ def report(args: argparse.Namespace) -> None:
             else:
                 score, per_seed, episodes = "not finished", "", ""
             steps = ", ".join(trained_steps(run) for run in group)
-            label = f"{budget:.0e}" + (" (bounded)" if any(run.bounded for run in group) else "")
+            label = steps_label(budget) + (" (bounded)" if any(run.bounded for run in group) else "")
             lines.append(
                 f"| {env} | {algo} | {score} | {per_seed} | {label} (trained: {steps}) | {episodes} | "
-                f"{len(replayed)}/{len(group)} | {speed:.0f} | {budget / speed / 3600:.1f} |"
+                f"{len(replayed)}/{len(group)} | {speed:.0f} | {budget / speed / 3600:.2f} |"
             )
             color = "C0" if algo == "ppo_stpn" else "C1"
-            for index, curves in enumerate(stitched_curves(run) for run in group):
-                for axis, (x, y) in zip(axes, curves, strict=True):
-                    axis.plot(x, y, color=color, alpha=0.7, label=algo if index == 0 else None)
-        axes[0].set(title=f"{env}: training episodes (sampled)", xlabel="steps", ylabel="return")
+            for index, ((x, y), evaluations) in enumerate(stitched_curves(run) for run in group):
+                if len(x) > EPISODE_WINDOW:  # the training episodes' returns, smoothed as rl_zoo3's plots do
+                    x, y = window_func(x, y, EPISODE_WINDOW, np.mean)
+                for axis, (steps, returns) in zip(axes, ((x, y), evaluations), strict=True):
+                    axis.plot(steps, returns, color=color, alpha=0.7, label=algo if index == 0 else None)
+        axes[0].set(title=f"{env}: training episodes (sampled, mean of {EPISODE_WINDOW})", xlabel="steps", ylabel="return")
         axes[1].set(title="evaluations during training", xlabel="steps")
         axes[1].legend()
         figure.tight_layout()

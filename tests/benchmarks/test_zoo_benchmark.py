@@ -44,7 +44,7 @@ def test_a_run_killed_after_a_checkpoint_resumes_from_it_then_is_replayed(tmp_pa
     monkeypatch.setattr(sys, "argv", report)
     main()
     (row,) = [line for line in markdown.read_text().splitlines() if line.startswith(f"| {ENV} | ppo_stpn |")]
-    assert "2e+03 (bounded) (trained: 2,048 in 2 segments)" in row and " | 1/1 | " in row
+    assert "2.048k (bounded) (trained: 2,048 in 2 segments)" in row and " | 1/1 | " in row
     assert (plots / f"benchmark_{ENV}.png").stat().st_size > 10_000
     # The final agent, as rl-baselines3-zoo lays out its trained agents, with what its replay scored
     agent = agents / "ppo_stpn" / f"{ENV}_1"
