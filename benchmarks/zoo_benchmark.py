@@ -16,8 +16,7 @@ Usage::
 
     python -m benchmarks.zoo_benchmark --envs CartPoleNoVel-v1 --algos ppo_stpn ppo_lstm --seeds 0 1 2 \
         --jobs 2 [--stop-after 170] [--n-timesteps N]
-    python -m benchmarks.zoo_benchmark --report results/zoo_benchmark --markdown docs/benchmark_table.md \
-        --agents rl-trained-agents
+    python -m benchmarks.zoo_benchmark --report results/zoo_benchmark --agents rl-trained-agents
 
 ``--n-timesteps`` trains a bounded run instead of the entry's budget (the table says so). Progress lives in
 ``<out>/<algo>/<env>/seed<k>/progress.json`` (``--out``: ``results/zoo_benchmark``), beside the segments' rl_zoo3
@@ -357,7 +356,7 @@ def main() -> None:
     parser.add_argument("--n-timesteps", type=int, help="a bounded run of N steps instead of the entry's budget")
     parser.add_argument("--eval-steps", type=int, default=EVAL_STEPS, help="replay steps (rl_zoo3.benchmark's -n)")
     parser.add_argument("--report", help="write the table and plots of this --out folder instead of training")
-    parser.add_argument("--markdown", default="docs/benchmark_table.md", help="where the report writes its table")
+    parser.add_argument("--markdown", default="results/zoo_benchmark/table.md", help="where the report writes its table")
     parser.add_argument("--plots", default="results/img", help="where the report writes one plot per env")
     parser.add_argument("--agents", help="with --report: export each row's best final agent into this folder")
     args = parser.parse_args()
