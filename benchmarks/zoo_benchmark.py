@@ -51,6 +51,14 @@ EVAL_SEED = 0
 EPISODE_WINDOW = 50
 # Seconds left before --stop-after when a segment is asked to stop (its final save needs a moment)
 STOP_MARGIN_S = 60
+# Rows that are not rl_zoo3 algorithms: the name, the algorithm it trains, and the --hyperparams it adds to the entry
+# (the STPN's plasticity-free twin: what the plasticity adds or costs at the entry's own budget)
+VARIANTS = {"ppo_stpn_twin": ("ppo_stpn", "policy_kwargs:dict(stpn_kwargs=dict(plastic=False, plastic_bias=False))")}
+
+
+def zoo_algo(row: str) -> str:
+    """The rl_zoo3 algorithm a row trains (``ppo_stpn`` for its twin)."""
+    return VARIANTS[row][0] if row in VARIANTS else row
 
 
 @dataclass
@@ -95,7 +103,7 @@ class Progress:
 
 def run_folder(segment: Segment, algo: str, env: str) -> Path:
     """rl_zoo3's run folder inside a segment's ``-f`` folder (each segment trains one run, so its id is 1)."""
-    return Path(segment.folder, algo, f"{env}_1")
+    return Path(segment.folder, zoo_algo(algo), f"{env}_1")
 
 
 def saved_steps(model_zip: Path) -> int:
@@ -153,8 +161,8 @@ class Runner:
     def train_segment(self, progress: Progress, path: Path) -> None:
         """One train.py invocation: the budget's remaining steps, from the last saved model if there is one."""
         algo, env = progress.algo, progress.env
-        command = [sys.executable, str(REPO / "train.py"), "--algo", algo, "--env", env, "--seed", str(progress.seed)]
-        command += ["--save-freq", str(self.save_freq)]
+        command = [sys.executable, str(REPO / "train.py"), "--algo", zoo_algo(algo), "--env", env]
+        command += ["--seed", str(progress.seed), "--save-freq", str(self.save_freq)]
         if progress.segments:
             last = progress.segments[-1]
             model = latest_model(run_folder(last, algo, env), env)
@@ -162,7 +170,9 @@ class Runner:
                 progress.segments.pop()
             else:
                 last.steps = saved_steps(model)
-                command += ["-i", str(model)]
+                command += ["-i", str(model)]  # the saved policy keeps its settings, the twin's included
+        if algo in VARIANTS and "-i" not in command:
+            command += ["--hyperparams", VARIANTS[algo][1]]
         if progress.budget is not None:
             command += ["-n", str(progress.budget - progress.steps)]
         elif self.n_timesteps is not None:
@@ -200,7 +210,8 @@ class Runner:
         algo, env = progress.algo, progress.env
         reward_log = path.parent / "replay"
         shutil.rmtree(reward_log, ignore_errors=True)  # an earlier replay cut short
-        command = [sys.executable, str(REPO / "enjoy.py"), "--algo", algo, "--env", env, "-f", progress.segments[-1].folder]
+        command = [sys.executable, str(REPO / "enjoy.py"), "--algo", zoo_algo(algo), "--env", env]
+        command += ["-f", progress.segments[-1].folder]
         command += ["--exp-id", "1", "--no-render", "-n", str(self.eval_steps), "--n-envs", "1", "--seed", str(EVAL_SEED)]
         command += ["--verbose", "0", "--reward-log", str(reward_log)]
         with open(path.parent / "replay.log", "w") as log:
@@ -298,7 +309,7 @@ def report(args: argparse.Namespace) -> None:
                 f"| {env} | {algo} | {score} | {per_seed} | {label} (trained: {steps}) | {episodes} | "
                 f"{len(replayed)}/{len(group)} | {speed:.0f} | {budget / speed / 3600:.2f} |"
             )
-            color = "C0" if algo == "ppo_stpn" else "C1"
+            color = {"ppo_stpn": "C0", "ppo_lstm": "C1"}.get(algo, "C2")
             for index, ((x, y), evaluations) in enumerate(stitched_curves(run) for run in group):
                 if len(x) > EPISODE_WINDOW:  # the training episodes' returns, smoothed as rl_zoo3's plots do
                     x, y = window_func(x, y, EPISODE_WINDOW, np.mean)
@@ -322,9 +333,10 @@ AGENT_FILES = ("{env}.zip", "{env}/config.yml", "{env}/args.yml", "{env}/vecnorm
 
 def export_agents(runs: list[Progress], folder: Path) -> None:
     """The final agent of each row's best seed, laid out as rl-baselines3-zoo's trained agents
-    (``<algo>/<env>_1/``), and ``benchmark.json`` with what its replay scored."""
+    (``<algo>/<env>_1/``), and ``benchmark.json`` with what its replay scored; not the twins, which are
+    comparisons, not recipes (``enjoy.py`` knows no ``ppo_stpn_twin``)."""
     rows = []
-    for algo, env in sorted({(run.algo, run.env) for run in runs if run.returns}):
+    for algo, env in sorted({(run.algo, run.env) for run in runs if run.returns and run.algo not in VARIANTS}):
         best = max((run for run in runs if (run.algo, run.env) == (algo, env) and run.returns), key=replay_mean)
         source, target = run_folder(best.segments[-1], algo, env), folder / algo / f"{env}_1"
         shutil.rmtree(target, ignore_errors=True)
@@ -337,6 +349,7 @@ def export_agents(runs: list[Progress], folder: Path) -> None:
             {"algo": algo, "env": env, "seed": best.seed, "steps": best.steps, "eval_seed": EVAL_SEED,
              "returns": returns, "lengths": best.lengths, "mean": float(np.mean(returns)), "std": float(np.std(returns))}
         )  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "benchmark.json").write_text(json.dumps(rows, indent=1))
 
 
@@ -347,7 +360,12 @@ def replay_mean(run: Progress) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--envs", nargs="+", default=["CartPoleNoVel-v1"])
-    parser.add_argument("--algos", nargs="+", default=["ppo_stpn", "ppo_lstm"])
+    parser.add_argument(
+        "--algos",
+        nargs="+",
+        default=["ppo_stpn", "ppo_lstm"],
+        help="rl_zoo3 algorithms, or ppo_stpn_twin: the STPN entry with plastic=False",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", default="results/zoo_benchmark", help="progress and run folders (resumed)")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (one torch thread each)")

@@ -51,3 +51,32 @@ def test_a_run_killed_after_a_checkpoint_resumes_from_it_then_is_replayed(tmp_pa
     assert saved_steps(agent / f"{ENV}.zip") == 1024 and (agent / ENV / "vecnormalize.pkl").is_file()
     (row,) = json.loads((agents / "benchmark.json").read_text())
     assert (row["algo"], row["env"], row["seed"], row["returns"]) == ("ppo_stpn", ENV, 0, progress.returns)
+
+
+def test_the_twin_row_trains_the_stpn_entry_without_plasticity_and_resumes_it(tmp_path: Path, monkeypatch) -> None:
+    from sb3_stpn import StpnPPO
+
+    out = tmp_path / "zoo"
+    runner = Runner(out, save_freq=10_000, deadline=None, eval_steps=300, n_timesteps=256)
+    runner.run("ppo_stpn_twin", ENV, 0)
+    progress_path = runner.progress_path("ppo_stpn_twin", ENV, 0)
+    # A longer budget: the next segment resumes with -i, which refuses policy_kwargs, so it must not pass them again
+    progress = Progress.read(progress_path)
+    progress.budget = 512
+    progress.write(progress_path)
+    summary = runner.run("ppo_stpn_twin", ENV, 0)
+
+    progress = Progress.read(progress_path)
+    assert [segment.steps for segment in progress.segments] == [256, 256], summary
+    assert progress.returns and summary.startswith(f"ppo_stpn_twin {ENV} seed 0: 512 steps")
+    for segment in progress.segments:  # both segments' policies are the plasticity-free twin
+        model = StpnPPO.load(Path(segment.folder, "ppo_stpn", f"{ENV}_1", f"{ENV}.zip"), device="cpu")
+        assert model.policy.stpn_kwargs["plastic"] is False
+        assert not [name for name, _ in model.policy.named_parameters() if "lambda" in name or "gamma" in name]
+    # The report has its row; the trained agents do not (enjoy.py knows no ppo_stpn_twin)
+    markdown, agents = tmp_path / "table.md", tmp_path / "agents"
+    report = ["zoo_benchmark", "--report", str(out), "--markdown", str(markdown), "--plots", str(tmp_path / "img")]
+    monkeypatch.setattr(sys, "argv", [*report, "--agents", str(agents)])
+    main()
+    assert any(line.startswith(f"| {ENV} | ppo_stpn_twin |") for line in markdown.read_text().splitlines())
+    assert json.loads((agents / "benchmark.json").read_text()) == [] and not (agents / "ppo_stpn_twin").exists()
