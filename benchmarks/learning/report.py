@@ -52,8 +52,9 @@ def diagnostics_table(runs: list[dict[str, Any]]) -> str:
 
     ``F/W``: the actor's ``||F_i|| / ||W_i||`` at the end of the rollout 10 %, 50 % and 100 % through
     training; ``gamma std``: the spread of the actor's rates at the same points; ``lambda max``: its
-    largest decay at the end; ``update``: the median over PPO updates of each group's relative change
-    ``||delta|| / ||before||`` (lambda, gamma, slow weights W, all other parameters).
+    largest acting decay at the end (``lambda_max`` applied; the records of rounds 6-10 hold the stored one);
+    ``update``: the median over PPO updates of each group's relative change ``||delta|| / ||before||`` (lambda,
+    gamma, slow weights W, all other parameters).
     """
 
     def at(records: list[dict[str, float]], key: str, fraction: float) -> float | None:

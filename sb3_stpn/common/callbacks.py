@@ -28,8 +28,8 @@ class StpnDiagnosticsCallback(BaseCallback):
       environments and neurons of ``||F_i|| / ||W_i||``, how far the fast weights have moved each
       neuron's efficacies away from its slow ones (1: as large as ``W``);
     - ``stpn/weight_lambda``, ``stpn/weight_gamma``: histograms (TensorBoard only) of the decays and
-      rates the layer acts with (``lambda_lr_scale`` and ``gamma_lr_scale`` applied), and their
-      mean, std, min and max as ``..._mean`` etc. (every output);
+      rates the layer acts with (``lambda_lr_scale`` and ``gamma_lr_scale`` applied, the decays bounded by
+      ``lambda_max``), and their mean, std, min and max as ``..._mean`` etc. (every output);
     - ``stpn/update_weight_lambda``, ``stpn/update_weight_gamma``, ``stpn/update_weight``,
       ``stpn/update_other``: the last PPO update's relative size ``||delta|| / ||before||`` of the
       actor's decays, rates, slow weights, and of every other policy parameter but a critic STPN's decays

@@ -171,15 +171,22 @@ class STPN(nn.Module):
         return [parameter for name, parameter in self.named_parameters() if name.endswith(("_lambda", "_gamma"))]
 
     def plasticity(self) -> tuple[th.Tensor, th.Tensor, tuple[th.Tensor, th.Tensor] | None]:
-        """The decays and rates the layer acts with: ``(lambda, gamma, (bias_lambda, bias_gamma) or None)``."""
+        """
+        The decays and rates the layer acts with: ``(lambda, gamma, (bias_lambda, bias_gamma) or None)``, the
+        learning-rate scales applied and the decays bounded by ``lambda_max`` (as the op bounds them).
+        """
 
         def scaled(parameter: th.Tensor, scale: float) -> th.Tensor:
             return parameter if scale == 1.0 else parameter * scale
 
-        decay, rate = scaled(self.weight_lambda, self.lambda_lr_scale), scaled(self.weight_gamma, self.gamma_lr_scale)
+        def decay_of(parameter: th.Tensor) -> th.Tensor:
+            decay = scaled(parameter, self.lambda_lr_scale)
+            return decay if self.lambda_max is None else decay.clamp(max=self.lambda_max)
+
+        decay, rate = decay_of(self.weight_lambda), scaled(self.weight_gamma, self.gamma_lr_scale)
         if not self.plastic_bias:
             return decay, rate, None
-        return decay, rate, (scaled(self.bias_lambda, self.lambda_lr_scale), scaled(self.bias_gamma, self.gamma_lr_scale))
+        return decay, rate, (decay_of(self.bias_lambda), scaled(self.bias_gamma, self.gamma_lr_scale))
 
     def initial_state(
         self, batch_size: int, device: th.device | str | None = None, dtype: th.dtype | None = None

@@ -323,6 +323,23 @@ def test_adam_trains_a_scaled_rate_at_scale_times_the_learning_rate(scale: float
     )
 
 
+def test_plasticity_reports_the_decays_bounded_as_the_layer_acts_with_them() -> None:
+    """With ``lambda_max``, the decays the diagnostics read are those the op uses: clamped, scale applied."""
+    th.manual_seed(0)
+    layer = STPN(INPUT, HIDDEN, lambda_max=0.5, lambda_lr_scale=0.1, plastic_bias=True)
+    decay, _, (bias_decay, _) = layer.plasticity()
+    stored = layer.weight_lambda.detach() * 0.1
+    assert stored.max() > 0.9 and decay.max() == 0.5 and bias_decay.max() <= 0.5
+    th.testing.assert_close(decay, stored.clamp(max=0.5))
+    # Stored decays set to those reported act the same
+    unbounded = STPN(INPUT, HIDDEN, lambda_lr_scale=0.1, plastic_bias=True)
+    state = layer.state_dict()
+    state["weight_lambda"], state["bias_lambda"] = decay.detach() / 0.1, bias_decay.detach() / 0.1
+    unbounded.load_state_dict(state)
+    x = th.randn(STEPS, BATCH, INPUT)
+    th.testing.assert_close(layer(x), unbounded(x))
+
+
 def test_divergence_from_nan_parameters_blames_them_not_the_decays() -> None:
     """A NaN loss puts NaN in the weights, and F follows: the advice on clamp/lambda_max would not apply."""
     layer = STPN(3, 4)
