@@ -46,6 +46,10 @@ def table(rows: list[dict[str, Any]], references: dict[str, dict[str, list[float
     return "\n".join(lines)
 
 
+# The gradient diagnostics of StpnDiagnosticsCallback, as the table's last column shows them
+GRADIENT_KEYS = ("grad_norm_plasticity", "grad_norm", "clipped_fraction")
+
+
 def diagnostics_table(runs: list[dict[str, Any]]) -> str:
     """
     Markdown table of the STPN rows' plasticity diagnostics, mean over seeds (empty without STPN runs).
@@ -54,16 +58,17 @@ def diagnostics_table(runs: list[dict[str, Any]]) -> str:
     training; ``gamma std``: the spread of the actor's rates at the same points; ``lambda max``: its
     largest acting decay at the end (``lambda_max`` applied; the records of rounds 6-10 hold the stored one);
     ``update``: the median over PPO updates of each group's relative change ``||delta|| / ||before||`` (lambda,
-    gamma, slow weights W, all other parameters).
+    gamma, slow weights W, all other parameters); ``grad norm``: the median over PPO updates of the gradient's norm
+    before clipping, its plasticity part's, and the fraction of gradient steps clipped (runs since round 10).
     """
 
     def at(records: list[dict[str, float]], key: str, fraction: float) -> float | None:
         value = records[round(fraction * (len(records) - 1))].get(key)
         return None if value is None else float(value)
 
-    def median_update(records: list[dict[str, float]], group: str) -> float | None:
-        sizes = [record[f"stpn/update_{group}"] for record in records if f"stpn/update_{group}" in record]
-        return statistics.median(sizes) if sizes else None
+    def median_of(records: list[dict[str, float]], key: str) -> float | None:
+        values = [record[key] for record in records if key in record]
+        return statistics.median(values) if values else None
 
     def mean_of(values: list[float | None]) -> str:
         known = [value for value in values if value is not None]
@@ -72,8 +77,8 @@ def diagnostics_table(runs: list[dict[str, Any]]) -> str:
     points = " / ".join(f"{fraction:.0%}" for fraction in DIAGNOSTIC_FRACTIONS)
     lines = [
         f"| task | model | seeds | F/W ({points}) | gamma std ({points}) | lambda max (end) "
-        "| update lambda / gamma / W / other (median) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| update lambda / gamma / W / other (median) | grad norm plasticity / whole, clipped (median) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for (task, label), group in runs_by_row(runs).items():
         records = [run["diagnostics"] for run in group if run.get("diagnostics")]
@@ -82,10 +87,15 @@ def diagnostics_table(runs: list[dict[str, Any]]) -> str:
         ratio = " / ".join(mean_of([at(r, "stpn/F_over_W", f) for r in records]) for f in DIAGNOSTIC_FRACTIONS)
         spread = " / ".join(mean_of([at(r, "stpn/weight_gamma_std", f) for r in records]) for f in DIAGNOSTIC_FRACTIONS)
         updates = " / ".join(
-            mean_of([median_update(r, g) for r in records]) for g in ("weight_lambda", "weight_gamma", "weight", "other")
+            mean_of([median_of(r, f"stpn/update_{g}") for r in records])
+            for g in ("weight_lambda", "weight_gamma", "weight", "other")
         )
+        gradients = [mean_of([median_of(r, f"stpn/{key}") for r in records]) for key in GRADIENT_KEYS]
         lambda_max = mean_of([at(r, "stpn/weight_lambda_max", 1.0) for r in records])
-        lines.append(f"| {task} | {label} | {len(records)} | {ratio} | {spread} | {lambda_max} | {updates} |")
+        lines.append(
+            f"| {task} | {label} | {len(records)} | {ratio} | {spread} | {lambda_max} | {updates} "
+            f"| {gradients[0]} / {gradients[1]}, {gradients[2]} |"
+        )
     return "\n".join(lines) if len(lines) > 2 else ""
 
 

@@ -1,5 +1,7 @@
 """Training diagnostics of STPN (and LSTM) recurrent PPO, written to the SB3 logger."""
 
+import statistics
+
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 
@@ -18,7 +20,12 @@ class StpnDiagnosticsCallback(BaseCallback):
     For any recurrent PPO (``StpnPPO`` or sb3-contrib's ``RecurrentPPO`` with a single-layer LSTM):
 
     - ``stpn/energy_per_step``: the actor's synaptic energy (``sb3_stpn/ops/stpn/README.md``, Energy), mean
-      over the rollout's steps and environments; one tag for both, so the curves overlay.
+      over the rollout's steps and environments; one tag for both, so the curves overlay;
+    - ``stpn/grad_norm``, ``stpn/grad_norm_plasticity``, ``stpn/clipped_fraction``: over the last PPO update's
+      gradient steps, the median norm of the whole gradient before clipping, the median norm of the part that
+      falls on the decays and rates of every STPN layer (as stored: 0 without plasticity), and the fraction of
+      steps that ``max_grad_norm`` clipped. PPO clips the one global norm, so a large plasticity gradient shrinks
+      the steps of every other parameter too.
 
     For STPN actors also, from the state carried at the rollout's end and the current parameters:
 
@@ -48,12 +55,22 @@ class StpnDiagnosticsCallback(BaseCallback):
         self._energy_count = 0
         # Parameter groups as they were before the last PPO update (set at each rollout's end)
         self._before_update: dict[str, th.Tensor] | None = None
+        self._gradients: GradientNormMeter | None = None
+
+    def _on_training_start(self) -> None:
+        self._gradients = GradientNormMeter(self.model.policy)
 
     def _on_rollout_start(self) -> None:
         if self._before_update is not None:
             for group, after in self._parameter_groups().items():
                 before = self._before_update[group]
                 self.logger.record(f"stpn/update_{group}", ((after - before).norm() / before.norm().clamp_min(1e-12)).item())
+        if self._gradients is not None and self._gradients.total:
+            max_norm = self.model.max_grad_norm  # type: ignore[attr-defined]
+            total, plasticity = self._gradients.take()
+            self.logger.record("stpn/grad_norm", statistics.median(total))
+            self.logger.record("stpn/grad_norm_plasticity", statistics.median(plasticity))
+            self.logger.record("stpn/clipped_fraction", sum(norm > max_norm for norm in total) / len(total))
         self._recorder = ActorEnergyRecorder(self.model.policy)
         self._energy_sum, self._energy_count = 0.0, 0
 
@@ -80,6 +97,9 @@ class StpnDiagnosticsCallback(BaseCallback):
             self._before_update = self._parameter_groups()
 
     def _on_training_end(self) -> None:
+        if self._gradients is not None:
+            self._gradients.close()
+            self._gradients = None
         # A rollout cut short by another callback never reaches _on_rollout_end
         if self._recorder is not None:
             self._recorder.close()
@@ -119,6 +139,49 @@ class StpnDiagnosticsCallback(BaseCallback):
         groups["other"] = [p for p in self.model.policy.parameters() if id(p) not in left_out]
         with th.no_grad():
             return {name: th.cat([p.detach().flatten() for p in tensors]).clone() for name, tensors in groups.items()}
+
+
+class GradientNormMeter:
+    """
+    The norm of each gradient step's whole gradient and of its plasticity part, read before any clipping: each
+    parameter adds its gradient's squared norm once backward has accumulated it, and the optimiser's step closes
+    the step's record.
+    """
+
+    def __init__(self, policy: th.nn.Module):
+        plasticity = {
+            id(parameter)
+            for layer in policy.modules()
+            if isinstance(layer, STPN)
+            for parameter in layer.plasticity_parameters()
+        }
+        self._squares = {"total": 0.0, "plasticity": 0.0}
+        self.total: list[float] = []
+        self.plasticity: list[float] = []
+
+        def add(parameter: th.Tensor) -> None:
+            square = parameter.grad.detach().square().sum().item()  # type: ignore[union-attr]
+            self._squares["total"] += square
+            if id(parameter) in plasticity:
+                self._squares["plasticity"] += square
+
+        def close_step(*_: object) -> None:
+            self.total.append(self._squares["total"] ** 0.5)
+            self.plasticity.append(self._squares["plasticity"] ** 0.5)
+            self._squares = dict.fromkeys(self._squares, 0.0)
+
+        self._handles = [p.register_post_accumulate_grad_hook(add) for p in policy.parameters() if p.requires_grad]
+        self._handles.append(policy.optimizer.register_step_pre_hook(close_step))  # type: ignore[union-attr]
+
+    def take(self) -> tuple[list[float], list[float]]:
+        """The records since the last call (whole and plasticity norms, one per gradient step), then forget them."""
+        records = (self.total, self.plasticity)
+        self.total, self.plasticity = [], []
+        return records
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
 
 
 def fast_to_slow_ratio(layer: STPN, fast: th.Tensor) -> float:

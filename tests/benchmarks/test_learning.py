@@ -75,6 +75,8 @@ def test_diagnostics_table_reads_the_plasticity_at_fractions_of_training() -> No
         }
         if update is not None:
             values.update({f"stpn/update_{group}": update for group in ("weight_lambda", "weight_gamma", "weight", "other")})
+            values.update({"stpn/grad_norm": 20 * update, "stpn/grad_norm_plasticity": 10 * update})
+            values["stpn/clipped_fraction"] = 0.5 if update else 0.0
         return values
 
     # 11 rollouts: 10 % is the second record, 50 % the sixth, 100 % the last; updates from the second on
@@ -83,10 +85,14 @@ def test_diagnostics_table_reads_the_plasticity_at_fractions_of_training() -> No
     lines = diagnostics_table(
         [run, {**run, "diagnostics": [record(s, ratio=0.0, update=0.0) for s in range(11)]}]
     ).splitlines()
-    assert (
-        lines[2]
-        == "| T | STPN h=8 (zoo entry) | 2 | 0.05 / 0.25 / 0.5 | 0.005 / 0.025 / 0.05 | 1 | 0.028 / 0.028 / 0.028 / 0.028 |"
+    # Gradient medians over updates 1-10: 0.55 and 1.1 in the first run, 0 in the second; clipped half / never
+    assert lines[2] == (
+        "| T | STPN h=8 (zoo entry) | 2 | 0.05 / 0.25 / 0.5 | 0.005 / 0.025 / 0.05 | 1 | 0.028 / 0.028 / 0.028 / 0.028 "
+        "| 0.28 / 0.55, 0.25 |"
     )
+    # Records from before the gradient diagnostics show none
+    older = [{k: v for k, v in values.items() if "grad" not in k and "clipped" not in k} for values in diagnostics]
+    assert diagnostics_table([{**run, "diagnostics": older}]).splitlines()[2].endswith("| - / -, - |")
     lstm = {"task": "T", "model": "lstm_params", "changes": {}, "hidden_size": 8, "diagnostics": None}
     assert diagnostics_table([lstm]) == ""
 

@@ -89,3 +89,46 @@ def test_plasticity_free_twin_logs_no_plasticity_and_zero_fast_weights(tmp_path:
     assert _values(events, "stpn/F_over_W") == [0.0, 0.0, 0.0]
     assert "stpn/update_weight" in scalars
     assert not any("lambda" in tag or "gamma" in tag for tag in scalars | set(events.Tags()["histograms"]))
+
+
+@pytest.mark.parametrize("max_grad_norm", [0.5, 1e-3])
+def test_gradient_norms_are_those_ppo_clips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_grad_norm: float) -> None:
+    """The logged norms match what PPO's own clip call sees, per update: the whole gradient and its plasticity part."""
+    import statistics
+    from collections import defaultdict
+
+    import torch as th
+
+    model = StpnPPO(
+        "MlpStpnPolicy",
+        "CartPole-v1",
+        policy_kwargs=dict(stpn_hidden_size=8, stpn_kwargs=dict(plastic_bias=True)),
+        tensorboard_log=str(tmp_path),
+        **{**SHORT, "n_epochs": 3},
+        max_grad_norm=max_grad_norm,
+    )
+    plasticity = [p for name, p in model.policy.named_parameters() if name.endswith(("_lambda", "_gamma"))]
+    seen: dict[int, list[tuple[float, float]]] = defaultdict(list)  # by the steps trained before the update
+    clip = th.nn.utils.clip_grad_norm_
+
+    def spy(parameters, max_norm, *args, **kwargs):
+        part = th.linalg.vector_norm(th.stack([th.linalg.vector_norm(p.grad) for p in plasticity])).item()
+        total = clip(parameters, max_norm, *args, **kwargs).item()
+        seen[model.num_timesteps].append((total, part))
+        return total
+
+    monkeypatch.setattr(th.nn.utils, "clip_grad_norm_", spy)
+    model.learn(96, callback=StpnDiagnosticsCallback())
+    events = read_events(tmp_path)
+    # Logged at the start of rollouts 2 and 3, each over the gradient steps of the update before it
+    updates = [seen[number] for number in sorted(seen)][:2]
+    assert len(plasticity) == 8 and len(seen) == 3 and all(len(update) == 3 for update in updates)
+    for tag, expected in (
+        ("stpn/grad_norm", [statistics.median(total for total, _ in update) for update in updates]),
+        ("stpn/grad_norm_plasticity", [statistics.median(part for _, part in update) for update in updates]),
+        ("stpn/clipped_fraction", [sum(total > max_grad_norm for total, _ in update) / 3 for update in updates]),
+    ):
+        assert _values(events, tag) == pytest.approx(expected, rel=1e-5), tag
+    assert all(0 < part < total for update in updates for total, part in update)
+    if max_grad_norm < 0.01:
+        assert _values(events, "stpn/clipped_fraction") == [1.0, 1.0]
