@@ -180,18 +180,23 @@ def test_simultaneous_launches_each_keep_their_model(tmp_path: Path) -> None:
     assert all((run / f"{ENV}.zip").is_file() for run in runs)
 
 
-# SIGTERM to itself while the run is set up (its folder made, no model yet), as a scheduler may send it any time
-SIGTERM_DURING_SETUP = """
-import os, signal, sys
+# A signal to itself while the run is set up (its folder made, no model yet), as a scheduler may send it any time; the
+# rest of the set-up runs (the file written after the signal), since a KeyboardInterrupt raised inside native code
+# that calls back into Python (torch's optimiser construction imports torch._dynamo through nanobind) aborted the process
+SIGNAL_DURING_SETUP = """
+import os, pathlib, signal, sys, time
 from sb3_stpn.cli import train_main
 from sb3_stpn.zoo import StpnExperimentManager
 
 create_callbacks = StpnExperimentManager.create_callbacks
+stop = signal.Signals[sys.argv.pop(1)]
 
 
 def create_callbacks_then_stop(self):
     create_callbacks(self)
-    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), stop)
+    time.sleep(0.2)
+    pathlib.Path("set-up-went-on").touch()
 
 
 StpnExperimentManager.create_callbacks = create_callbacks_then_stop
@@ -199,12 +204,17 @@ train_main(sys.argv[1:])
 """
 
 
-def test_sigterm_during_setup_exits_143_and_leaves_no_model_less_folder(tmp_path: Path) -> None:
-    argv = ["--env", ENV, "-n", "128", *SHRINK, "--eval-freq", "-1"]
+@pytest.mark.parametrize(("stop", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_during_setup_waits_for_it_then_exits_and_leaves_no_model_less_folder(
+    stop: signal.Signals, status: int, tmp_path: Path
+) -> None:
+    argv = [stop.name, "--env", ENV, "-n", "128", *SHRINK, "--eval-freq", "-1"]
     result = subprocess.run(
-        [sys.executable, "-c", SIGTERM_DURING_SETUP, *argv], cwd=tmp_path, env=ONE_THREAD, capture_output=True, timeout=120
+        [sys.executable, "-c", SIGNAL_DURING_SETUP, *argv], cwd=tmp_path, env=ONE_THREAD, capture_output=True, timeout=120
     )
-    assert result.returncode == 143, result.stderr[-3000:]
+    assert result.returncode == status, result.stderr[-3000:]
+    assert (tmp_path / "set-up-went-on").is_file()
+    assert result.stderr.decode().strip().splitlines()[-1] == f"stopped by {stop.name}"
     assert not list((tmp_path / "logs" / "ppo_stpn").iterdir())
 
 

@@ -5,7 +5,8 @@ status 128 + signal.
 Python turns only SIGINT into an exception; SIGTERM's default kills the process on the spot, with no model saved and no
 clean-up. rl_zoo3 saves the model on a KeyboardInterrupt during training, then ends as if it had finished (exit 0), and
 ends a study the same way. :class:`StopOnSignals` turns SIGTERM into the same KeyboardInterrupt, holds a signal back
-while the final model is written, and re-raises the stop once the model or the finished trials are safe.
+while the run is set up and while the final model is written, and re-raises the stop once the set-up is over or the
+model or the finished trials are safe.
 """
 
 import contextlib
@@ -13,6 +14,7 @@ import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 from rl_zoo3.exp_manager import ExperimentManager
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -77,6 +79,15 @@ class StopOnSignals(ExperimentManager):
 
     def _note_stop(self, signum: int) -> None:
         self.interrupted = signum  # rl_zoo3 catches the KeyboardInterrupt raised next (and saves the model)
+
+    def setup_experiment(self) -> tuple[BaseAlgorithm, dict[str, Any]] | None:
+        # A KeyboardInterrupt raised inside native code that calls back into Python (the optimiser's construction
+        # imports torch._dynamo through nanobind) aborts the process with a C++ traceback: a stop waits for the set-up
+        with signals_held() as received:
+            result = super().setup_experiment()
+        if received:
+            raise Interrupted(received[0])  # nothing trained, nothing saved: the run folder goes
+        return result
 
     def learn(self, model: BaseAlgorithm) -> None:
         # A stop after training (rl_zoo3 catches those during it), while the envs close: noted, the model is saved next
