@@ -181,7 +181,7 @@ def test_stpn_and_lstm_changes_reach_their_own_rows_only(tmp_path: Path) -> None
 
 
 def test_benchmark_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    main(["--quick", "--tasks", "CartPoleNoVel-v1", "GridMaze-v0", "--out", str(tmp_path)])
+    main(["--quick", "--tasks", "CartPoleNoVel-v1", "GridMaze-v0", "--jobs", "2", "--out", str(tmp_path)])
     printed = capsys.readouterr().out
     report = json.loads((tmp_path / "learning.json").read_text())
     assert report["table"] in printed and (tmp_path / "learning.md").read_text().strip() == report["table"]

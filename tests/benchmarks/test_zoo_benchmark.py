@@ -57,26 +57,28 @@ def test_the_twin_row_trains_the_stpn_entry_without_plasticity_and_resumes_it(tm
     from sb3_stpn import StpnPPO
 
     out = tmp_path / "zoo"
-    runner = Runner(out, save_freq=10_000, deadline=None, eval_steps=300, n_timesteps=256)
-    runner.run("ppo_stpn_twin", ENV, 0)
+    runner = Runner(out, save_freq=10_000, deadline=None, eval_steps=0, n_timesteps=256)
     progress_path = runner.progress_path("ppo_stpn_twin", ENV, 0)
+    progress_path.parent.mkdir(parents=True)
+    progress = Progress("ppo_stpn_twin", ENV, 0, bounded=True)
+    runner.train_segment(progress, progress_path)
     # A longer budget: the next segment resumes with -i, which refuses policy_kwargs, so it must not pass them again
-    progress = Progress.read(progress_path)
     progress.budget = 512
-    progress.write(progress_path)
-    summary = runner.run("ppo_stpn_twin", ENV, 0)
+    runner.train_segment(progress, progress_path)
 
-    progress = Progress.read(progress_path)
-    assert [segment.steps for segment in progress.segments] == [256, 256], summary
-    assert progress.returns and summary.startswith(f"ppo_stpn_twin {ENV} seed 0: 512 steps")
+    assert [segment.steps for segment in Progress.read(progress_path).segments] == [256, 256]
     for segment in progress.segments:  # both segments' policies are the plasticity-free twin
         model = StpnPPO.load(Path(segment.folder, "ppo_stpn", f"{ENV}_1", f"{ENV}.zip"), device="cpu")
         assert model.policy.stpn_kwargs["plastic"] is False
         assert not [name for name, _ in model.policy.named_parameters() if "lambda" in name or "gamma" in name]
-    # The report has its row; the trained agents do not (enjoy.py knows no ppo_stpn_twin)
+    # Replayed (its returns set here: the replay is the first test's), it has a row; the trained agents do not have
+    # it, since enjoy.py knows no ppo_stpn_twin
+    progress.returns, progress.lengths = [10.0, 20.0], [10, 20]
+    progress.write(progress_path)
     markdown, agents = tmp_path / "table.md", tmp_path / "agents"
     report = ["zoo_benchmark", "--report", str(out), "--markdown", str(markdown), "--plots", str(tmp_path / "img")]
     monkeypatch.setattr(sys, "argv", [*report, "--agents", str(agents)])
     main()
-    assert any(line.startswith(f"| {ENV} | ppo_stpn_twin |") for line in markdown.read_text().splitlines())
+    (row,) = [line for line in markdown.read_text().splitlines() if line.startswith(f"| {ENV} | ppo_stpn_twin |")]
+    assert "| 15.0 ± 5.0 |" in row
     assert json.loads((agents / "benchmark.json").read_text()) == [] and not (agents / "ppo_stpn_twin").exists()
