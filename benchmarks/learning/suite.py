@@ -101,14 +101,16 @@ def plot_suite(scores: dict[str, SuiteScore], path: Path) -> None:
     import matplotlib.pyplot as plt
     from rliable import plot_utils
 
-    labels = {label: textwrap.fill(label, 40) for label in scores}
+    labels = {label: textwrap.fill(label, 60) for label in scores}
+    # Tall enough a row for its label's lines: a label that names its changes wraps to several
+    lines = max(label.count("\n") + 1 for label in labels.values())
     figure, _ = plot_utils.plot_interval_estimates(
         {labels[label]: score.estimates for label, score in scores.items()},
         {labels[label]: score.intervals for label, score in scores.items()},
         metric_names=["MMER mean", "MMER IQM"],
         algorithms=list(labels.values()),
         xlabel="POPGym return (scaled to [-1, 1])",
-        row_height=0.8,
+        row_height=max(0.8, 0.32 * lines),
     )
     figure.savefig(path, bbox_inches="tight", dpi=80)
     plt.close(figure)
