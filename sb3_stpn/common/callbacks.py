@@ -4,6 +4,7 @@ import statistics
 
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.policies import BasePolicy
 
 from sb3_stpn.common.energy import ActorEnergyRecorder
 from sb3_stpn.common.policies import actor_memory
@@ -148,7 +149,7 @@ class GradientNormMeter:
     the step's record.
     """
 
-    def __init__(self, policy: th.nn.Module):
+    def __init__(self, policy: BasePolicy):
         plasticity = {
             id(parameter)
             for layer in policy.modules()
@@ -171,7 +172,7 @@ class GradientNormMeter:
             self._squares = dict.fromkeys(self._squares, 0.0)
 
         self._handles = [p.register_post_accumulate_grad_hook(add) for p in policy.parameters() if p.requires_grad]
-        self._handles.append(policy.optimizer.register_step_pre_hook(close_step))  # type: ignore[union-attr]
+        self._handles.append(policy.optimizer.register_step_pre_hook(close_step))
 
     def take(self) -> tuple[list[float], list[float]]:
         """The records since the last call (whole and plasticity norms, one per gradient step), then forget them."""
