@@ -25,8 +25,8 @@ class StpnDiagnosticsCallback(BaseCallback):
     - ``stpn/grad_norm``, ``stpn/grad_norm_plasticity``, ``stpn/clipped_fraction``: over the last PPO update's
       gradient steps, the median norm of the whole gradient before clipping, the median norm of the part that
       falls on the decays and rates of every STPN layer (as stored: 0 without plasticity), and the fraction of
-      steps that ``max_grad_norm`` clipped. PPO clips the one global norm, so a large plasticity gradient shrinks
-      the steps of every other parameter too.
+      steps that ``max_grad_norm`` clipped. PPO clips the one global norm, so where the plasticity's gradient
+      dominates, it sets the clip for every parameter.
 
     For STPN actors also, from the state carried at the rollout's end and the current parameters:
 
@@ -66,9 +66,9 @@ class StpnDiagnosticsCallback(BaseCallback):
             for group, after in self._parameter_groups().items():
                 before = self._before_update[group]
                 self.logger.record(f"stpn/update_{group}", ((after - before).norm() / before.norm().clamp_min(1e-12)).item())
-        if self._gradients is not None and self._gradients.total:
+        total, plasticity = self._gradients.take() if self._gradients is not None else ([], [])
+        if total:
             max_norm = self.model.max_grad_norm  # type: ignore[attr-defined]
-            total, plasticity = self._gradients.take()
             self.logger.record("stpn/grad_norm", statistics.median(total))
             self.logger.record("stpn/grad_norm_plasticity", statistics.median(plasticity))
             self.logger.record("stpn/clipped_fraction", sum(norm > max_norm for norm in total) / len(total))
@@ -131,12 +131,7 @@ class StpnDiagnosticsCallback(BaseCallback):
             decay, rate, _ = actor.plasticity()
             groups.update(weight_lambda=[decay], weight_gamma=[rate])
         # "other" leaves out every layer's stored plasticity parameters: scaled by 1 / lr_scale, they would swamp it
-        left_out = {id(actor.weight)} | {
-            id(parameter)
-            for layer in self.model.policy.modules()
-            if isinstance(layer, STPN)
-            for parameter in layer.plasticity_parameters()
-        }
+        left_out = {id(actor.weight)} | plasticity_parameter_ids(self.model.policy)
         groups["other"] = [p for p in self.model.policy.parameters() if id(p) not in left_out]
         with th.no_grad():
             return {name: th.cat([p.detach().flatten() for p in tensors]).clone() for name, tensors in groups.items()}
@@ -146,29 +141,22 @@ class GradientNormMeter:
     """
     The norm of each gradient step's whole gradient and of its plasticity part, read before any clipping: each
     parameter adds its gradient's squared norm once backward has accumulated it, and the optimiser's step closes
-    the step's record.
+    the step's record. The sums stay on the device until :meth:`take` (no synchronisation per parameter).
     """
 
     def __init__(self, policy: BasePolicy):
-        plasticity = {
-            id(parameter)
-            for layer in policy.modules()
-            if isinstance(layer, STPN)
-            for parameter in layer.plasticity_parameters()
-        }
-        self._squares = {"total": 0.0, "plasticity": 0.0}
-        self.total: list[float] = []
-        self.plasticity: list[float] = []
+        plasticity = plasticity_parameter_ids(policy)
+        self._squares: dict[str, th.Tensor | float] = {"total": 0.0, "plasticity": 0.0}
+        self._steps: list[tuple[th.Tensor | float, th.Tensor | float]] = []
 
         def add(parameter: th.Tensor) -> None:
-            square = parameter.grad.detach().square().sum().item()  # type: ignore[union-attr]
-            self._squares["total"] += square
+            square = parameter.grad.detach().square().sum()  # type: ignore[union-attr]
+            self._squares["total"] = self._squares["total"] + square
             if id(parameter) in plasticity:
-                self._squares["plasticity"] += square
+                self._squares["plasticity"] = self._squares["plasticity"] + square
 
         def close_step(*_: object) -> None:
-            self.total.append(self._squares["total"] ** 0.5)
-            self.plasticity.append(self._squares["plasticity"] ** 0.5)
+            self._steps.append((self._squares["total"] ** 0.5, self._squares["plasticity"] ** 0.5))
             self._squares = dict.fromkeys(self._squares, 0.0)
 
         self._handles = [p.register_post_accumulate_grad_hook(add) for p in policy.parameters() if p.requires_grad]
@@ -176,13 +164,19 @@ class GradientNormMeter:
 
     def take(self) -> tuple[list[float], list[float]]:
         """The records since the last call (whole and plasticity norms, one per gradient step), then forget them."""
-        records = (self.total, self.plasticity)
-        self.total, self.plasticity = [], []
-        return records
+        steps, self._steps = self._steps, []
+        return [float(total) for total, _ in steps], [float(part) for _, part in steps]
 
     def close(self) -> None:
         for handle in self._handles:
             handle.remove()
+
+
+def plasticity_parameter_ids(policy: th.nn.Module) -> set[int]:
+    """The ids of every STPN layer's stored decays and rates in ``policy`` (none for twins and LSTMs)."""
+    return {
+        id(parameter) for layer in policy.modules() if isinstance(layer, STPN) for parameter in layer.plasticity_parameters()
+    }
 
 
 def fast_to_slow_ratio(layer: STPN, fast: th.Tensor) -> float:
