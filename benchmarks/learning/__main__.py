@@ -29,9 +29,10 @@ DEFAULT_STEPS = {
     # 391 PPO updates; 3 models x 3 seeds x 6 tasks take about 3.5 hours here, the LSTM runs 3x longer than the STPN's
     **dict.fromkeys(POPGYM_TASKS, 50_000),
 }
-# One rollout of each config (StpnPPO/RecurrentPPO round the budget up to whole rollouts)
-QUICK_STEPS = {"CartPoleNoVel-v1": 256, "PendulumNoVel-v1": 4096, "GridMaze-v0": 1600, "MiniGrid-MemoryS7-v0": 1024}
-QUICK_STEPS["GridMaze9x9-v0"] = 12_800
+# One rollout of each config: a smaller budget would still train one whole rollout (StpnPPO/RecurrentPPO round up),
+# but the evaluations, spaced by the budget, would then come many times a rollout
+QUICK_STEPS = {"CartPoleNoVel-v1": 256, "PendulumNoVel-v1": 4096, "MiniGrid-MemoryS7-v0": 1024}
+QUICK_STEPS.update(dict.fromkeys(("GridMaze-v0", "GridMaze9x9-v0"), 64 * 200))
 QUICK_STEPS["InvertedPendulum-v5"] = 64
 QUICK_STEPS.update(dict.fromkeys(POPGYM_TASKS, 128))
 DEFAULT_OUT = Path("benchmarks/results/learning")

@@ -132,7 +132,8 @@ def make_curve_callback(eval_env: Any, n_evals: int, n_episodes: int, steps: int
     An SB3 callback evaluating at step 0, every ``steps / n_evals`` steps and at the end; results in ``.curve``.
 
     Each point also holds ``train_seconds``, the wall time spent so far outside evaluations: the clock of
-    the equal-wall-clock comparison.
+    the equal-wall-clock comparison. The last point is always the final policy's: an evaluation that fell on the
+    last step of the last rollout saw the policy before that rollout's update, so it is evaluated again.
     """
     from stable_baselines3.common.callbacks import BaseCallback
 
@@ -141,6 +142,8 @@ def make_curve_callback(eval_env: Any, n_evals: int, n_episodes: int, steps: int
             super().__init__()
             self.curve: list[dict[str, float | None]] = []
             self.next_eval = 0
+            # Whether PPO may have updated the policy since the last evaluation
+            self.updated_since_eval = False
             self.eval_seconds = 0.0
             self.start = time.perf_counter()
 
@@ -151,6 +154,7 @@ def make_curve_callback(eval_env: Any, n_evals: int, n_episodes: int, steps: int
                 self.curve.append({**point, **evaluate(self.model, eval_env, n_episodes)})
             self.eval_seconds += time.perf_counter() - started
             self.next_eval = self.num_timesteps + max(steps // n_evals, 1)
+            self.updated_since_eval = False
 
         def _on_training_start(self) -> None:
             self.start = time.perf_counter()
@@ -161,8 +165,14 @@ def make_curve_callback(eval_env: Any, n_evals: int, n_episodes: int, steps: int
                 self._evaluate()
             return True
 
+        def _on_rollout_end(self) -> None:
+            # SB3 updates the policy on every rollout it has collected
+            self.updated_since_eval = True
+
         def _on_training_end(self) -> None:
-            if self.curve[-1]["timesteps"] < self.num_timesteps:
+            if self.updated_since_eval:
+                if self.curve[-1]["timesteps"] == self.num_timesteps:
+                    self.curve.pop()
                 self._evaluate()
 
     return CurveCallback()

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch as th
 
+from benchmarks.learning import callbacks
 from benchmarks.learning.__main__ import expand_tasks, main, parse_changes, parse_steps
-from benchmarks.learning.callbacks import make_plasticity_warmup_callback
+from benchmarks.learning.callbacks import make_curve_callback, make_plasticity_warmup_callback
 from benchmarks.learning.references import minigrid_memory_returns, reference_returns
 from benchmarks.learning.report import diagnostics_table
 from benchmarks.learning.runs import run_one
@@ -366,6 +367,28 @@ def test_plasticity_warmup_freezes_lambda_and_gamma_for_the_first_updates_only()
         is_weight = index % 3 == 0
         assert th.equal(old, first) != is_weight, index
         assert not th.equal(first, second), index
+
+
+@pytest.mark.parametrize(("steps", "n_evals", "expected"), [(64, 1, [0, 64]), (64, 2, [0, 32, 64]), (60, 2, [0, 30, 60, 64])])
+def test_the_last_point_of_a_curve_is_the_trained_policy(
+    steps: int, n_evals: int, expected: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An evaluation that falls on the last step of the last rollout comes before that rollout's update: the final
+    policy is evaluated again and replaces it (with 64 steps, one rollout; with a budget of 60, rounded up to 64)."""
+    from sb3_stpn import StpnPPO
+
+    model = StpnPPO("MlpStpnPolicy", "CartPole-v1", n_steps=64, batch_size=64, n_epochs=1, seed=0)
+    updates_seen: list[int] = []
+
+    def record_updates(model: StpnPPO, eval_env: object, n_episodes: int) -> dict[str, float | None]:
+        updates_seen.append(model._n_updates)
+        return {"return": 0.0}
+
+    monkeypatch.setattr(callbacks, "evaluate", record_updates)
+    curve_callback = make_curve_callback(None, n_evals, 1, steps)
+    model.learn(steps, callback=curve_callback)
+    assert [point["timesteps"] for point in curve_callback.curve] == expected
+    assert updates_seen[0] == 0 and updates_seen[-1] == model._n_updates == 1
 
 
 def test_evaluations_leave_the_training_as_it_is() -> None:
