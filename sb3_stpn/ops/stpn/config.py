@@ -26,6 +26,10 @@ class StpnConfig:
         new ``F`` by its own norm.
     :param lambda_max: If set, ``weight_lambda`` and ``bias_lambda`` are clamped to at most this in the forward
         (None: the paper's model).
+    :param retention_max: If set, in (0, 1]: the most of ``F_{t-1}`` that ``F_t`` keeps. With normalisation
+        before the update the decays act at most ``retention_max * n_t`` (a bound tied to the norm: the kernels
+        apply it, see :attr:`relative_lambda_max`); otherwise, and for a plastic bias, it bounds the decays as
+        ``lambda_max`` does (None: the paper's model).
     """
 
     recurrent: bool = True
@@ -34,6 +38,7 @@ class StpnConfig:
     rule: str = "hebbian"
     norm_time: str = "pre"
     lambda_max: float | None = None
+    retention_max: float | None = None
 
     def __post_init__(self) -> None:
         """Refuse options no path implements, once, where they are given (a layer builds its config once)."""
@@ -45,6 +50,22 @@ class StpnConfig:
             raise ValueError(f"clamp must be positive or None, got {self.clamp}")
         if self.lambda_max is not None and self.lambda_max <= 0:
             raise ValueError(f"lambda_max must be positive or None, got {self.lambda_max}")
+        if self.retention_max is not None and not 0 < self.retention_max <= 1:
+            raise ValueError(f"retention_max must lie in (0, 1] or be None, got {self.retention_max}")
+
+    @property
+    def relative_lambda_max(self) -> float | None:
+        """``retention_max`` where it bounds the decays relative to the norm (``lambda <= retention_max * n_t``,
+        normalisation before the update), which every path applies per step; None elsewhere."""
+        return self.retention_max if self.normalize and self.norm_time == "pre" else None
+
+    def decay_bounds(self) -> tuple[float | None, float | None]:
+        """The fixed bounds ``(weight_lambda, bias_lambda)`` are clamped to before any path runs: ``lambda_max``, and
+        ``retention_max`` wherever it is not relative (a plastic bias's column is never normalised)."""
+        absolute = None if self.relative_lambda_max is not None else self.retention_max
+        bounds = [b for b in (self.lambda_max, absolute) if b is not None]
+        bias_bounds = [b for b in (self.lambda_max, self.retention_max) if b is not None]
+        return (min(bounds) if bounds else None, min(bias_bounds) if bias_bounds else None)
 
 
 class DivergedStateError(ValueError):

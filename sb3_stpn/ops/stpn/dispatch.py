@@ -250,20 +250,25 @@ def stpn_sequence(
     :param x: Inputs (T, B, I).
     :param state: ``(h0, F_0)``, as :func:`~sb3_stpn.ops.stpn.naive.stpn_sequence_reference` takes it.
     :param params: The layer's learned tensors (scalar decays and rates are broadcast here, for every fused path).
-    :param config: The recurrence's options (``lambda_max`` is applied here, so that every path bounds alike).
+    :param config: The recurrence's options (``lambda_max``, and ``retention_max`` where it is a fixed bound, are
+        applied here, so that every path bounds alike).
     :param episode_starts: (T, B) of 0/1, or None.
     :param record_energy: Whether to return the energy (T, B) too.
     :return: outputs (T, B, H), final ``h``, final ``F`` and, if asked, energy (T, B).
     """
-    if config.lambda_max is not None:
-        # In the forward, so that the gradient sees the bound (zero above it), on every path alike
-        params = params._replace(
-            weight_lambda=params.weight_lambda.clamp(max=config.lambda_max),
-            bias_lambda=None if params.bias_lambda is None else params.bias_lambda.clamp(max=config.lambda_max),
-        )
+    weight_bound, bias_bound = config.decay_bounds()
+    # In the forward, so that the gradient sees the bound (zero above it), on every path alike
+    if weight_bound is not None:
+        params = params._replace(weight_lambda=params.weight_lambda.clamp(max=weight_bound))
+    if bias_bound is not None and params.bias_lambda is not None:
+        params = params._replace(bias_lambda=params.bias_lambda.clamp(max=bias_bound))
     h0, fast0 = state
     try:
         choice = kernel_choice(x)
+        if choice == "triton" and config.relative_lambda_max is not None:
+            if _requested_kernel() == "triton":
+                raise ValueError(f"{KERNEL_ENV}=triton has no retention_max with normalize and norm_time='pre' yet: unset it")
+            choice = "torch"
         if choice == "triton" and _requested_kernel() == "auto" and not _triton_agrees(x.device, x.dtype, config, params):
             choice = "torch"
         return _run_sequence(choice, x, h0, fast0, episode_starts, params, config, record_energy)

@@ -309,9 +309,10 @@ def _ninja_on_path() -> Iterator[None]:
         os.environ["PATH"] = path
 
 
-def _cpp_flags(config: StpnConfig) -> tuple[bool, bool, bool, bool, float]:
+def _cpp_flags(config: StpnConfig) -> tuple[bool, bool, bool, bool, float, float]:
     clamp = -1.0 if config.clamp is None else float(config.clamp)
-    return config.recurrent, config.normalize, config.rule == "oja", config.norm_time == "post", clamp
+    retention = -1.0 if config.relative_lambda_max is None else float(config.relative_lambda_max)
+    return config.recurrent, config.normalize, config.rule == "oja", config.norm_time == "post", clamp, retention
 
 
 def forward(

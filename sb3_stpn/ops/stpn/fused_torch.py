@@ -91,12 +91,18 @@ def _step_backward(
     decayed = synaptic
     if config.normalize:
         raw_norm = th.linalg.vector_norm(efficacy, dim=-1)
-        inv_norm = 1.0 / (raw_norm + NORM_EPS)
-        if norm_gain is not None:
-            inv_norm = inv_norm / norm_gain
+        norm = raw_norm + NORM_EPS if norm_gain is None else (raw_norm + NORM_EPS) * norm_gain
+        inv_norm = 1.0 / norm
         if not post_norm:
             decayed = synaptic * inv_norm.unsqueeze(-1)
-    updated = weight_lambda * decayed + weight_gamma * h_col * trace_row
+    # The decays as they act: with retention_max relative to the norm, at most rho * n, and where bound they pass no
+    # gradient to lambda, nor to n through the decay (F keeps exactly rho of itself)
+    acting = weight_lambda
+    if config.relative_lambda_max is not None:
+        bound = config.relative_lambda_max * norm.unsqueeze(-1)
+        free = weight_lambda < bound
+        acting = th.where(free, weight_lambda, bound)
+    updated = acting * decayed + weight_gamma * h_col * trace_row
     if post_norm:
         # Through F_t = P / m with P the (clamped) update and m = g * (||W + P|| + eps)
         clamped = updated if config.clamp is None else updated.clamp(-config.clamp, config.clamp)
@@ -111,12 +117,13 @@ def _step_backward(
         d_new = d_new * inv_new_norm.unsqueeze(-1) + d_new_efficacy
     if config.clamp is not None:
         d_new = d_new * (updated.abs() <= config.clamp)
-    grads["weight_lambda"] += (d_new * decayed).sum(0)
+    d_acting = d_new * decayed
+    grads["weight_lambda"] += (d_acting if config.relative_lambda_max is None else d_acting * free).sum(0)
     grads["weight_gamma"] += (d_new * h_col * trace_row).sum(0)
     d_gamma_new = d_new * weight_gamma
     d_trace = (d_gamma_new * h_col).sum(1)
     dh = dh + (d_gamma_new * trace_row).sum(-1)
-    d_synaptic = d_new * weight_lambda
+    d_synaptic = d_new * acting
     if config.normalize and not post_norm:
         d_synaptic = d_synaptic * inv_norm.unsqueeze(-1)
     if config.rule == "oja":
@@ -137,7 +144,10 @@ def _step_backward(
     if config.normalize:
         drive = th.bmm(efficacy, z.unsqueeze(-1)).squeeze(-1)
         d_raw = d_drive * inv_norm
-        d_decayed_norm = 0.0 if post_norm else (d_new * weight_lambda * synaptic).sum(-1)
+        d_decayed_norm: th.Tensor | float = 0.0
+        if not post_norm:
+            through_decay = d_new * weight_lambda * synaptic
+            d_decayed_norm = (through_decay if config.relative_lambda_max is None else through_decay * free).sum(-1)
         d_norm = -(d_decayed_norm + d_drive * drive) * inv_norm.square()
         d_efficacy_through_norm = _norm_backward(d_norm, efficacy, raw_norm, norm_gain, grads)
     d_efficacy = d_raw.unsqueeze(-1) * z.unsqueeze(1)

@@ -52,7 +52,10 @@ def stpn_step(
         presynaptic_trace = z - th.bmm(h_new.unsqueeze(1), synaptic_fast).squeeze(1)
     else:
         presynaptic_trace = z
-    fast_new = weight_lambda * decayed + weight_gamma * (h_new.unsqueeze(-1) * presynaptic_trace.unsqueeze(1))
+    decay = weight_lambda
+    if config.relative_lambda_max is not None:
+        decay = th.minimum(weight_lambda, config.relative_lambda_max * norm.unsqueeze(-1))
+    fast_new = decay * decayed + weight_gamma * (h_new.unsqueeze(-1) * presynaptic_trace.unsqueeze(1))
     if config.clamp is not None:
         fast_new = fast_new.clamp(-config.clamp, config.clamp)
     if post_norm:

@@ -33,6 +33,12 @@ def spec_sequence(x, h0, fast0, weight, bias, lam, gam, bias_lam, bias_gam, norm
     if config.lambda_max is not None:
         lam = lam.clamp(max=config.lambda_max)
         bias_lam = None if bias_lam is None else bias_lam.clamp(max=config.lambda_max)
+    # retention_max: relative to the norm with the update "pre" (below, per step), a fixed bound elsewhere
+    relative = config.retention_max is not None and config.normalize and not post
+    if config.retention_max is not None:
+        if not relative:
+            lam = lam.clamp(max=config.retention_max)
+        bias_lam = None if bias_lam is None else bias_lam.clamp(max=config.retention_max)
     h, fast = h0, fast0
     outputs, energies = [], []
     for t in range(x.shape[0]):
@@ -49,7 +55,8 @@ def spec_sequence(x, h0, fast0, weight, bias, lam, gam, bias_lam, bias_gam, norm
         h = th.tanh(drive)
         trace = z - th.einsum("bik,bi->bk", synaptic, h) if config.rule == "oja" else z
         decayed = synaptic if post else synaptic / norm[..., None]
-        new_fast = lam * decayed + gam * th.einsum("bi,bk->bik", h, trace)
+        acting = th.minimum(lam, config.retention_max * norm[..., None]) if relative else lam
+        new_fast = acting * decayed + gam * th.einsum("bi,bk->bik", h, trace)
         if config.clamp is not None:
             new_fast = th.clamp(new_fast, -config.clamp, config.clamp)
         if post:
@@ -204,6 +211,8 @@ def options_id(
         parts.append(f"clamp{config.clamp:g}")
     if config.lambda_max is not None:
         parts.append(f"lmax{config.lambda_max:g}")
+    if config.retention_max is not None:
+        parts.append(f"rmax{config.retention_max:g}")
     if not config.recurrent:
         parts.append("stpnf")
     flags = {"plasticbias": plastic_bias, "scalar": scalar, "gain": norm_gain}

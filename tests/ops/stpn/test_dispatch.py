@@ -56,6 +56,16 @@ LAMBDA_MAX_CONFIGS = [
     (StpnConfig(lambda_max=0.5, normalize=False, recurrent=False), True, True, False, HIDDEN),
     (StpnConfig(lambda_max=0.5, norm_time="post", clamp=0.4, rule="oja"), True, False, True, HIDDEN),
 ]
+# retention_max at 0.5: relative to the norm with "pre" (rows of norm ~1.5, so that a fifth of the N(0, 1) lambdas
+# are bound, per sample and step), a fixed bound for "post", without normalisation and for a plastic bias
+RETENTION_CONFIGS = [
+    (StpnConfig(retention_max=0.5), True, False, False, HIDDEN),
+    (StpnConfig(retention_max=0.5, clamp=0.4, rule="oja", recurrent=False), True, False, True, HIDDEN),
+    (StpnConfig(retention_max=0.5, lambda_max=0.3), False, True, False, HIDDEN),
+    (StpnConfig(retention_max=0.5, norm_time="post"), True, False, False, HIDDEN),
+    (StpnConfig(retention_max=0.5, normalize=False), True, False, False, HIDDEN),
+    (StpnConfig(retention_max=0.5, rule="oja"), False, False, True, 20),
+]
 # More neurons than the C++ kernel's block of 16: whole blocks and a partial one
 WIDE_CONFIGS = [
     (StpnConfig(), False, False, False, 20),
@@ -73,7 +83,7 @@ def case(config: StpnConfig, plastic_bias: bool, scalar: bool, norm_gain: bool, 
 
 @pytest.mark.parametrize(
     ("config", "plastic_bias", "scalar", "norm_gain", "hidden"),
-    [case(*options) for options in CONFIGS + LAMBDA_MAX_CONFIGS + WIDE_CONFIGS],
+    [case(*options) for options in CONFIGS + LAMBDA_MAX_CONFIGS + RETENTION_CONFIGS + WIDE_CONFIGS],
 )
 def test_matches_spec_float64(
     kernel: str,
@@ -106,6 +116,8 @@ def test_matches_spec_float64(
             ),
             (StpnConfig(norm_time="post", clamp=0.4), True, True),
             (StpnConfig(norm_time="post", rule="oja", recurrent=False), True, False),
+            (StpnConfig(retention_max=0.5), True, True),
+            (StpnConfig(retention_max=0.5, rule="oja", clamp=0.4), False, False),
         ]
     ],
 )
@@ -153,6 +165,7 @@ def test_float32_close_to_float64(kernel: str, backward_segments: list[tuple[int
             (StpnConfig(clamp=0.4, norm_time="post"), True, HIDDEN),
             (StpnConfig(norm_time="post", rule="oja"), False, 20),
             (StpnConfig(rule="oja"), True, 20),
+            (StpnConfig(retention_max=0.5, clamp=0.4), True, 20),
         ]
     ],
 )

@@ -25,6 +25,10 @@
 // to the forward (the division, with the next step's sums) and two to the backward (the update and
 // its norm recomputed, then the gradient through the division); the default "pre" runs as before. A
 // norm gain g only scales 1/n per neuron.
+//
+// retention_max (rho) relative to the norm ("pre" with normalize): each decay acts as min(lambda / n, rho), so
+// F_{t-1} is multiplied by lambda / n where that is below rho and by rho elsewhere, where neither lambda nor n gets
+// a gradient through the decay. Without it rho is +inf and the min a no-op; elsewhere the caller has clamped lambda.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <torch/types.h>
@@ -50,6 +54,7 @@ struct Options {
   // post: norm_time="post" with normalize (the new F is divided by its own norm; the old one is not)
   bool recurrent, normalize, oja, plastic, post;
   double clamp;  // +inf without a clamp: clamping and its mask are then no-ops, with no branch in the loops
+  double retention;  // rho, the bound of lambda / n ("pre" with normalize only), +inf without one
 };
 
 // Per-thread buffers start on a cache line, as tensors do. GCC peels a loop's first iterations until a
@@ -143,10 +148,11 @@ template <typename T, bool Next>
 inline void update_row(const T* src, T* dst, int64_t i, T invn, T hi, const T* __restrict__ e,
                        const T* __restrict__ z_next, const Params<T>& p, const Options& o, T& ss, T& a) {
   const T *__restrict__ l = p.L + i * p.K, *__restrict__ g = p.G + i * p.K, *__restrict__ w = p.W + i * p.K;
+  const T rho = static_cast<T>(o.retention);
   T s = 0, d = 0;
 #pragma omp simd reduction(+ : s, d)
   for (int64_t k = 0; k < p.K; ++k) {
-    const T v = clamp_value(l[k] * src[k] * invn + g[k] * hi * e[k], o);
+    const T v = clamp_value(std::min(l[k] * invn, rho) * src[k] + g[k] * hi * e[k], o);
     dst[k] = v;
     if constexpr (Next) {
       const T gk = w[k] + v;
@@ -387,6 +393,7 @@ inline void update_block(const T* src, T* dst, const T* __restrict__ z_next, con
                          const Params<T>& p, const Options& o, int64_t i0, int64_t n) {
   const int64_t m = N > 0 ? N : n, H = p.H;
   const bool far = far_columns(p);
+  const T rho = static_cast<T>(o.retention);
   T bs[kLanes] = {}, ba[kLanes] = {};
   for (int64_t k = 0; k < p.K; ++k) {
     const int64_t r = k * H + i0;
@@ -399,7 +406,7 @@ inline void update_block(const T* src, T* dst, const T* __restrict__ z_next, con
     const T ek = e[k], zk = z_next[k];
 #pragma omp simd
     for (int64_t j = 0; j < m; ++j) {
-      const T v = clamp_value<Clamp>(l[j] * f[j] * invn[i0 + j] + g[j] * h[i0 + j] * ek, o);
+      const T v = clamp_value<Clamp>(std::min(l[j] * invn[i0 + j], rho) * f[j] + g[j] * h[i0 + j] * ek, o);
       d[j] = v;
       const T gk = w[j] + v;
       bs[j] += gk * gk;
@@ -445,13 +452,14 @@ void step_update_t(const T* src, T* dst, const T* z, const T* z_next, const T* _
     if (i0 < H)
       update_block<T, Clamp, 0>(src, dst, z_sums, h, ss_update, a_update, s.e.data(), invn, p, o, i0, H - i0);
   } else {
+    const T rho = static_cast<T>(o.retention);
     for (int64_t k = 0; k < K; ++k) {
       const T *__restrict__ l = p.L + k * H, *__restrict__ g = p.G + k * H;
       const T* f = src + k * H;
       T* d = dst + k * H;
       const T ek = s.e[k];
 #pragma omp simd
-      for (int64_t i = 0; i < H; ++i) d[i] = clamp_value<Clamp>(l[i] * f[i] * invn[i] + g[i] * h[i] * ek, o);
+      for (int64_t i = 0; i < H; ++i) d[i] = clamp_value<Clamp>(std::min(l[i] * invn[i], rho) * f[i] + g[i] * h[i] * ek, o);
     }
   }
   if (o.post) divide_columns(dst, z_next, ss, a, s, p, o);
@@ -534,7 +542,8 @@ inline void backward_block(const T* __restrict__ F, T* __restrict__ dF, const T*
   const int64_t m = N > 0 ? N : n, H = p.H, K = p.K;
   const bool far = far_columns(p);
   const T *__restrict__ invn = s.invn.data() + i0, *__restrict__ hb = h + i0;
-  // Through F_t = lambda F / n + gamma h e: per neuron, the sums s1 (for dn) and s2, s3 (for dh)
+  // Through F_t = min(lambda / n, rho) F + gamma h e: per neuron, the sums s1 (for dn) and s2, s3 (for dh)
+  const T rho = static_cast<T>(o.retention);
   T s1[kLanes] = {}, s2[kLanes] = {}, s3[kLanes] = {};
   for (int64_t k = 0; k < K; ++k) {
     const int64_t r = k * H + i0;
@@ -548,17 +557,19 @@ inline void backward_block(const T* __restrict__ F, T* __restrict__ dF, const T*
 #pragma omp simd
     for (int64_t j = 0; j < m; ++j) {
       const T decay = Post ? T(1) : invn[j];
-      const T dk = inside<Clamp>(l[j] * f[j] * decay + gm[j] * hb[j] * ek, o) ? d[j] : T(0);
-      gL[j] += dk * f[j] * decay;
+      // acting: the decay as it acts; free: 1 where it is lambda / n, 0 where rho bounds it
+      const T ratio = l[j] * decay, acting = std::min(ratio, rho), free = ratio < rho ? T(1) : T(0);
+      const T dk = inside<Clamp>(acting * f[j] + gm[j] * hb[j] * ek, o) ? d[j] : T(0);
+      gL[j] += free * dk * f[j] * decay;
       gG[j] += dk * hb[j] * ek;
-      s1[j] += dk * l[j] * f[j];
+      s1[j] += free * dk * l[j] * f[j];
       s2[j] += dk * gm[j] * ek;
       if constexpr (Oja) {
         s3[j] += dek * f[j];
-        d[j] = dk * l[j] * decay - hb[j] * dek;
+        d[j] = dk * acting - hb[j] * dek;
       } else {
         zp[j] += dk * gm[j] * hb[j];
-        d[j] = dk * l[j] * decay;
+        d[j] = dk * acting;
       }
     }
   }
@@ -624,9 +635,9 @@ void step_backward(const T* F, const T* __restrict__ h, const T* ss, const T* a,
     for (int64_t k = 0; k < K; ++k) {
       const T *__restrict__ f = F + k * H, *__restrict__ l = p.L + k * H, *__restrict__ gm = p.G + k * H;
       T* __restrict__ d = dF + k * H;
-      const T ek = s.e[k];
+      const T ek = s.e[k], rho = static_cast<T>(o.retention);
       s.de[k] = sum_over_neurons<T>(H, [&](int64_t i, T& acc) {
-        d[i] = inside<Clamp>(l[i] * f[i] * (Post ? T(1) : invn[i]) + gm[i] * h[i] * ek, o) ? d[i] : T(0);
+        d[i] = inside<Clamp>(std::min(l[i] * (Post ? T(1) : invn[i]), rho) * f[i] + gm[i] * h[i] * ek, o) ? d[i] : T(0);
         acc += d[i] * gm[i] * h[i];
       });
     }
@@ -674,8 +685,10 @@ void gather_input(T* z, const T* x, const T* h0, const T* out, bool reset, int64
     std::copy_n(hprev, p.H, z + p.I);
 }
 
-Options make_options(bool recurrent, bool normalize, bool oja, bool plastic, bool post, double clamp) {
-  return Options{recurrent, normalize, oja, plastic, normalize && post, clamp > 0 ? clamp : INFINITY};
+// clamp and retention: <= 0 for none. The retention bound acts only with normalize and "pre".
+Options make_options(bool recurrent, bool normalize, bool oja, bool plastic, bool post, double clamp, double retention) {
+  const double rho = retention > 0 && normalize && !post ? retention : INFINITY;
+  return Options{recurrent, normalize, oja, plastic, normalize && post, clamp > 0 ? clamp : INFINITY, rho};
 }
 
 bool present(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
@@ -811,7 +824,8 @@ std::tuple<std::vector<at::Tensor>, bool> stpn_forward(
     const at::Tensor& x_, const at::Tensor& h0_, const at::Tensor& fast0, const std::optional<at::Tensor>& starts_,
     const at::Tensor& W_, const at::Tensor& b_, const at::Tensor& L_, const at::Tensor& G_,
     const std::optional<at::Tensor>& bl_, const std::optional<at::Tensor>& bg_, const std::optional<at::Tensor>& ng_,
-    bool recurrent, bool normalize, bool oja, bool post, double clamp, bool record_energy, int64_t every) {
+    bool recurrent, bool normalize, bool oja, bool post, double clamp, double retention, bool record_energy,
+    int64_t every) {
   const int64_t Kp = check_inputs(x_, h0_, starts_, W_, b_, L_, G_, bl_, bg_, ng_, recurrent);
   check_tensor(fast0, "fast0", {x_.size(1), W_.size(0), Kp}, x_);
   TORCH_CHECK(every >= 0, "sb3_stpn: every must be >= 0, got ", every);
@@ -827,7 +841,7 @@ std::tuple<std::vector<at::Tensor>, bool> stpn_forward(
   at::Tensor ckpt = at::empty({n_ckpt, B, Kp, H}, x.options());
   const at::Tensor WT = every > 0 ? transposed(W) : W, LT = every > 0 ? transposed(L) : L,
                    GT = every > 0 ? transposed(G) : G;
-  const Options o = make_options(recurrent, normalize, oja, bl.defined(), post, clamp);
+  const Options o = make_options(recurrent, normalize, oja, bl.defined(), post, clamp, retention);
   std::atomic<bool> finite{true};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "stpn_forward", [&] {
     using T_ = scalar_t;
@@ -855,7 +869,8 @@ std::vector<at::Tensor> stpn_backward(const at::Tensor& x_, const at::Tensor& h0
                                       const at::Tensor& out_, const at::Tensor& W_, const at::Tensor& b_,
                                       const at::Tensor& L_, const at::Tensor& G_, const std::optional<at::Tensor>& bl_,
                                       const std::optional<at::Tensor>& bg_, const std::optional<at::Tensor>& ng_,
-                                      bool recurrent, bool normalize, bool oja, bool post, double clamp, int64_t every,
+                                      bool recurrent, bool normalize, bool oja, bool post, double clamp,
+                                      double retention, int64_t every,
                                       const at::Tensor& d_out_, const at::Tensor& d_fast_) {
   const int64_t Kp = check_inputs(x_, h0_, starts_, W_, b_, L_, G_, bl_, bg_, ng_, recurrent);
   const int64_t T = x_.size(0), B = x_.size(1), I = x_.size(2), H = W_.size(0), K = W_.size(1);
@@ -874,7 +889,7 @@ std::vector<at::Tensor> stpn_backward(const at::Tensor& x_, const at::Tensor& h0
   at::Tensor dbg = bl.defined() ? at::zeros_like(bg) : at::empty({0}, x.options());
   at::Tensor dng = ng.defined() ? at::zeros_like(ng) : at::empty({0}, x.options());
   const at::Tensor WT = transposed(W), LT = transposed(L), GT = transposed(G);
-  const Options o = make_options(recurrent, normalize, oja, bl.defined(), post, clamp);
+  const Options o = make_options(recurrent, normalize, oja, bl.defined(), post, clamp, retention);
   std::mutex reduce;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "stpn_backward", [&] {
     using T_ = scalar_t;
