@@ -74,8 +74,8 @@ class StpnActorCriticPolicy(RecurrentActorCriticPolicy):
     :param enable_critic_stpn: A separate STPN for the critic (the default, as for the LSTM).
         With neither, the critic sees the features through a linear layer.
     :param stpn_kwargs: Passed to :class:`~sb3_stpn.STPN` (``recurrent``, ``normalize``, ``norm_time``,
-        ``norm_gain``, ``clamp``, ``scalar_plasticity``, ``plastic_bias``, ``rule``, ``lambda_max``, ``lambda_init``,
-        ``gamma_init``, ``plastic``, ``lambda_lr_scale``, ``gamma_lr_scale``), over the policies' own defaults
+        ``norm_gain``, ``clamp``, ``scalar_plasticity``, ``plastic_bias``, ``rule``, ``lambda_max``, ``retention_max``,
+        ``lambda_init``, ``gamma_init``, ``plastic``, ``lambda_lr_scale``, ``gamma_lr_scale``), over the policies' own defaults
         (``POLICY_STPN_DEFAULTS``: ``lambda_max=0.5``); a key given here wins, ``lambda_max=None`` is the paper's model.
     """
 

@@ -50,6 +50,13 @@ class STPN(nn.Module):
         some lambdas above 1, and F then grows without bound where nothing else bounds it (``normalize=False``,
         a plastic bias, Oja's rule) until it is inf or NaN, which the layer reports with a
         :class:`~sb3_stpn.ops.stpn.config.DivergedStateError`: ``lambda_max=1.0`` (or a ``clamp``) prevents it.
+    :param retention_max: If set, in (0, 1]: the most of ``F_{t-1}`` that ``F_t`` keeps, whatever the size of ``W``.
+        With normalisation before the update (``norm_time="pre"``) the decays act at most ``retention_max * n_t``, a
+        bound tied to the norm: where ``lambda / n_t`` would exceed it, ``F`` keeps exactly ``retention_max`` of itself.
+        So ``F`` never grows by its decay (the runaway that makes ``F`` as large as ``W`` within ~50 steps), yet may
+        hold a memory for about ``1 / (1 - retention_max)`` steps, where ``lambda_max`` bounds ``lambda`` alone and
+        the memory it allows shrinks as ``W`` grows. Otherwise (post-normalisation, ``normalize=False``, a plastic
+        bias's decays) it clamps the decays as ``lambda_max`` does. None (default) is the paper's model.
     :param lambda_init: Bounds of the uniform initialisation of ``weight_lambda``.
     :param gamma_init: ``weight_gamma`` is drawn from U(-a, a) with a = gamma_init / sqrt(H).
     :param plastic: ``False`` gives the STPN's plasticity-free twin: no ``weight_lambda``/``weight_gamma``
@@ -77,6 +84,7 @@ class STPN(nn.Module):
         plastic_bias: bool = False,
         rule: PlasticityRule = "hebbian",
         lambda_max: float | None = None,
+        retention_max: float | None = None,
         lambda_init: tuple[float, float] = (0.0, 1.0),
         gamma_init: float = 1e-3,
         plastic: bool = True,
@@ -90,7 +98,13 @@ class STPN(nn.Module):
             raise ValueError(f"lambda_init=(low, high) needs low <= high, got {tuple(lambda_init)}")
         # The op's options, checked once (by StpnConfig) and handed as they are to every forward
         self.config = StpnConfig(
-            recurrent=recurrent, normalize=normalize, clamp=clamp, rule=rule, norm_time=norm_time, lambda_max=lambda_max
+            recurrent=recurrent,
+            normalize=normalize,
+            clamp=clamp,
+            rule=rule,
+            norm_time=norm_time,
+            lambda_max=lambda_max,
+            retention_max=retention_max,
         )
         for name, scale in (("lambda_lr_scale", lambda_lr_scale), ("gamma_lr_scale", gamma_lr_scale)):
             if not (isinstance(scale, numbers.Real) and math.isfinite(scale) and scale > 0):
@@ -173,20 +187,23 @@ class STPN(nn.Module):
     def plasticity(self) -> tuple[th.Tensor, th.Tensor, tuple[th.Tensor, th.Tensor] | None]:
         """
         The decays and rates the layer acts with: ``(lambda, gamma, (bias_lambda, bias_gamma) or None)``, the
-        learning-rate scales applied and the decays bounded by ``lambda_max`` (as the op bounds them).
+        learning-rate scales applied and the decays clamped to their fixed bounds (``lambda_max``, and
+        ``retention_max`` where it is not tied to the norm), as the op clamps them; the op also applies a bound
+        tied to the norm, per step (:attr:`~sb3_stpn.ops.stpn.config.StpnConfig.relative_lambda_max`).
         """
 
         def scaled(parameter: th.Tensor, scale: float) -> th.Tensor:
             return parameter if scale == 1.0 else parameter * scale
 
-        def decay_of(parameter: th.Tensor) -> th.Tensor:
+        def decay_of(parameter: th.Tensor, bound: float | None) -> th.Tensor:
             decay = scaled(parameter, self.lambda_lr_scale)
-            return decay if self.lambda_max is None else decay.clamp(max=self.lambda_max)
+            return decay if bound is None else decay.clamp(max=bound)
 
-        decay, rate = decay_of(self.weight_lambda), scaled(self.weight_gamma, self.gamma_lr_scale)
+        weight_bound, bias_bound = self.config.decay_bounds()
+        decay, rate = decay_of(self.weight_lambda, weight_bound), scaled(self.weight_gamma, self.gamma_lr_scale)
         if not self.plastic_bias:
             return decay, rate, None
-        return decay, rate, (decay_of(self.bias_lambda), scaled(self.bias_gamma, self.gamma_lr_scale))
+        return decay, rate, (decay_of(self.bias_lambda, bias_bound), scaled(self.bias_gamma, self.gamma_lr_scale))
 
     def initial_state(
         self, batch_size: int, device: th.device | str | None = None, dtype: th.dtype | None = None
@@ -261,6 +278,8 @@ class STPN(nn.Module):
             options.append(f"clamp={config.clamp}")
         if config.lambda_max is not None:
             options.append(f"lambda_max={config.lambda_max}")
+        if config.retention_max is not None:
+            options.append(f"retention_max={config.retention_max}")
         if self.scalar_plasticity:
             options.append("scalar_plasticity=True")
         if self.plastic_bias:

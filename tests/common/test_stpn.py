@@ -64,6 +64,8 @@ INVALID_OPTIONS = [
     ({"clamp": -1.0}, "clamp must be positive"),
     ({"norm_time": "during"}, "Unknown norm_time"),
     ({"lambda_max": 0.0}, "lambda_max must be positive"),
+    ({"retention_max": 0.0}, r"retention_max must lie in \(0, 1\]"),
+    ({"retention_max": 1.5}, r"retention_max must lie in \(0, 1\]"),
     ({"lambda_init": (1.0, 0.5)}, r"needs low <= high, got \(1.0, 0.5\)"),
     ({"input_size": 4.5}, "input_size must be a positive integer, got 4.5"),
     ({"hidden_size": "8"}, "hidden_size must be a positive integer, got '8'"),
@@ -186,6 +188,7 @@ def test_gradients_reach_every_parameter_the_input_and_the_initial_state(dtype: 
         {"recurrent": False, "normalize": False},
         {"clamp": 0.05, "rule": "oja", "plastic_bias": True, "scalar_plasticity": True},
         {"norm_time": "post", "norm_gain": True, "clamp": 0.5, "plastic_bias": True, "lambda_max": 0.5},
+        {"retention_max": 0.3, "norm_gain": True, "plastic_bias": True},
     ],
     ids=layer_options_id,
 )
@@ -338,6 +341,31 @@ def test_plasticity_reports_the_decays_bounded_as_the_layer_acts_with_them() -> 
     unbounded.load_state_dict(state)
     x = th.randn(STEPS, BATCH, INPUT)
     th.testing.assert_close(layer(x), unbounded(x))
+
+
+@pytest.mark.parametrize("kernel", ["reference", "cpp"], indirect=True)
+def test_retention_max_keeps_at_most_that_share_of_f_per_step(kernel: str) -> None:
+    """Without the Hebbian term: the paper's normalised ``F`` grows wherever ``lambda`` exceeds the row norm (about 0.7
+    here), while with ``retention_max`` every synapse keeps at most that share of itself, per step and sample, and
+    those whose ``lambda / n`` is below it keep that."""
+    th.manual_seed(0)
+    layers = {bound: STPN(INPUT, HIDDEN, retention_max=bound) for bound in (None, 0.8)}
+    layers[0.8].load_state_dict(layers[None].state_dict())
+    with th.no_grad():
+        layers[None].weight_gamma.zero_()
+        layers[0.8].weight_gamma.zero_()
+    x = th.randn(STEPS, BATCH, INPUT)
+    with th.no_grad():
+        for bound, layer in layers.items():
+            fast = 0.01 * th.randn(BATCH, HIDDEN, INPUT + HIDDEN)
+            for step in range(STEPS):
+                _, (_, new_fast) = layer(x[step : step + 1], (th.zeros(BATCH, HIDDEN), fast))
+                kept = new_fast.abs() / fast.abs()
+                if bound is None:
+                    assert kept.max() > 1.2, step
+                else:
+                    assert kept.max() <= bound * (1 + 1e-6) and kept.min() < 0.5 * bound, step
+                fast = new_fast
 
 
 def test_divergence_from_nan_parameters_blames_them_not_the_decays() -> None:
