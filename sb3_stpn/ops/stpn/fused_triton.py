@@ -89,6 +89,26 @@ def _clamp_backward(d_value, value, clamp, CLAMP: tl.constexpr):
 
 
 @triton.jit
+def _option(value_ptr, ON: tl.constexpr):
+    """A float option (clamp, rho) loaded from its one-element tensor with ON; 0 without, the tensor never read."""
+    value = 0.0
+    if ON:
+        value = tl.load(value_ptr)
+    return value
+
+
+@triton.jit
+def _retained(lam, decay_factor, retention):
+    """
+    With retention_max relative to the norm (RETAIN): the decays as they act, min(lambda / n, rho), and where they
+    are lambda / n (free). Elsewhere F keeps exactly rho of itself, and neither lambda nor n gets a gradient through
+    the decay. A NaN stays NaN, as on the other paths, so that the divergence check sees it.
+    """
+    ratio = lam * decay_factor[:, None]
+    return tl.minimum(ratio, retention, propagate_nan=tl.PropagateNan.ALL), ratio < retention
+
+
+@triton.jit
 def _accumulate(gradient, offsets, value, inside):
     """Adds a tile ``value`` to a per-sample gradient in global memory (read, add, write)."""
     tl.store(gradient + offsets, tl.load(gradient + offsets, mask=inside, other=0.0) + value, mask=inside)
@@ -157,14 +177,15 @@ def _gain(norm_gain, rows, H, like, GAIN: tl.constexpr):
 @triton.jit
 def _update(
     src, dst, checkpoint, save_checkpoint, weight, weight_lambda, weight_gamma, bias_lambda, bias_gamma, clamp,
-    x, h0, outputs, t, b, B, T, IN, H, K, Kp, keep, keep_next, h, inverse_norm, gain,
+    retention, x, h0, outputs, t, b, B, T, IN, H, K, Kp, keep, keep_next, h, inverse_norm, gain,
     RECURRENT: tl.constexpr, OJA: tl.constexpr, PLASTIC: tl.constexpr, CLAMP: tl.constexpr, POST: tl.constexpr,
-    ENERGY: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    RETAIN: tl.constexpr, ENERGY: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """
     F_t into dst from F_{t-1} in src (may be dst), and F_{t-1} into ``checkpoint`` if ``save_checkpoint`` (a Python
     False when never). Returns the sums of step t + 1 (``_sums`` of the new F with z_{t+1}), fused into the same pass;
-    with POST (norm_time="post") a second pass divides the new F by its own norm and gives them.
+    with POST (norm_time="post") a second pass divides the new F by its own norm and gives them. With RETAIN (never
+    with POST) the decays act at most ``retention`` (``_retained``).
     """
     rows = tl.arange(0, BLOCK_H)
     row_ok = rows < H
@@ -180,9 +201,14 @@ def _update(
         trace = _inputs(x, h0, outputs, t, b, B, T, IN, H, K, keep, cols, RECURRENT)
         if OJA:
             trace -= tl.sum(f * h[:, None], axis=0)
-        decayed = tl.load(weight_lambda + param, mask=inside, other=0.0) * f
-        if not POST:
-            decayed *= inverse_norm[:, None]
+        lam = tl.load(weight_lambda + param, mask=inside, other=0.0)
+        if RETAIN:
+            acting, _ = _retained(lam, inverse_norm, retention)
+            decayed = acting * f
+        else:
+            decayed = lam * f
+            if not POST:
+                decayed *= inverse_norm[:, None]
         new = decayed + tl.load(weight_gamma + param, mask=inside, other=0.0) * h[:, None] * trace[None, :]
         new = _clamp(new, clamp, CLAMP)
         tl.store(dst + state, new, mask=inside)
@@ -219,10 +245,10 @@ def _update(
 @triton.jit(do_not_specialize=_SIZES[:6])
 def _forward_kernel(
     x, h0, fast0, keeps, outputs, fast, energy, checkpoints,
-    weight, bias, weight_lambda, weight_gamma, bias_lambda, bias_gamma, norm_gain, clamp_ptr,
+    weight, bias, weight_lambda, weight_gamma, bias_lambda, bias_gamma, norm_gain, clamp_ptr, retention_ptr,
     T, B, IN, H, K, every,
     RECURRENT: tl.constexpr, NORMALIZE: tl.constexpr, OJA: tl.constexpr, PLASTIC: tl.constexpr, CLAMP: tl.constexpr,
-    GAIN: tl.constexpr, POST: tl.constexpr, ENERGY: tl.constexpr, CHECKPOINT: tl.constexpr,
+    GAIN: tl.constexpr, POST: tl.constexpr, RETAIN: tl.constexpr, ENERGY: tl.constexpr, CHECKPOINT: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """
@@ -236,9 +262,8 @@ def _forward_kernel(
         Kp = K + 1
     rows = tl.arange(0, BLOCK_H)
     row_ok = rows < H
-    clamp = 0.0
-    if CLAMP:
-        clamp = tl.load(clamp_ptr)
+    clamp = _option(clamp_ptr, CLAMP)
+    retention = _option(retention_ptr, RETAIN)
     bias_row = tl.load(bias + rows, mask=row_ok, other=0.0)
     gain = _gain(norm_gain, rows, H, bias_row, GAIN)
     # F_0 is only read: the first update writes F_1 into fast, where the later steps update it in place
@@ -273,10 +298,10 @@ def _forward_kernel(
         squares, drive, step_energy = _update(
             src=src, dst=dst, checkpoint=checkpoint, save_checkpoint=save,
             weight=weight, weight_lambda=weight_lambda, weight_gamma=weight_gamma,
-            bias_lambda=bias_lambda, bias_gamma=bias_gamma, clamp=clamp,
+            bias_lambda=bias_lambda, bias_gamma=bias_gamma, clamp=clamp, retention=retention,
             x=x, h0=h0, outputs=outputs, t=t, b=b, B=B, T=T, IN=IN, H=H, K=K, Kp=Kp,
             keep=keep, keep_next=tl.load(keeps + (t + 1) * B + b), h=h, inverse_norm=inverse_norm, gain=gain,
-            RECURRENT=RECURRENT, OJA=OJA, PLASTIC=PLASTIC, CLAMP=CLAMP, POST=POST, ENERGY=ENERGY,
+            RECURRENT=RECURRENT, OJA=OJA, PLASTIC=PLASTIC, CLAMP=CLAMP, POST=POST, RETAIN=RETAIN, ENERGY=ENERGY,
             BLOCK_H=BLOCK_H, BLOCK_K=BLOCK_K,
         )  # fmt: skip
         tl.debug_barrier()
@@ -291,10 +316,10 @@ def _sums_slot(segment_sums, j, H, rows):
 
 @triton.jit
 def _recompute_segment(
-    checkpoint, slots, segment_sums, weight, weight_lambda, weight_gamma, bias_lambda, bias_gamma, clamp, gain,
-    x, h0, outputs, keeps, t0, t1, b, B, T, IN, H, K, Kp,
+    checkpoint, slots, segment_sums, weight, weight_lambda, weight_gamma, bias_lambda, bias_gamma, clamp, retention,
+    gain, x, h0, outputs, keeps, t0, t1, b, B, T, IN, H, K, Kp,
     RECURRENT: tl.constexpr, NORMALIZE: tl.constexpr, OJA: tl.constexpr, PLASTIC: tl.constexpr, CLAMP: tl.constexpr,
-    POST: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    POST: tl.constexpr, RETAIN: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """
     The forward's arithmetic over the segment of steps [t0, t1) from its checkpoint: F entering step t0 + j + 1
@@ -319,11 +344,11 @@ def _recompute_segment(
         squares, drive, _ = _update(
             src=src, dst=dst, checkpoint=checkpoint, save_checkpoint=False,
             weight=weight, weight_lambda=weight_lambda, weight_gamma=weight_gamma,
-            bias_lambda=bias_lambda, bias_gamma=bias_gamma, clamp=clamp,
+            bias_lambda=bias_lambda, bias_gamma=bias_gamma, clamp=clamp, retention=retention,
             x=x, h0=h0, outputs=outputs, t=t, b=b, B=B, T=T, IN=IN, H=H, K=K, Kp=Kp,
             keep=keep, keep_next=tl.load(keeps + (t + 1) * B + b), h=h,
             inverse_norm=_inverse_norm(squares, gain, NORMALIZE), gain=gain,
-            RECURRENT=RECURRENT, OJA=OJA, PLASTIC=PLASTIC, CLAMP=CLAMP, POST=POST, ENERGY=False,
+            RECURRENT=RECURRENT, OJA=OJA, PLASTIC=PLASTIC, CLAMP=CLAMP, POST=POST, RETAIN=RETAIN, ENERGY=False,
             BLOCK_H=BLOCK_H, BLOCK_K=BLOCK_K,
         )  # fmt: skip
         src = dst
@@ -334,8 +359,8 @@ def _recompute_segment(
 
 @triton.jit
 def _update_tile(
-    src, weight_lambda, weight_gamma, x, h0, outputs, t, b, B, T, IN, H, K, keep, h, decay_factor,
-    cols, state, param, inside, RECURRENT: tl.constexpr, OJA: tl.constexpr,
+    src, weight_lambda, weight_gamma, x, h0, outputs, t, b, B, T, IN, H, K, keep, h, decay_factor, retention,
+    cols, state, param, inside, RECURRENT: tl.constexpr, OJA: tl.constexpr, RETAIN: tl.constexpr,
 ):  # fmt: skip
     """A tile of a step's update for the backward: F (after the reset), lambda, gamma, the trace e, the unclamped update."""
     f = keep * tl.load(src + state, mask=inside, other=0.0)
@@ -344,7 +369,12 @@ def _update_tile(
     trace = _inputs(x, h0, outputs, t, b, B, T, IN, H, K, keep, cols, RECURRENT)
     if OJA:
         trace -= tl.sum(f * h[:, None], axis=0)
-    return f, lam, gam, trace, lam * f * decay_factor[:, None] + gam * h[:, None] * trace[None, :]
+    if RETAIN:
+        acting, _ = _retained(lam, decay_factor, retention)
+        decayed = acting * f
+    else:
+        decayed = lam * f * decay_factor[:, None]
+    return f, lam, gam, trace, decayed + gam * h[:, None] * trace[None, :]
 
 
 @triton.jit
@@ -377,9 +407,10 @@ def _post_norm_backward(
     d_new_dot = tl.zeros([BLOCK_H], dtype=weight.dtype.element_ty)
     for k0 in range(0, K, BLOCK_K):
         cols, inside, state, param = _tile(k0, rows, H, K, Kp, BLOCK_K)
+        # POST: retention_max is never relative to the norm (RETAIN off)
         _, _, _, _, updated = _update_tile(
-            src, weight_lambda, weight_gamma, x, h0, outputs, t, b, B, T, IN, H, K, keep, h, decay_factor,
-            cols, state, param, inside, RECURRENT, OJA,
+            src, weight_lambda, weight_gamma, x, h0, outputs, t, b, B, T, IN, H, K, keep, h, decay_factor, 0.0,
+            cols, state, param, inside, RECURRENT, OJA, False,
         )  # fmt: skip
         new = _clamp(updated, clamp, CLAMP)
         g_new = tl.load(weight + param, mask=inside, other=0.0) + new
@@ -393,15 +424,16 @@ def _post_norm_backward(
 @triton.jit
 def _update_backward(
     src, d_state, dz_partial, grad_weight, grad_weight_lambda, grad_weight_gamma,
-    weight, weight_lambda, weight_gamma, clamp, x, h0, outputs, t, b, B, T, IN, H, K, Kp,
+    weight, weight_lambda, weight_gamma, clamp, retention, x, h0, outputs, t, b, B, T, IN, H, K, Kp,
     keep, h, decay_factor, inverse_new_norm, new_coefficient,
-    RECURRENT: tl.constexpr, OJA: tl.constexpr, CLAMP: tl.constexpr, POST: tl.constexpr,
+    RECURRENT: tl.constexpr, OJA: tl.constexpr, CLAMP: tl.constexpr, POST: tl.constexpr, RETAIN: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """
-    Pass 1, through F_t = clamp(lambda F / n + gamma h e) (POST: P = clamp(lambda F + gamma h e)): adds the gradients
-    of lambda and gamma (POST: and W's through m), turns dF_t in ``d_state`` into dF through the decay and writes the
-    gradient of the trace e into ``dz_partial``. Returns per neuron the gradient of n through the decay and that of h.
+    Pass 1, through F_t = clamp(lambda F / n + gamma h e) (POST: P = clamp(lambda F + gamma h e); RETAIN:
+    clamp(min(lambda / n, rho) F + gamma h e)): adds the gradients of lambda and gamma (POST: and W's through m), turns
+    dF_t in ``d_state`` into dF through the decay and writes the gradient of the trace e into ``dz_partial``. Returns
+    per neuron the gradient of n through the decay and that of h.
     """
     rows = tl.arange(0, BLOCK_H)
     d_norm_through_decay = tl.zeros([BLOCK_H], dtype=weight.dtype.element_ty)
@@ -410,8 +442,8 @@ def _update_backward(
     for k0 in range(0, K, BLOCK_K):
         cols, inside, state, param = _tile(k0, rows, H, K, Kp, BLOCK_K)
         f, lam, gam, trace, updated = _update_tile(
-            src, weight_lambda, weight_gamma, x, h0, outputs, t, b, B, T, IN, H, K, keep, h, decay_factor,
-            cols, state, param, inside, RECURRENT, OJA,
+            src, weight_lambda, weight_gamma, x, h0, outputs, t, b, B, T, IN, H, K, keep, h, decay_factor, retention,
+            cols, state, param, inside, RECURRENT, OJA, RETAIN,
         )  # fmt: skip
         d_new = tl.load(d_state + state, mask=inside, other=0.0)
         if POST:
@@ -421,13 +453,21 @@ def _update_backward(
             _accumulate(grad_weight, param, d_g_new, inside)
             d_new = d_new * inverse_new_norm[:, None] + d_g_new
         d_new = _clamp_backward(d_new, updated, clamp, CLAMP)
-        _accumulate(grad_weight_lambda, param, d_new * f * decay_factor[:, None], inside)
+        # d_free: the gradient lambda and n get through the decay, none where rho bounds it
+        d_free = d_new
+        if RETAIN:
+            acting, free = _retained(lam, decay_factor, retention)
+            d_free = tl.where(free, d_new, 0.0)
+        _accumulate(grad_weight_lambda, param, d_free * f * decay_factor[:, None], inside)
         _accumulate(grad_weight_gamma, param, d_new * h[:, None] * trace[None, :], inside)
         if not POST:
-            d_norm_through_decay += tl.sum(d_new * lam * f, axis=1)
+            d_norm_through_decay += tl.sum(d_free * lam * f, axis=1)
         d_h_through_hebbian += tl.sum(d_new * gam * trace[None, :], axis=1)
         d_trace = tl.sum(d_new * gam * h[:, None], axis=0)
-        d_old = d_new * lam * decay_factor[:, None]
+        if RETAIN:
+            d_old = d_new * acting
+        else:
+            d_old = d_new * lam * decay_factor[:, None]
         if OJA:
             # Oja's trace e = z - F^T h
             d_h_through_trace += tl.sum(f * d_trace[None, :], axis=1)
@@ -465,10 +505,10 @@ def _efficacy_backward(
 def _step_backward(
     t, t0, checkpoint, slots, segment_sums, d_state, dz_partial, dh_carry, d_outputs, dx,
     grad_weight, grad_weight_lambda, grad_weight_gamma,
-    weight, weight_lambda, weight_gamma, bias_lambda_row, bias_gamma_row, clamp, gain,
+    weight, weight_lambda, weight_gamma, bias_lambda_row, bias_gamma_row, clamp, retention, gain,
     x, h0, outputs, keeps, b, B, T, IN, H, K, Kp,
-    RECURRENT: tl.constexpr, NORMALIZE: tl.constexpr, OJA: tl.constexpr, PLASTIC: tl.constexpr,
-    CLAMP: tl.constexpr, GAIN: tl.constexpr, POST: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    RECURRENT: tl.constexpr, NORMALIZE: tl.constexpr, OJA: tl.constexpr, PLASTIC: tl.constexpr, CLAMP: tl.constexpr,
+    GAIN: tl.constexpr, POST: tl.constexpr, RETAIN: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """
     Step t of the reverse walk, from F entering it (the segment's ``checkpoint`` or a recomputed slot): dF_t in
@@ -504,10 +544,10 @@ def _step_backward(
     d_norm_through_decay, d_h_through_update = _update_backward(
         src=src, d_state=d_state, dz_partial=dz_partial, grad_weight=grad_weight,
         grad_weight_lambda=grad_weight_lambda, grad_weight_gamma=grad_weight_gamma,
-        weight=weight, weight_lambda=weight_lambda, weight_gamma=weight_gamma, clamp=clamp,
+        weight=weight, weight_lambda=weight_lambda, weight_gamma=weight_gamma, clamp=clamp, retention=retention,
         x=x, h0=h0, outputs=outputs, t=t, b=b, B=B, T=T, IN=IN, H=H, K=K, Kp=Kp, keep=keep, h=h,
         decay_factor=decay_factor, inverse_new_norm=inverse_new_norm, new_coefficient=new_coefficient,
-        RECURRENT=RECURRENT, OJA=OJA, CLAMP=CLAMP, POST=POST, BLOCK_H=BLOCK_H, BLOCK_K=BLOCK_K,
+        RECURRENT=RECURRENT, OJA=OJA, CLAMP=CLAMP, POST=POST, RETAIN=RETAIN, BLOCK_H=BLOCK_H, BLOCK_K=BLOCK_K,
     )  # fmt: skip
     # Per neuron, through h = tanh(G z / n + b + F_bias) and n = g (||G|| + eps)
     d_h += d_h_through_update
@@ -544,12 +584,12 @@ def _step_backward(
 @triton.jit(do_not_specialize=_SIZES)
 def _backward_kernel(
     x, h0, keeps, checkpoints, outputs,
-    weight, weight_lambda, weight_gamma, bias_lambda, bias_gamma, norm_gain, clamp_ptr,
+    weight, weight_lambda, weight_gamma, bias_lambda, bias_gamma, norm_gain, clamp_ptr, retention_ptr,
     d_outputs, d_fast, dx, dh_carry, segment_states, segment_sums, dz_partial,
     grad_weight, grad_weight_lambda, grad_weight_gamma, grad_bias, grad_bias_lambda, grad_bias_gamma, grad_norm_gain,
     T, B, IN, H, K, every, segments,
     RECURRENT: tl.constexpr, NORMALIZE: tl.constexpr, OJA: tl.constexpr, PLASTIC: tl.constexpr, CLAMP: tl.constexpr,
-    GAIN: tl.constexpr, POST: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    GAIN: tl.constexpr, POST: tl.constexpr, RETAIN: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """
     BPTT of sample ``program_id`` from the forward's checkpoints, segment by segment from the last: each recomputed
@@ -567,9 +607,8 @@ def _backward_kernel(
     S = H * Kp
     rows = tl.arange(0, BLOCK_H)
     row_ok = rows < H
-    clamp = 0.0
-    if CLAMP:
-        clamp = tl.load(clamp_ptr)
+    clamp = _option(clamp_ptr, CLAMP)
+    retention = _option(retention_ptr, RETAIN)
     zeros = tl.zeros([BLOCK_H], dtype=weight.dtype.element_ty)
     bias_lambda_row = zeros
     bias_gamma_row = zeros
@@ -598,9 +637,9 @@ def _backward_kernel(
         _recompute_segment(
             checkpoint=checkpoint, slots=slots, segment_sums=sums_b,
             weight=weight, weight_lambda=weight_lambda, weight_gamma=weight_gamma,
-            bias_lambda=bias_lambda, bias_gamma=bias_gamma, clamp=clamp, gain=gain,
+            bias_lambda=bias_lambda, bias_gamma=bias_gamma, clamp=clamp, retention=retention, gain=gain,
             x=x, h0=h0, outputs=outputs, keeps=keeps, t0=t0, t1=t1, b=b, B=B, T=T, IN=IN, H=H, K=K, Kp=Kp,
-            RECURRENT=RECURRENT, NORMALIZE=NORMALIZE, OJA=OJA, PLASTIC=PLASTIC, CLAMP=CLAMP, POST=POST,
+            RECURRENT=RECURRENT, NORMALIZE=NORMALIZE, OJA=OJA, PLASTIC=PLASTIC, CLAMP=CLAMP, POST=POST, RETAIN=RETAIN,
             BLOCK_H=BLOCK_H, BLOCK_K=BLOCK_K,
         )  # fmt: skip
         tl.debug_barrier()
@@ -610,10 +649,10 @@ def _backward_kernel(
                 d_state=d_state, dz_partial=dz_b, dh_carry=dh_b, d_outputs=d_outputs, dx=dx,
                 grad_weight=grad_weight_b, grad_weight_lambda=grad_weight_lambda_b, grad_weight_gamma=grad_weight_gamma_b,
                 weight=weight, weight_lambda=weight_lambda, weight_gamma=weight_gamma,
-                bias_lambda_row=bias_lambda_row, bias_gamma_row=bias_gamma_row, clamp=clamp, gain=gain,
-                x=x, h0=h0, outputs=outputs, keeps=keeps, b=b, B=B, T=T, IN=IN, H=H, K=K, Kp=Kp,
+                bias_lambda_row=bias_lambda_row, bias_gamma_row=bias_gamma_row, clamp=clamp, retention=retention,
+                gain=gain, x=x, h0=h0, outputs=outputs, keeps=keeps, b=b, B=B, T=T, IN=IN, H=H, K=K, Kp=Kp,
                 RECURRENT=RECURRENT, NORMALIZE=NORMALIZE, OJA=OJA, PLASTIC=PLASTIC, CLAMP=CLAMP, GAIN=GAIN,
-                POST=POST, BLOCK_H=BLOCK_H, BLOCK_K=BLOCK_K,
+                POST=POST, RETAIN=RETAIN, BLOCK_H=BLOCK_H, BLOCK_K=BLOCK_K,
             )  # fmt: skip
             sum_d_bias += d_bias
             sum_d_bias_lambda += d_bias_lambda
@@ -636,6 +675,7 @@ def _flags(config: StpnConfig, plastic: bool, gain: bool) -> dict[str, bool]:
         "CLAMP": config.clamp is not None,
         "GAIN": gain,
         "POST": config.normalize and config.norm_time == "post",
+        "RETAIN": config.relative_lambda_max is not None,
     }
 
 
@@ -659,9 +699,15 @@ def _on_device_of(x: th.Tensor) -> contextlib.AbstractContextManager:
     return th.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
-def _clamp_tensor(config: StpnConfig, like: th.Tensor) -> th.Tensor:
-    # A tensor, not a kernel argument: Triton passes Python floats as float32
-    return like.new_full((1,), 0.0 if config.clamp is None else config.clamp)
+def _options(config: StpnConfig, like: th.Tensor) -> dict[str, th.Tensor]:
+    """
+    The float options as one-element tensors, not kernel arguments (Triton passes Python floats as float32): the
+    clamp and rho, the bound of lambda / n (``config.relative_lambda_max``). An option whose flag is off is never read:
+    the clamp's tensor stands in for rho then, so that the default costs no second allocation (rollouts: one a step).
+    """
+    clamp = like.new_full((1,), 0.0 if config.clamp is None else config.clamp)
+    rho = config.relative_lambda_max
+    return {"clamp_ptr": clamp, "retention_ptr": clamp if rho is None else like.new_full((1,), rho)}
 
 
 def forward(
@@ -705,7 +751,7 @@ def forward(
             bias_lambda=bias_lambda if plastic else bias,
             bias_gamma=bias_gamma if plastic else bias,
             norm_gain=bias if norm_gain is None else norm_gain,
-            clamp_ptr=_clamp_tensor(config, x),
+            **_options(config, x),
             T=steps,
             B=batch,
             IN=inputs,
@@ -765,7 +811,7 @@ def backward(
             bias_lambda=bias_lambda if plastic else weight,
             bias_gamma=bias_gamma if plastic else weight,
             norm_gain=weight if norm_gain is None else norm_gain,
-            clamp_ptr=_clamp_tensor(config, x),
+            **_options(config, x),
             d_outputs=d_outputs.contiguous(),
             d_fast=d_fast,
             dx=dx,

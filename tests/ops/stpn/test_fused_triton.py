@@ -244,21 +244,23 @@ def test_fallback_when_triton_does_not_import(monkeypatch: pytest.MonkeyPatch, c
         dispatch._triton_ops.cache_clear()
 
 
-# Compiles both kernels with every option on, as on a GPU: float32, H=64 in tiles of 16 columns on 8 warps
+# Compiles both kernels with every option on, as on a GPU: float32, H=64 in tiles of 16 columns on 8 warps; POST and
+# RETAIN (retention_max relative to the norm) in turn, as they never combine
 COMPILE_FOR_SM90 = """
 from triton import compile
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from sb3_stpn.ops.stpn import fused_triton as kernels
 
-flags = dict(RECURRENT=True, NORMALIZE=True, OJA=True, PLASTIC=True, CLAMP=True, GAIN=True, POST=True)
-flags.update(BLOCK_H=64, BLOCK_K=16)
-forward = (kernels._forward_kernel, dict(flags, ENERGY=True, CHECKPOINT=True))
-for kernel, constexprs in [forward, (kernels._backward_kernel, flags)]:
-    names = kernel.arg_names
-    signature = {n: "constexpr" if n in constexprs else "i32" if n in kernels._SIZES else "*fp32" for n in names}
-    source = ASTSource(kernel, signature, constexprs)
-    assert compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8}).asm["cubin"]
+for post in (True, False):
+    flags = dict(RECURRENT=True, NORMALIZE=True, OJA=True, PLASTIC=True, CLAMP=True, GAIN=True, POST=post, RETAIN=not post)
+    flags.update(BLOCK_H=64, BLOCK_K=16)
+    forward = (kernels._forward_kernel, dict(flags, ENERGY=True, CHECKPOINT=True))
+    for kernel, constexprs in [forward, (kernels._backward_kernel, flags)]:
+        names = kernel.arg_names
+        signature = {n: "constexpr" if n in constexprs else "i32" if n in kernels._SIZES else "*fp32" for n in names}
+        source = ASTSource(kernel, signature, constexprs)
+        assert compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8}).asm["cubin"]
 """
 
 
