@@ -265,10 +265,6 @@ def stpn_sequence(
     h0, fast0 = state
     try:
         choice = kernel_choice(x)
-        if choice == "triton" and config.relative_lambda_max is not None:
-            if _requested_kernel() == "triton":
-                raise ValueError(f"{KERNEL_ENV}=triton has no retention_max with normalize and norm_time='pre' yet: unset it")
-            choice = "torch"
         if choice == "triton" and _requested_kernel() == "auto" and not _triton_agrees(x.device, x.dtype, config, params):
             choice = "torch"
         return _run_sequence(choice, x, h0, fast0, episode_starts, params, config, record_energy)
