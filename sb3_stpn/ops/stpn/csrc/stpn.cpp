@@ -28,7 +28,8 @@
 //
 // retention_max (rho) relative to the norm ("pre" with normalize): each decay acts as min(lambda / n, rho), so
 // F_{t-1} is multiplied by lambda / n where that is below rho and by rho elsewhere, where neither lambda nor n gets
-// a gradient through the decay. Without it rho is +inf and the min a no-op; elsewhere the caller has clamped lambda.
+// a gradient through the decay; elsewhere the caller has clamped lambda. A template parameter (Retain), so that
+// without it the loops are as they were, rounding included (the min cost 7-16% there).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <torch/types.h>
@@ -56,6 +57,13 @@ struct Options {
   double clamp;  // +inf without a clamp: clamping and its mask are then no-ops, with no branch in the loops
   double retention;  // rho, the bound of lambda / n ("pre" with normalize only), +inf without one
 };
+
+// lambda F_{t-1} times the decay factor d (1/n for "pre", 1 for "post"); with Retain, min(lambda d, rho) F_{t-1}.
+template <bool Retain, typename T>
+inline T decayed(T l, T f, T d, T rho) {
+  if constexpr (Retain) return std::min(l * d, rho) * f;
+  return l * f * d;
+}
 
 // Per-thread buffers start on a cache line, as tensors do. GCC peels a loop's first iterations until a
 // pointer is aligned, and the peeled ones may round differently from the vector body (FMA contraction):
@@ -144,7 +152,7 @@ void presynaptic_trace(const T* F, const T* z, const T* h, const Params<T>& p, c
 // caller's F_0 is only read, and the backward's recompute writes each state into its own slot). With
 // Next, the same pass also returns the next step's sums of this row of G = W + F_t (row_pass with
 // z_next), so that the forward reads W and F once per step instead of twice.
-template <typename T, bool Next>
+template <typename T, bool Next, bool Retain>
 inline void update_row(const T* src, T* dst, int64_t i, T invn, T hi, const T* __restrict__ e,
                        const T* __restrict__ z_next, const Params<T>& p, const Options& o, T& ss, T& a) {
   const T *__restrict__ l = p.L + i * p.K, *__restrict__ g = p.G + i * p.K, *__restrict__ w = p.W + i * p.K;
@@ -152,7 +160,7 @@ inline void update_row(const T* src, T* dst, int64_t i, T invn, T hi, const T* _
   T s = 0, d = 0;
 #pragma omp simd reduction(+ : s, d)
   for (int64_t k = 0; k < p.K; ++k) {
-    const T v = clamp_value(std::min(l[k] * invn, rho) * src[k] + g[k] * hi * e[k], o);
+    const T v = clamp_value(decayed<Retain>(l[k], src[k], invn, rho) + g[k] * hi * e[k], o);
     dst[k] = v;
     if constexpr (Next) {
       const T gk = w[k] + v;
@@ -240,7 +248,7 @@ void step_output(const T* fb, int64_t stride, const T* ss, const T* a, T* h, Scr
 // (the next step's input, when no reset comes before it) it also writes the next step's sums into
 // ss_next, a_next (may be this step's: step_output has used them). "post": the update P comes with the
 // sums of W + P, then F_t = P / m, m = g (||W + P|| + eps), on the row still in cache.
-template <typename T>
+template <typename T, bool Retain>
 void step_update(const T* src, T* dst, const T* z, const T* z_next, const T* h, T* ss_next, T* a_next, Scratch<T>& s,
                  const Params<T>& p, const Options& o) {
   presynaptic_trace(src, z, h, p, o, s.e.data());
@@ -248,16 +256,17 @@ void step_update(const T* src, T* dst, const T* z, const T* z_next, const T* h, 
     const int64_t row = i * p.Kp;
     const T decay = s.decay[i];
     if (o.post) {
-      update_row<T, true>(src + row, dst + row, i, decay, h[i], s.e.data(), z, p, o, s.qq[i], s.qa[i]);
+      update_row<T, true, Retain>(src + row, dst + row, i, decay, h[i], s.e.data(), z, p, o, s.qq[i], s.qa[i]);
       const T invm = inverse_norm(s.qq[i], i, p, o);
       T* __restrict__ f = dst + row;
 #pragma omp simd
       for (int64_t k = 0; k < p.K; ++k) f[k] *= invm;
       if (z_next) row_pass<T>(p.W + i * p.K, f, z_next, nullptr, p.K, ss_next[i], a_next[i], nullptr);
     } else if (z_next) {
-      update_row<T, true>(src + row, dst + row, i, decay, h[i], s.e.data(), z_next, p, o, ss_next[i], a_next[i]);
+      update_row<T, true, Retain>(src + row, dst + row, i, decay, h[i], s.e.data(), z_next, p, o, ss_next[i],
+                                  a_next[i]);
     } else {
-      update_row<T, false>(src + row, dst + row, i, decay, h[i], s.e.data(), z, p, o, ss_next[i], a_next[i]);
+      update_row<T, false, Retain>(src + row, dst + row, i, decay, h[i], s.e.data(), z, p, o, ss_next[i], a_next[i]);
     }
   }
 }
@@ -387,7 +396,7 @@ inline void prefetch(const void* ptr) {
 // The fused update and next sums of neurons [i0, i0 + n) over all K rows, n = N if N > 0: with a
 // compile-time block of kLanes neurons the block's sums stay in registers across the rows (as sums over
 // whole rows they were loaded and stored for every element).
-template <typename T, bool Clamp, int64_t N>
+template <typename T, bool Clamp, bool Retain, int64_t N>
 inline void update_block(const T* src, T* dst, const T* __restrict__ z_next, const T* __restrict__ h,
                          T* __restrict__ ss, T* __restrict__ a, const T* __restrict__ e, const T* __restrict__ invn,
                          const Params<T>& p, const Options& o, int64_t i0, int64_t n) {
@@ -406,7 +415,7 @@ inline void update_block(const T* src, T* dst, const T* __restrict__ z_next, con
     const T ek = e[k], zk = z_next[k];
 #pragma omp simd
     for (int64_t j = 0; j < m; ++j) {
-      const T v = clamp_value<Clamp>(std::min(l[j] * invn[i0 + j], rho) * f[j] + g[j] * h[i0 + j] * ek, o);
+      const T v = clamp_value<Clamp>(decayed<Retain>(l[j], f[j], invn[i0 + j], rho) + g[j] * h[i0 + j] * ek, o);
       d[j] = v;
       const T gk = w[j] + v;
       bs[j] += gk * gk;
@@ -437,7 +446,7 @@ void divide_columns(T* F, const T* z_next, T* ss, T* a, Scratch<T>& s, const Par
 // step_update on the transposed F: F_t into dst from F_{t-1} in src (may be dst). With z_next it also
 // writes the next step's sums into ss, a (this step's, already used by step_output). "post": the
 // update P comes with the sums of W + P (into s.qq), then divide_columns.
-template <typename T, bool Clamp>
+template <typename T, bool Clamp, bool Retain>
 void step_update_t(const T* src, T* dst, const T* z, const T* z_next, const T* __restrict__ h, T* __restrict__ ss,
                    T* __restrict__ a, Scratch<T>& s, const Params<T>& p, const Options& o) {
   const int64_t H = p.H, K = p.K;
@@ -448,9 +457,10 @@ void step_update_t(const T* src, T* dst, const T* z, const T* z_next, const T* _
   if (z_sums) {
     int64_t i0 = 0;
     for (; i0 + kLanes <= H; i0 += kLanes)
-      update_block<T, Clamp, kLanes>(src, dst, z_sums, h, ss_update, a_update, s.e.data(), invn, p, o, i0, kLanes);
+      update_block<T, Clamp, Retain, kLanes>(src, dst, z_sums, h, ss_update, a_update, s.e.data(), invn, p, o, i0,
+                                             kLanes);
     if (i0 < H)
-      update_block<T, Clamp, 0>(src, dst, z_sums, h, ss_update, a_update, s.e.data(), invn, p, o, i0, H - i0);
+      update_block<T, Clamp, Retain, 0>(src, dst, z_sums, h, ss_update, a_update, s.e.data(), invn, p, o, i0, H - i0);
   } else {
     const T rho = static_cast<T>(o.retention);
     for (int64_t k = 0; k < K; ++k) {
@@ -459,12 +469,21 @@ void step_update_t(const T* src, T* dst, const T* z, const T* z_next, const T* _
       T* d = dst + k * H;
       const T ek = s.e[k];
 #pragma omp simd
-      for (int64_t i = 0; i < H; ++i) d[i] = clamp_value<Clamp>(std::min(l[i] * invn[i], rho) * f[i] + g[i] * h[i] * ek, o);
+      for (int64_t i = 0; i < H; ++i)
+        d[i] = clamp_value<Clamp>(decayed<Retain>(l[i], f[i], invn[i], rho) + g[i] * h[i] * ek, o);
     }
   }
   if (o.post) divide_columns(dst, z_next, ss, a, s, p, o);
   if (o.plastic)
     for (int64_t i = 0; i < H; ++i) dst[K * H + i] = clamp_value(p.bl[i] * src[K * H + i] + p.bg[i] * h[i], o);
+}
+
+// step_update_t for the options' clamp and retention bound.
+template <typename T>
+auto pick_update(const Options& o) {
+  const bool retain = o.retention < INFINITY;
+  if (o.clamp < INFINITY) return retain ? step_update_t<T, true, true> : step_update_t<T, true, false>;
+  return retain ? step_update_t<T, false, true> : step_update_t<T, false, false>;
 }
 
 // Per-thread parameter gradients, W, lambda, gamma transposed (K, H).
@@ -533,16 +552,21 @@ void post_norm_backward(const T* F, T* dF, const T* __restrict__ h, Scratch<T>& 
 // columns, still in cache (as two passes over the whole of F and dF they came back from L2 or memory:
 // 12% slower than the row layout at K=640). The block's sums (s1, s2, s3), 1/n, h, da and the
 // coefficient of G stay in registers; the sums over neurons (dz) gather in s.dzp, kLanes lanes per row.
-// Post: norm_time="post", whose F_{t-1} is not divided by n (dF is already that of the update, from
-// post_norm_backward); a template parameter, so that the default "pre" loops are as they were.
-template <typename T, bool Oja, bool Clamp, bool Post, int64_t N>
+// Decay: how F_{t-1} decays, a template parameter so that the default "pre" loops are as they were. kPost:
+// norm_time="post", whose F_{t-1} is not divided by n (dF is already that of the update, from post_norm_backward);
+// kRetain: "pre" with the retention bound.
+enum Decay { kPre, kPost, kRetain };
+
+template <typename T, bool Oja, bool Clamp, Decay D, int64_t N>
 inline void backward_block(const T* __restrict__ F, T* __restrict__ dF, const T* __restrict__ h, const T* ss,
                            const T* a, Scratch<T>& s, Grads<T>& g, const Params<T>& p, const Options& o, int64_t i0,
                            int64_t n) {
   const int64_t m = N > 0 ? N : n, H = p.H, K = p.K;
   const bool far = far_columns(p);
   const T *__restrict__ invn = s.invn.data() + i0, *__restrict__ hb = h + i0;
-  // Through F_t = min(lambda / n, rho) F + gamma h e: per neuron, the sums s1 (for dn) and s2, s3 (for dh)
+  // Through F_t = lambda F / n + gamma h e (kRetain: min(lambda / n, rho) F): per neuron, the sums s1 (for dn)
+  // and s2, s3 (for dh)
+  constexpr bool Post = D == kPost, Retain = D == kRetain;
   const T rho = static_cast<T>(o.retention);
   T s1[kLanes] = {}, s2[kLanes] = {}, s3[kLanes] = {};
   for (int64_t k = 0; k < K; ++k) {
@@ -557,19 +581,20 @@ inline void backward_block(const T* __restrict__ F, T* __restrict__ dF, const T*
 #pragma omp simd
     for (int64_t j = 0; j < m; ++j) {
       const T decay = Post ? T(1) : invn[j];
-      // acting: the decay as it acts; free: 1 where it is lambda / n, 0 where rho bounds it
-      const T ratio = l[j] * decay, acting = std::min(ratio, rho), free = ratio < rho ? T(1) : T(0);
-      const T dk = inside<Clamp>(acting * f[j] + gm[j] * hb[j] * ek, o) ? d[j] : T(0);
-      gL[j] += free * dk * f[j] * decay;
+      const T dk = inside<Clamp>(decayed<Retain>(l[j], f[j], decay, rho) + gm[j] * hb[j] * ek, o) ? d[j] : T(0);
+      // Where the bound holds the decay at rho, neither lambda nor n gets a gradient through it
+      const T ratio = l[j] * decay, dk_free = Retain && !(ratio < rho) ? T(0) : dk;
+      gL[j] += dk_free * f[j] * decay;
       gG[j] += dk * hb[j] * ek;
-      s1[j] += free * dk * l[j] * f[j];
+      s1[j] += dk_free * l[j] * f[j];
       s2[j] += dk * gm[j] * ek;
+      const T d_old = Retain ? dk * std::min(ratio, rho) : dk * l[j] * decay;
       if constexpr (Oja) {
         s3[j] += dek * f[j];
-        d[j] = dk * acting - hb[j] * dek;
+        d[j] = d_old - hb[j] * dek;
       } else {
         zp[j] += dk * gm[j] * hb[j];
-        d[j] = dk * acting;
+        d[j] = d_old;
       }
     }
   }
@@ -622,13 +647,14 @@ inline void backward_block(const T* __restrict__ F, T* __restrict__ dF, const T*
 // (in s.z) and h: its input and output; dF: in, the gradient of F after the step, out, that of F
 // entering it; s.dh: the whole gradient of h; s.dz: out; ss, a: the step's sums kept by the recompute.
 // Parameter gradients are added to the per-thread sums in g.
-template <typename T, bool Oja, bool Clamp, bool Post>
+template <typename T, bool Oja, bool Clamp, Decay D>
 void step_backward(const T* F, const T* __restrict__ h, const T* ss, const T* a, T* dF, Scratch<T>& s, Grads<T>& g,
                    const Params<T>& p, const Options& o) {
   const int64_t H = p.H, K = p.K;
   T* __restrict__ invn = s.invn.data();
   presynaptic_trace_t(F, s.z.data(), h, p, o, s.e.data());
   for (int64_t i = 0; i < H; ++i) invn[i] = inverse_norm(ss[i], i, p, o);
+  constexpr bool Post = D == kPost;
   if (Post) post_norm_backward<T, Clamp>(F, dF, h, s, g, p, o);
   if (Oja) {
     // Oja's trace couples the neurons: mask dF first and gather de_k = sum_i dF_ki gamma_ki h_i
@@ -637,7 +663,8 @@ void step_backward(const T* F, const T* __restrict__ h, const T* ss, const T* a,
       T* __restrict__ d = dF + k * H;
       const T ek = s.e[k], rho = static_cast<T>(o.retention);
       s.de[k] = sum_over_neurons<T>(H, [&](int64_t i, T& acc) {
-        d[i] = inside<Clamp>(std::min(l[i] * (Post ? T(1) : invn[i]), rho) * f[i] + gm[i] * h[i] * ek, o) ? d[i] : T(0);
+        const T decay = Post ? T(1) : invn[i];
+        d[i] = inside<Clamp>(decayed<D == kRetain>(l[i], f[i], decay, rho) + gm[i] * h[i] * ek, o) ? d[i] : T(0);
         acc += d[i] * gm[i] * h[i];
       });
     }
@@ -645,14 +672,15 @@ void step_backward(const T* F, const T* __restrict__ h, const T* ss, const T* a,
   std::fill(s.dzp.begin(), s.dzp.end(), T(0));
   int64_t i0 = 0;
   for (; i0 + kLanes <= H; i0 += kLanes)
-    backward_block<T, Oja, Clamp, Post, kLanes>(F, dF, h, ss, a, s, g, p, o, i0, kLanes);
-  if (i0 < H) backward_block<T, Oja, Clamp, Post, 0>(F, dF, h, ss, a, s, g, p, o, i0, H - i0);
+    backward_block<T, Oja, Clamp, D, kLanes>(F, dF, h, ss, a, s, g, p, o, i0, kLanes);
+  if (i0 < H) backward_block<T, Oja, Clamp, D, 0>(F, dF, h, ss, a, s, g, p, o, i0, H - i0);
   for (int64_t k = 0; k < K; ++k) s.dz[k] = lane_sum(s.dzp.data() + k * kLanes) + (Oja ? s.de[k] : T(0));
 }
 
 template <typename T, bool Oja, bool Clamp>
 auto pick_backward(const Options& o) {
-  return o.post ? step_backward<T, Oja, Clamp, true> : step_backward<T, Oja, Clamp, false>;
+  if (o.post) return step_backward<T, Oja, Clamp, kPost>;
+  return o.retention < INFINITY ? step_backward<T, Oja, Clamp, kRetain> : step_backward<T, Oja, Clamp, kPre>;
 }
 
 template <typename T>
@@ -741,6 +769,7 @@ bool forward_rows(int64_t begin, int64_t end, int64_t T_, int64_t B, const T* xp
                   const T* f0p, T* outp, T* fp, T* ep, bool record_energy, const Params<T>& p, const Options& o) {
   const int64_t H = p.H, state = H * p.Kp;
   Scratch<T> s(H, p.K, o);
+  const auto update = o.retention < INFINITY ? step_update<T, true> : step_update<T, false>;
   for (int64_t bi = begin; bi < end; ++bi) {
     // F_0 is only read (the first update writes F), so it needs no copy
     const T* src = f0p + bi * state;
@@ -762,7 +791,7 @@ bool forward_rows(int64_t begin, int64_t end, int64_t T_, int64_t B, const T* xp
       // The energy needs a pass of its own: the update fuses the next step's sums only without it
       summed = !record_energy && t + 1 < T_ && !(sp && sp[(t + 1) * B + bi] != 0);
       if (summed) gather_input(s.z_next.data(), xp, h0p, outp, false, t + 1, bi, B, p, o);
-      step_update(src, F, s.z.data(), summed ? s.z_next.data() : nullptr, h, s.ss.data(), s.a.data(), s, p, o);
+      update(src, F, s.z.data(), summed ? s.z_next.data() : nullptr, h, s.ss.data(), s.a.data(), s, p, o);
       src = F;
     }
   }
@@ -780,7 +809,7 @@ bool forward_columns(int64_t begin, int64_t end, int64_t T_, int64_t B, const T*
   const int64_t H = p.H, state = H * p.Kp;
   Scratch<T> s(H, p.K, o);
   Buffer<T> F(state);
-  const auto update = o.clamp < INFINITY ? step_update_t<T, true> : step_update_t<T, false>;
+  const auto update = pick_update<T>(o);
   for (int64_t bi = begin; bi < end; ++bi) {
     to_columns(f0p + bi * state, F.data(), H, p.Kp);
     bool summed = false;  // whether the update of step t - 1 gave the sums of step t
@@ -904,7 +933,7 @@ std::vector<at::Tensor> stpn_backward(const at::Tensor& x_, const at::Tensor& h0
       Scratch<T_> s(H, K, o);
       Grads<T_> g(p);
       const bool clamped = o.clamp < INFINITY;
-      const auto update = clamped ? step_update_t<T_, true> : step_update_t<T_, false>;
+      const auto update = pick_update<T_>(o);
       const auto backward = oja ? (clamped ? pick_backward<T_, true, true>(o) : pick_backward<T_, true, false>(o))
                                 : (clamped ? pick_backward<T_, false, true>(o) : pick_backward<T_, false, false>(o));
       // The sample's dF (transposed) and the recomputed segment: F entering each step and its sums
