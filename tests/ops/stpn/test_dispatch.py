@@ -248,7 +248,7 @@ def _bad_native_calls() -> dict[str, tuple[Callable[[], object], str]]:
     layer = STPN(4, 8)
     x, h, fast = th.randn(3, 5, 4), th.zeros(5, 8), th.zeros(5, 8, 12)
     params = (layer.weight, layer.bias, layer.weight_lambda, layer.weight_gamma, None, None, None)
-    flags = (True, True, False, False, -1.0)
+    flags = fused_cpp._cpp_flags(StpnConfig())
 
     def forward(x=x, h=h, fast=fast, starts=None, params=params):
         return fused_cpp._cpp_ops().forward(x, h, fast, starts, *params, *flags, False, 2)
