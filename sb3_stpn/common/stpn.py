@@ -153,6 +153,11 @@ class STPN(nn.Module):
         return self.config.lambda_max
 
     @property
+    def retention_max(self) -> float | None:
+        """The most of ``F_{t-1}`` that ``F_t`` keeps, or None: ``config.retention_max``."""
+        return self.config.retention_max
+
+    @property
     def presynaptic_size(self) -> int:
         """``K``: inputs, plus the neurons' own previous outputs for STPNr."""
         return self.input_size + (self.hidden_size if self.recurrent else 0)

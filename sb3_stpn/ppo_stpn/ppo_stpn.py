@@ -12,7 +12,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 from stable_baselines3.common.utils import FloatSchedule
 
 from sb3_stpn.common.buffers import StpnDictRolloutBuffer, StpnRolloutBuffer
-from sb3_stpn.common.policies import LAYER_STPN_DEFAULTS, StpnActorCriticPolicy
+from sb3_stpn.common.policies import LAYER_STPN_SETTINGS, StpnActorCriticPolicy
 from sb3_stpn.ppo_stpn.policies import CnnStpnPolicy, MlpStpnPolicy, MultiInputStpnPolicy
 
 SelfStpnPPO = TypeVar("SelfStpnPPO", bound="StpnPPO")
@@ -164,9 +164,9 @@ class StpnPPO(RecurrentPPO):
             )
         policy_kwargs = dict(self.policy_kwargs)
         if self._restoring_saved_model:
-            # A model saved before 0.2.0 recorded only the STPN settings it was given: the rest were the layer's own
-            # defaults, which it must keep (since 0.2.0 every setting is recorded, and this changes nothing)
-            policy_kwargs["stpn_kwargs"] = {**LAYER_STPN_DEFAULTS, **(policy_kwargs.get("stpn_kwargs") or {})}
+            # A setting the saved model did not record takes the layer's own default, which it acted with: before
+            # 0.2.0 only the given settings were recorded, and a setting added since did not exist for it
+            policy_kwargs["stpn_kwargs"] = {**LAYER_STPN_SETTINGS, **(policy_kwargs.get("stpn_kwargs") or {})}
         self.policy = self.policy_class(
             self.observation_space,
             self.action_space,

@@ -60,15 +60,13 @@ def _stpn_hyperparams(raw: dict[str, Any]) -> dict[str, Any]:
         lambda_init=(raw["lambda_low"], 1.0),
         gamma_init=raw["gamma_init"],
     )
-    # Trials of studies run before the scale was searched trained the plasticity at the full learning rate;
-    # the scale is written out whenever it differs from 1 or the entry sets one, which it must not pass on
-    entry = _ENTRY_POLICY_KWARGS.get() or {}
+    # Always written out, so that neither the entry's scale nor the policies' default (0.1 since 0.3.0) replaces the
+    # trial's: trials of studies run before the scale was searched trained the plasticity at the full learning rate
     scale = raw.get("plasticity_lr_scale", 1.0)
-    if scale != 1.0 or {"lambda_lr_scale", "gamma_lr_scale"} & set(entry.get("stpn_kwargs", {})):
-        stpn_kwargs.update(lambda_lr_scale=scale, gamma_lr_scale=scale)
+    stpn_kwargs.update(lambda_lr_scale=scale, gamma_lr_scale=scale)
     if raw["normalize"]:
         stpn_kwargs.update(norm_time=raw["norm_time"], norm_gain=raw["norm_gain"])
-    policy_kwargs = merge_policy_kwargs(entry, {"stpn_kwargs": stpn_kwargs})
+    policy_kwargs = merge_policy_kwargs(_ENTRY_POLICY_KWARGS.get() or {}, {"stpn_kwargs": stpn_kwargs})
     return {**_common_params(raw), "policy_kwargs": policy_kwargs}
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from sb3_stpn import STPN
 from sb3_stpn.common.callbacks import fast_to_slow_ratio
-from sb3_stpn.common.policies import LAYER_STPN_DEFAULTS, POLICY_STPN_DEFAULTS, StpnActorCriticPolicy, actor_memory
+from sb3_stpn.common.policies import LAYER_STPN_SETTINGS, POLICY_STPN_DEFAULTS, StpnActorCriticPolicy, actor_memory
 
 OBSERVATIONS = spaces.Box(-1.0, 1.0, (3,))
 ACTIONS = spaces.Discrete(2)
@@ -56,7 +56,7 @@ def test_default_policy_keeps_f_small_against_w_where_the_papers_model_lets_it_g
     th.manual_seed(seed)
     default = StpnActorCriticPolicy(OBSERVATIONS, ACTIONS, constant_lr)
     th.manual_seed(seed)
-    paper = StpnActorCriticPolicy(OBSERVATIONS, ACTIONS, constant_lr, stpn_kwargs=LAYER_STPN_DEFAULTS)
+    paper = StpnActorCriticPolicy(OBSERVATIONS, ACTIONS, constant_lr, stpn_kwargs=LAYER_STPN_SETTINGS)
     assert largest_fast_to_slow_ratio(default) < 0.01
     assert largest_fast_to_slow_ratio(paper) > 0.5
 
@@ -65,7 +65,8 @@ def test_policy_records_every_stpn_setting_over_its_defaults() -> None:
     """The policy's stpn_kwargs hold every STPN setting: the given ones, the policies' defaults, the layer's own."""
     policy = StpnActorCriticPolicy(OBSERVATIONS, ACTIONS, constant_lr, stpn_kwargs=dict(clamp=0.5))
     settings = policy.stpn_kwargs
-    assert settings["clamp"] == 0.5 and settings["lambda_max"] == POLICY_STPN_DEFAULTS["lambda_max"]
+    assert settings["clamp"] == 0.5 and settings["retention_max"] == POLICY_STPN_DEFAULTS["retention_max"]
+    assert settings["lambda_lr_scale"] == POLICY_STPN_DEFAULTS["lambda_lr_scale"] and settings["lambda_max"] is None
     assert settings["norm_time"] == "pre" and settings["lambda_init"] == (0.0, 1.0)
     assert policy._get_constructor_parameters()["stpn_kwargs"] == settings
     rebuilt = StpnActorCriticPolicy(OBSERVATIONS, ACTIONS, constant_lr, stpn_kwargs=settings)

@@ -86,9 +86,9 @@ def test_invalid_options_are_rejected(kwargs: dict, message: str) -> None:
 
 def test_the_layer_hands_its_one_config_to_every_forward(monkeypatch: pytest.MonkeyPatch) -> None:
     options = {"recurrent": False, "normalize": False, "clamp": 0.4, "rule": "oja", "norm_time": "post", "lambda_max": 0.9}
-    layer = STPN(INPUT, HIDDEN, **options)
-    assert layer.config == StpnConfig(**options)
-    assert (layer.recurrent, layer.lambda_max) == (False, 0.9)
+    layer = STPN(INPUT, HIDDEN, **options, retention_max=0.8)
+    assert layer.config == StpnConfig(**options, retention_max=0.8)
+    assert (layer.recurrent, layer.lambda_max, layer.retention_max) == (False, 0.9, 0.8)
     handed = []
 
     def recording(*args, config: StpnConfig, **kwargs):

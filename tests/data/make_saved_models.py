@@ -20,8 +20,10 @@ SAVED_MODELS = {
     "stpn_cartpole_shared_v0_1_0": dict(
         policy_kwargs=dict(stpn_hidden_size=8, shared_stpn=True, enable_critic_stpn=False, stpn_kwargs=dict(recurrent=False))
     ),
-    # 0.2.0 records every STPN setting, the policies' new default (lambda_max=0.5) included
+    # 0.2.0 records every STPN setting of its version, the policies' new default (lambda_max=0.5) included
     "stpn_cartpole_v0_2_0": dict(policy_kwargs=dict(stpn_hidden_size=8)),
+    # 0.3.0: the policies' retention_max=0.95, with the plasticity at 0.1x the learning rate
+    "stpn_cartpole_v0_3_0": dict(policy_kwargs=dict(stpn_hidden_size=8)),
 }
 
 

@@ -25,6 +25,7 @@ TINY = ["-n", "16", "--eval-freq", "-1", "--hyperparams", "n_envs:1", "n_steps:8
 # The CartPoleNoVel-v1 entry's policy_kwargs (sb3_stpn/zoo_configs/ppo_stpn.yml)
 ENTRY_STPN_KWARGS = dict(
     lambda_max=None,
+    retention_max=None,
     normalize=False,
     clamp=1.0,
     lambda_init=(0.262, 1.0),

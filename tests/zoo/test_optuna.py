@@ -41,14 +41,14 @@ def test_trials_of_studies_without_the_plasticity_scale_convert_to_the_paper_rat
     """Journals committed before ``plasticity_lr_scale`` was searched still rebuild their trials (at scale 1)."""
     old_trial = {"learning_rate": 1e-3, "ent_coef": 1e-4, "stpn_variant": "STPNf", "normalize": False, "clamp": 1.0}
     old_trial.update(lambda_low=0.1, gamma_init=1e-3)
-    stpn_kwargs = convert_ppo_stpn_params(old_trial)["policy_kwargs"]["stpn_kwargs"]
-    assert stpn_kwargs == {"recurrent": False, "normalize": False, "clamp": 1.0, "lambda_init": (0.1, 1.0), "gamma_init": 1e-3}
-    scaled = convert_ppo_stpn_params({**old_trial, "plasticity_lr_scale": 0.01})["policy_kwargs"]["stpn_kwargs"]
-    assert scaled == {**stpn_kwargs, "lambda_lr_scale": 0.01, "gamma_lr_scale": 0.01}
-    # Under an entry that trains the plasticity at 0.1x, an old trial still gets the rate it was trained at
+    options = {"recurrent": False, "normalize": False, "clamp": 1.0, "lambda_init": (0.1, 1.0), "gamma_init": 1e-3}
+    # Written out, so that neither an entry's scale nor the policies' default (0.1x) replaces the rate it trained at
     with tuning_entry({"stpn_kwargs": {"lambda_lr_scale": 0.1, "gamma_lr_scale": 0.1}}):
         replayed = convert_ppo_stpn_params(old_trial)["policy_kwargs"]["stpn_kwargs"]
-    assert replayed == {**stpn_kwargs, "lambda_lr_scale": 1.0, "gamma_lr_scale": 1.0}
+    assert replayed == {**options, "lambda_lr_scale": 1.0, "gamma_lr_scale": 1.0}
+    assert convert_ppo_stpn_params(old_trial)["policy_kwargs"]["stpn_kwargs"] == replayed
+    scaled = convert_ppo_stpn_params({**old_trial, "plasticity_lr_scale": 0.01})["policy_kwargs"]["stpn_kwargs"]
+    assert scaled == {**options, "lambda_lr_scale": 0.01, "gamma_lr_scale": 0.01}
 
 
 def test_spaces_tune_the_memory_on_top_of_the_entry() -> None:
@@ -69,7 +69,7 @@ def test_spaces_tune_the_memory_on_top_of_the_entry() -> None:
         sampled_stpn_kwargs.append(kwargs["stpn_kwargs"])
         study.tell(trial, 0.0)
     assert entry["stpn_kwargs"] == {"rule": "oja"}  # not modified in place
-    scales = {(kwargs.get("lambda_lr_scale", 1.0), kwargs.get("gamma_lr_scale", 1.0)) for kwargs in sampled_stpn_kwargs}
+    scales = {(kwargs["lambda_lr_scale"], kwargs["gamma_lr_scale"]) for kwargs in sampled_stpn_kwargs}
     assert len(scales) == 8 and all(lam == gam and 1e-3 <= lam <= 1 for lam, gam in scales)
     lstm = sample_ppo_lstm_params(study.ask(), n_actions=0, n_envs=1, additional_args={})
     assert set(lstm) == {"learning_rate", "ent_coef"}
