@@ -65,8 +65,9 @@ class STPN(nn.Module):
         says what the plasticity adds.
     :param lambda_lr_scale: The decays act as ``lambda_lr_scale * weight_lambda`` (and ``bias_lambda``), the
         stored parameter being initialised so that the product has the distribution above. Under Adam,
-        which moves each parameter by about the learning rate whatever its gradient's scale, this trains
-        the decays at ``lambda_lr_scale`` times the learning rate, through any learning-rate schedule.
+        which moves each parameter by about the learning rate whatever its gradient's scale (while that is
+        well above Adam's ``eps``), this trains the decays at ``lambda_lr_scale`` times the learning rate,
+        through any learning-rate schedule.
         1 (default) is the paper's model.
     :param gamma_lr_scale: The same for the plasticity rates: ``gamma = gamma_lr_scale * weight_gamma``.
     """

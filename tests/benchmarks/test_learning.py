@@ -158,7 +158,10 @@ def test_changes_are_merged_into_the_entry() -> None:
     # Merged, not replaced: the entry's STPNf setting and hidden size stay
     assert stpn["policy_kwargs"] == {
         "stpn_hidden_size": 64,
-        "stpn_kwargs": {"lambda_max": None, "recurrent": False, "normalize": False, "clamp": 1.0},
+        "stpn_kwargs": {
+            **{"lambda_max": None, "retention_max": None, "recurrent": False, "normalize": False, "clamp": 1.0},
+            **{"lambda_lr_scale": 1.0, "gamma_lr_scale": 1.0},
+        },
     }
     with pytest.raises(SystemExit):
         parse_changes(["learning_rate"])
@@ -350,8 +353,11 @@ def test_sigterm_stops_the_benchmark_and_its_workers(tmp_path: Path) -> None:
 
 def test_plasticity_warmup_freezes_lambda_and_gamma_for_the_first_updates_only() -> None:
     from sb3_stpn import StpnPPO
+    from sb3_stpn.common.policies import LAYER_STPN_SETTINGS
 
-    model = StpnPPO("MlpStpnPolicy", "CartPole-v1", n_steps=32, batch_size=32, n_epochs=1, seed=0)
+    # The paper's model: the policies' default trains lambda too slowly for one update to move it in float32
+    policy_kwargs = dict(stpn_kwargs=LAYER_STPN_SETTINGS)
+    model = StpnPPO("MlpStpnPolicy", "CartPole-v1", n_steps=32, batch_size=32, n_epochs=1, seed=0, policy_kwargs=policy_kwargs)
     layers = (model.policy.stpn_actor, model.policy.stpn_critic)
 
     def snapshot() -> list:

@@ -8,6 +8,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from sb3_stpn import StpnPPO
 from sb3_stpn.common.callbacks import StpnDiagnosticsCallback
+from sb3_stpn.common.policies import LAYER_STPN_SETTINGS
 from tests.helpers import read_events
 
 SHORT = dict(n_steps=32, batch_size=32, n_epochs=1, seed=0)
@@ -67,7 +68,7 @@ def _values(events: EventAccumulator, tag: str) -> list[float]:
 
 
 def test_plasticity_statistics_and_update_sizes_are_logged(tmp_path: Path) -> None:
-    events = _learn_logging(tmp_path / "paper", {})
+    events = _learn_logging(tmp_path / "paper", LAYER_STPN_SETTINGS)  # the paper's model, whose F grows fast
     assert all(value > 0 for value in _values(events, "stpn/F_over_W") + _values(events, "stpn/critic_F_over_W"))
     lambdas = [_values(events, f"stpn/weight_lambda_{statistic}") for statistic in ("min", "mean", "max")]
     assert all(low <= mean <= high for low, mean, high in zip(*lambdas, strict=True))
@@ -76,10 +77,10 @@ def test_plasticity_statistics_and_update_sizes_are_logged(tmp_path: Path) -> No
         sizes = _values(events, f"stpn/update_{group}")
         assert len(sizes) == 2 and all(size > 0 for size in sizes), group
     # Slowed a hundredfold, the rates move (relative to their size) far less than the paper's do
-    slowed = _learn_logging(tmp_path / "slowed", {"gamma_lr_scale": 0.01})
+    slowed = _learn_logging(tmp_path / "slowed", {**LAYER_STPN_SETTINGS, "gamma_lr_scale": 0.01})
     assert max(_values(slowed, "stpn/update_weight_gamma")) < 0.1 * min(_values(events, "stpn/update_weight_gamma"))
     # A critic's stored decays, 1 / scale times their acting size, do not swamp the size of the other parameters' update
-    slow_decays = _learn_logging(tmp_path / "slow_decays", {"lambda_lr_scale": 0.01})
+    slow_decays = _learn_logging(tmp_path / "slow_decays", {**LAYER_STPN_SETTINGS, "lambda_lr_scale": 0.01})
     assert min(_values(slow_decays, "stpn/update_other")) > 0.1 * min(_values(events, "stpn/update_other"))
 
 

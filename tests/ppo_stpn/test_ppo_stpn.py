@@ -20,7 +20,7 @@ from stable_baselines3.common.envs import (
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from sb3_stpn import StpnPPO
-from sb3_stpn.common.policies import StpnActorCriticPolicy
+from sb3_stpn.common.policies import LAYER_STPN_SETTINGS, StpnActorCriticPolicy
 from sb3_stpn.ops.stpn import KERNEL_ENV
 
 TINY = dict(n_steps=32, batch_size=16, n_epochs=2, sequence_length=8, seed=0, policy_kwargs=dict(stpn_hidden_size=8))
@@ -130,8 +130,10 @@ def test_predict_with_a_state_of_another_batch_raises(n_state_envs: int) -> None
 
 
 def test_predict_stops_with_a_clear_error_when_the_state_diverges() -> None:
-    """A plastic bias with bias_lambda > 1 grows to inf in about 220 steps: predict raises instead of acting."""
-    kwargs = {**TINY, "policy_kwargs": dict(stpn_hidden_size=8, stpn_kwargs=dict(plastic_bias=True, lambda_max=None))}
+    """A plastic bias with bias_lambda > 1 and no bound on the decays (the paper's model) grows to inf in about 220
+    steps: predict raises instead of acting."""
+    stpn_kwargs = {**LAYER_STPN_SETTINGS, "plastic_bias": True}
+    kwargs = {**TINY, "policy_kwargs": dict(stpn_hidden_size=8, stpn_kwargs=stpn_kwargs)}
     model = StpnPPO("MlpStpnPolicy", "CartPole-v1", **kwargs)
     with th.no_grad():
         model.policy.stpn_actor.bias_lambda.fill_(1.5)
