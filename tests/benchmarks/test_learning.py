@@ -159,8 +159,13 @@ def test_changes_are_merged_into_the_entry() -> None:
     assert stpn["policy_kwargs"] == {
         "stpn_hidden_size": 64,
         "stpn_kwargs": {
-            **{"lambda_max": None, "retention_max": None, "recurrent": False, "normalize": False, "clamp": 1.0},
-            **{"lambda_lr_scale": 1.0, "gamma_lr_scale": 1.0},
+            "lambda_max": None,
+            "retention_max": None,
+            "recurrent": False,
+            "normalize": False,
+            "clamp": 1.0,
+            "lambda_lr_scale": 1.0,
+            "gamma_lr_scale": 1.0,
         },
     }
     with pytest.raises(SystemExit):
