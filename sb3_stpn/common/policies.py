@@ -81,6 +81,10 @@ class StpnActorCriticPolicy(RecurrentActorCriticPolicy):
         ``lambda_init``, ``gamma_init``, ``plastic``, ``lambda_lr_scale``, ``gamma_lr_scale``), over the policies' own defaults
         (``POLICY_STPN_DEFAULTS``: ``retention_max=0.95, lambda_lr_scale=0.1, gamma_lr_scale=0.1``); a key given here
         wins, ``LAYER_STPN_SETTINGS`` is the paper's model.
+    :param plasticity_optimizer_kwargs: Overrides of ``optimizer_kwargs`` for the STPN layers' decays and rates, which
+        then form a parameter group of their own (None: one group). The decays' gradients start near 1e-11, far below
+        the ``eps=1e-5`` SB3 gives Adam, which then barely moves them; ``dict(eps=1e-12)`` trains them at the
+        learning rate Adam gives every other parameter.
     """
 
     def __init__(
@@ -106,6 +110,7 @@ class StpnActorCriticPolicy(RecurrentActorCriticPolicy):
         shared_stpn: bool = False,
         enable_critic_stpn: bool = True,
         stpn_kwargs: dict[str, Any] | None = None,
+        plasticity_optimizer_kwargs: dict[str, Any] | None = None,
     ):
         if shared_stpn and enable_critic_stpn:
             raise ValueError("Choose one of shared_stpn and enable_critic_stpn (or neither, for a feed-forward critic)")
@@ -143,8 +148,15 @@ class StpnActorCriticPolicy(RecurrentActorCriticPolicy):
         self.stpn_critic = STPN(self.features_dim, stpn_hidden_size, **self.stpn_kwargs) if enable_critic_stpn else None
         # Without a memory of its own, the critic maps features to the STPN output size
         self.critic = None if (shared_stpn or enable_critic_stpn) else nn.Linear(self.features_dim, stpn_hidden_size)
+        self.plasticity_optimizer_kwargs = plasticity_optimizer_kwargs
         # The optimizer made by ActorCriticPolicy predates the STPN layers
-        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
+        self.optimizer = self.optimizer_class(self._parameter_groups(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
+        unknown = sorted(set(plasticity_optimizer_kwargs or {}) - set(self.optimizer.defaults))
+        if unknown:
+            raise ValueError(
+                f"plasticity_optimizer_kwargs has {unknown}, which {self.optimizer_class.__name__} does not take: "
+                f"use its own options ({', '.join(sorted(self.optimizer.defaults))})"
+            )
 
     # Aliases for sb3-contrib only: the sequence methods inherited from RecurrentActorCriticPolicy address the
     # memory by its LSTM's names. sb3_stpn's own code uses stpn_actor, stpn_critic, shared_stpn or actor_memory().
@@ -168,8 +180,19 @@ class StpnActorCriticPolicy(RecurrentActorCriticPolicy):
             shared_stpn=self.shared_stpn,
             enable_critic_stpn=self.enable_critic_stpn,
             stpn_kwargs=self.stpn_kwargs,
+            plasticity_optimizer_kwargs=self.plasticity_optimizer_kwargs,
         )
         return data
+
+    def _parameter_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: every parameter in one, or the STPN decays and rates in a second one
+        with ``plasticity_optimizer_kwargs`` (the twin, which has none, keeps one group)."""
+        plasticity = [p for layer in self.modules() if isinstance(layer, STPN) for p in layer.plasticity_parameters()]
+        if self.plasticity_optimizer_kwargs is None or not plasticity:
+            return [{"params": list(self.parameters())}]
+        plasticity_ids = {id(parameter) for parameter in plasticity}
+        others = [parameter for parameter in self.parameters() if id(parameter) not in plasticity_ids]
+        return [{"params": others}, {"params": plasticity, **self.plasticity_optimizer_kwargs}]
 
     def initial_state(self, n_envs: int) -> RNNStates:
         """

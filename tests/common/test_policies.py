@@ -71,3 +71,53 @@ def test_policy_records_every_stpn_setting_over_its_defaults() -> None:
     assert policy._get_constructor_parameters()["stpn_kwargs"] == settings
     rebuilt = StpnActorCriticPolicy(OBSERVATIONS, ACTIONS, constant_lr, stpn_kwargs=settings)
     assert repr(rebuilt.stpn_actor) == repr(policy.stpn_actor)
+
+
+def test_plasticity_optimizer_kwargs_give_the_decays_and_rates_a_group_of_their_own() -> None:
+    """With plasticity_optimizer_kwargs the STPN decays and rates (actor's and critic's) form a second parameter group
+    with those options; without them, and for the twin that has none, the policy keeps one group."""
+    policy = StpnActorCriticPolicy(OBSERVATIONS, ACTIONS, constant_lr, plasticity_optimizer_kwargs=dict(eps=1e-12))
+    others, plasticity = policy.optimizer.param_groups
+    expected = {id(p) for layer in (policy.stpn_actor, policy.stpn_critic) for p in layer.plasticity_parameters()}
+    assert {id(p) for p in plasticity["params"]} == expected and len(expected) == 4
+    assert {id(p) for p in others["params"]} == {id(p) for p in policy.parameters()} - expected
+    assert plasticity["eps"] == 1e-12 and others["eps"] == 1e-5
+    assert len(StpnActorCriticPolicy(OBSERVATIONS, ACTIONS, constant_lr).optimizer.param_groups) == 1
+    twin = StpnActorCriticPolicy(
+        OBSERVATIONS, ACTIONS, constant_lr, stpn_kwargs=dict(plastic=False), plasticity_optimizer_kwargs=dict(eps=1e-12)
+    )
+    assert len(twin.optimizer.param_groups) == 1
+
+
+@pytest.mark.parametrize("plasticity_optimizer_kwargs, eps", [(None, 1e-5), (dict(eps=1e-12), 1e-12)])
+def test_a_small_plasticity_eps_lets_adam_move_decays_whose_gradients_are_tiny(
+    plasticity_optimizer_kwargs: dict[str, float] | None, eps: float
+) -> None:
+    """Adam's first step is lr * |g| / (|g| + eps): a decay gradient of 1e-11 moves the decay by lr * 1e-6 under SB3's
+    eps=1e-5, and by most of the lr under eps=1e-12 (in float64: a step of 1e-9 is below float32's resolution)."""
+    policy = StpnActorCriticPolicy(
+        OBSERVATIONS, ACTIONS, constant_lr, plasticity_optimizer_kwargs=plasticity_optimizer_kwargs
+    ).double()
+    decay = policy.stpn_actor.weight_lambda
+    before = decay.detach().clone()
+    gradient = 1e-11
+    for parameter in policy.parameters():
+        parameter.grad = th.full_like(parameter, -gradient)
+    policy.optimizer.step()
+    expected_step = constant_lr(1.0) * gradient / (gradient + eps)
+    np.testing.assert_allclose((decay.detach() - before).numpy(), expected_step, rtol=1e-6)
+
+
+def test_plasticity_optimizer_kwargs_survive_a_rebuild_with_the_optimizer_state() -> None:
+    """The option is a constructor parameter, so a loaded model rebuilds the same groups and takes the saved state."""
+    policy = StpnActorCriticPolicy(OBSERVATIONS, ACTIONS, constant_lr, plasticity_optimizer_kwargs=dict(eps=1e-12))
+    parameters = policy._get_constructor_parameters()
+    assert parameters["plasticity_optimizer_kwargs"] == dict(eps=1e-12)
+    rebuilt = StpnActorCriticPolicy(**parameters)
+    rebuilt.optimizer.load_state_dict(policy.optimizer.state_dict())
+    assert rebuilt.optimizer.param_groups[1]["eps"] == 1e-12
+
+
+def test_unknown_plasticity_optimizer_option_is_a_one_line_error() -> None:
+    with pytest.raises(ValueError, match=r"plasticity_optimizer_kwargs has \['epsilon'\], which Adam does not take"):
+        StpnActorCriticPolicy(OBSERVATIONS, ACTIONS, constant_lr, plasticity_optimizer_kwargs=dict(epsilon=1e-12))
