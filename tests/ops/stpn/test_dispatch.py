@@ -330,16 +330,17 @@ def test_native_entry_points_check_every_input(case: str, bad_input_outcomes: Ca
     assert _bad_native_calls()[case][1] in message
 
 
-def _diverging_layer(case: str, lambda_max: float | None = None) -> STPN:
-    """A float32 layer whose F grows by 1.5x per step: in the plastic bias column, or everywhere without normalisation."""
+def _diverging_layer(case: str, **bound: float) -> STPN:
+    """A float32 layer whose F grows by 1.5x per step: in the plastic bias column, or everywhere without normalisation.
+    ``bound``: a bound on the decays (``lambda_max`` or ``retention_max``)."""
     th.manual_seed(0)
     if case == "plastic bias":
-        layer = STPN(4, 8, plastic_bias=True, lambda_max=lambda_max)
+        layer = STPN(4, 8, plastic_bias=True, **bound)
         with th.no_grad():
             layer.bias_lambda.fill_(1.5)
             layer.bias_gamma.fill_(0.5)
     else:
-        layer = STPN(4, 8, normalize=False, lambda_max=lambda_max)
+        layer = STPN(4, 8, normalize=False, **bound)
         with th.no_grad():
             layer.weight_lambda.fill_(1.5)
             layer.weight_gamma.fill_(0.5)
@@ -351,7 +352,8 @@ def _diverging_layer(case: str, lambda_max: float | None = None) -> STPN:
 def test_diverging_state_raises_a_clear_error(kernel: str, case: str, rollout: bool) -> None:
     """Rollouts (T=1, no grad) and training (one call of T steps) stop with one error, not garbage outputs."""
     layer, x = _diverging_layer(case), th.randn(400, 2, 4)
-    with pytest.raises(DivergedStateError, match=r"STPN\(4, 8, .*: the fast weights F became inf or NaN.*lambda_max"):
+    error = r"STPN\(4, 8, .*: the fast weights F became inf or NaN.*lambda_max=1.0 or retention_max=0.95"
+    with pytest.raises(DivergedStateError, match=error):
         if rollout:
             state = None
             with th.no_grad():
@@ -361,10 +363,10 @@ def test_diverging_state_raises_a_clear_error(kernel: str, case: str, rollout: b
             layer(x)[0].sum().backward()
     # float32 overflows after about 220 steps of growth by 1.5
     assert not rollout or step > 150
-    # A bound on lambda keeps the same layer finite
-    bounded = _diverging_layer(case, lambda_max=1.0)
-    outputs, (_, fast) = bounded(x)
-    assert th.isfinite(outputs).all() and th.isfinite(fast).all()
+    # Either bound the error names keeps the same layer finite
+    for bound in (dict(lambda_max=1.0), dict(retention_max=0.95)):
+        outputs, (_, fast) = _diverging_layer(case, **bound)(x)
+        assert th.isfinite(outputs).all() and th.isfinite(fast).all()
 
 
 @pytest.mark.parametrize("fault", ["raises", "disagrees"])
