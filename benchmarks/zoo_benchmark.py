@@ -274,6 +274,14 @@ def trained_steps(run: Progress) -> str:
     return f"{run.steps:,}" + (f" in {len(run.segments)} segments" if len(run.segments) > 1 else "")
 
 
+def speed_and_hours(speeds: list[float], budget: int) -> str:
+    """The table's steps/s and hours-here cells: the runs' mean speed and the budget's hours at it, or dashes."""
+    if not speeds:
+        return "- | -"
+    speed = statistics.mean(speeds)
+    return f"{speed:.0f} | {budget / speed / 3600:.2f}"
+
+
 def report(args: argparse.Namespace) -> None:
     """The zoo-shaped table (markdown) and one plot of learning curves per env."""
     import matplotlib
@@ -294,7 +302,9 @@ def report(args: argparse.Namespace) -> None:
         for algo in sorted({run.algo for run in runs if run.env == env}):
             group = [run for run in runs if run.env == env and run.algo == algo]
             replayed = [run for run in group if run.returns]
-            speed = statistics.mean(run.steps / run.wall_s for run in group if run.wall_s > 0)
+            # No speed or budget yet for a row whose every run is in its first segment: a segment's time is written,
+            # and the entry's budget read, when it ends
+            speeds = [run.steps / run.wall_s for run in group if run.wall_s > 0]
             budget = max(run.budget or 0 for run in group)
             if replayed:
                 pooled = [value for run in replayed for value in run.returns or []]
@@ -304,10 +314,10 @@ def report(args: argparse.Namespace) -> None:
             else:
                 score, per_seed, episodes = "not finished", "", ""
             steps = ", ".join(trained_steps(run) for run in group)
-            label = steps_label(budget) + (" (bounded)" if any(run.bounded for run in group) else "")
+            label = (steps_label(budget) if budget else "-") + (" (bounded)" if any(run.bounded for run in group) else "")
             lines.append(
                 f"| {env} | {algo} | {score} | {per_seed} | {label} (trained: {steps}) | {episodes} | "
-                f"{len(replayed)}/{len(group)} | {speed:.0f} | {budget / speed / 3600:.2f} |"
+                f"{len(replayed)}/{len(group)} | {speed_and_hours(speeds, budget)} |"
             )
             color = {"ppo_stpn": "C0", "ppo_lstm": "C1"}.get(algo, "C2")
             for index, ((x, y), evaluations) in enumerate(stitched_curves(run) for run in group):

@@ -82,3 +82,18 @@ def test_the_twin_row_trains_the_stpn_entry_without_plasticity_and_resumes_it(tm
     (row,) = [line for line in markdown.read_text().splitlines() if line.startswith(f"| {ENV} | ppo_stpn_twin |")]
     assert "| 15.0 ± 5.0 |" in row
     assert json.loads((agents / "benchmark.json").read_text()) == [] and not (agents / "ppo_stpn_twin").exists()
+
+
+def test_a_row_whose_runs_are_all_in_their_first_segment_is_reported_without_a_speed(tmp_path: Path, monkeypatch) -> None:
+    """A run still in its first segment has no time yet, nor a budget (read from the segment's config when it ends):
+    its row says not finished, with dashes for the budget, steps/s and hours."""
+    out = tmp_path / "zoo"
+    progress_path = out / "ppo_lstm" / ENV / "seed0" / "progress.json"
+    progress_path.parent.mkdir(parents=True)
+    Progress("ppo_lstm", ENV, 0, segments=[Segment(str(progress_path.parent / "segment0"))]).write(progress_path)
+    markdown = tmp_path / "table.md"
+    report = ["zoo_benchmark", "--report", str(out), "--markdown", str(markdown), "--plots", str(tmp_path / "img")]
+    monkeypatch.setattr(sys, "argv", report)
+    main()
+    (row,) = [line for line in markdown.read_text().splitlines() if line.startswith(f"| {ENV} | ppo_lstm |")]
+    assert row.endswith("| not finished |  | - (trained: 0) |  | 0/1 | - | - |")
