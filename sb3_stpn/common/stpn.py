@@ -49,7 +49,8 @@ class STPN(nn.Module):
         forward, so the gradient is zero above it). None (default) is the paper's model. Training can push
         some lambdas above 1, and F then grows without bound where nothing else bounds it (``normalize=False``,
         a plastic bias, Oja's rule) until it is inf or NaN, which the layer reports with a
-        :class:`~sb3_stpn.ops.stpn.config.DivergedStateError`: ``lambda_max=1.0``, ``retention_max`` (or a ``clamp``) prevents it.
+        :class:`~sb3_stpn.ops.stpn.config.DivergedStateError`: ``lambda_max=1.0``, ``retention_max`` (or a
+        ``clamp``) prevents it.
     :param retention_max: If set, in (0, 1]: the most of ``F_{t-1}`` that ``F_t`` keeps, whatever the size of ``W``.
         With normalisation before the update (``norm_time="pre"``) the decays act at most ``retention_max * n_t``, a
         bound tied to the norm: where ``lambda / n_t`` would exceed it, ``F`` keeps exactly ``retention_max`` of itself.
@@ -266,7 +267,8 @@ class STPN(nn.Module):
                 raise DivergedStateError(
                     f"{self!r}: its own parameters {', '.join(broken)} are inf or NaN, so F is too: a NaN or inf "
                     "loss or gradient reached them in training; lower learning_rate or max_grad_norm and check the "
-                    "rewards and observations (and if the decays may exceed 1, bound F with clamp=c, lambda_max=1.0 or retention_max=0.95)"
+                    "rewards and observations (and if the decays may exceed 1, bound F with clamp=c, lambda_max=1.0 or "
+                    "retention_max=0.95)"
                 ) from None
             raise DivergedStateError(f"{self!r}: {DIVERGENCE_ADVICE}") from None
         self.last_energy = energy

@@ -76,7 +76,8 @@ class DivergedStateError(ValueError):
 DIVERGENCE_ADVICE = (
     "the fast weights F became inf or NaN (a decay weight_lambda or bias_lambda above 1 makes F grow without "
     "bound, most of all with normalize=False, a plastic bias or Oja's rule; or the input holds inf/NaN): bound F "
-    "with clamp=c, or the decays with lambda_max=1.0 or retention_max=0.95 (F then keeps at most 95 % of itself per step)"
+    "with clamp=c, or the decays with lambda_max=1.0 or retention_max=0.95 (F then keeps at most 95 % of itself per "
+    "step)"
 )
 
 
