@@ -121,3 +121,8 @@ def test_plasticity_optimizer_kwargs_survive_a_rebuild_with_the_optimizer_state(
 def test_unknown_plasticity_optimizer_option_is_a_one_line_error() -> None:
     with pytest.raises(ValueError, match=r"plasticity_optimizer_kwargs has \['epsilon'\], which Adam does not take"):
         StpnActorCriticPolicy(OBSERVATIONS, ACTIONS, constant_lr, plasticity_optimizer_kwargs=dict(epsilon=1e-12))
+
+
+def test_a_plasticity_learning_rate_is_refused_since_the_schedule_would_overwrite_it() -> None:
+    with pytest.raises(ValueError, match=r"cannot set lr: .* use stpn_kwargs' lambda_lr_scale and gamma_lr_scale"):
+        StpnActorCriticPolicy(OBSERVATIONS, ACTIONS, constant_lr, plasticity_optimizer_kwargs=dict(lr=1e-5))
