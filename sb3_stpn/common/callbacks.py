@@ -8,7 +8,7 @@ from stable_baselines3.common.policies import BasePolicy
 
 from sb3_stpn.common.energy import ActorEnergyRecorder
 from sb3_stpn.common.policies import actor_memory
-from sb3_stpn.common.stpn import STPN
+from sb3_stpn.common.stpn import STPN, plasticity_parameter_ids
 
 # Histograms would flood the text outputs: only TensorBoard draws them
 NON_HISTOGRAM_FORMATS = ("stdout", "log", "json", "csv")
@@ -170,13 +170,6 @@ class GradientNormMeter:
     def close(self) -> None:
         for handle in self._handles:
             handle.remove()
-
-
-def plasticity_parameter_ids(policy: th.nn.Module) -> set[int]:
-    """The ids of every STPN layer's stored decays and rates in ``policy`` (none for twins and LSTMs)."""
-    return {
-        id(parameter) for layer in policy.modules() if isinstance(layer, STPN) for parameter in layer.plasticity_parameters()
-    }
 
 
 def fast_to_slow_ratio(layer: STPN, fast: th.Tensor) -> float:

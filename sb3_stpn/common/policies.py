@@ -13,7 +13,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, Combine
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
-from sb3_stpn.common.stpn import STPN
+from sb3_stpn.common.stpn import STPN, plasticity_parameter_ids
 
 # What the policies change from the STPN layer's own defaults (the paper's model), and why (docs/plasticity.md, round
 # 11): pre-update normalisation multiplies F by lambda / ||W_i + F_i|| per step, which exceeds 1 wherever lambda is
@@ -192,11 +192,11 @@ class StpnActorCriticPolicy(RecurrentActorCriticPolicy):
     def _parameter_groups(self) -> list[dict[str, Any]]:
         """The optimizer's parameter groups: every parameter in one, or the STPN decays and rates in a second one
         with ``plasticity_optimizer_kwargs`` (the twin, which has none, keeps one group)."""
-        plasticity = [p for layer in self.modules() if isinstance(layer, STPN) for p in layer.plasticity_parameters()]
-        if self.plasticity_optimizer_kwargs is None or not plasticity:
+        plasticity_ids = plasticity_parameter_ids(self)
+        if self.plasticity_optimizer_kwargs is None or not plasticity_ids:
             return [{"params": list(self.parameters())}]
-        plasticity_ids = {id(parameter) for parameter in plasticity}
         others = [parameter for parameter in self.parameters() if id(parameter) not in plasticity_ids]
+        plasticity = [parameter for parameter in self.parameters() if id(parameter) in plasticity_ids]
         return [{"params": others}, {"params": plasticity, **self.plasticity_optimizer_kwargs}]
 
     def initial_state(self, n_envs: int) -> RNNStates:

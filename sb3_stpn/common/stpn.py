@@ -298,3 +298,10 @@ class STPN(nn.Module):
             if getattr(self, name) != 1.0:
                 options.append(f"{name}={getattr(self, name)}")
         return ", ".join(options)
+
+
+def plasticity_parameter_ids(policy: th.nn.Module) -> set[int]:
+    """The ids of every STPN layer's stored decays and rates in ``policy`` (none for twins and LSTMs)."""
+    return {
+        id(parameter) for layer in policy.modules() if isinstance(layer, STPN) for parameter in layer.plasticity_parameters()
+    }
