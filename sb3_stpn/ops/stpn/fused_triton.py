@@ -362,7 +362,10 @@ def _update_tile(
     src, weight_lambda, weight_gamma, x, h0, outputs, t, b, B, T, IN, H, K, keep, h, decay_factor, retention,
     cols, state, param, inside, RECURRENT: tl.constexpr, OJA: tl.constexpr, RETAIN: tl.constexpr,
 ):  # fmt: skip
-    """A tile of a step's update for the backward: F (after the reset), lambda, gamma, the trace e, the unclamped update."""
+    """
+    A tile of a step's update for the backward: F (after the reset), lambda, gamma, the trace e, the decays as they
+    act, where lambda and n get a gradient through them (``free``: all of the tile unless RETAIN), the unclamped update.
+    """
     f = keep * tl.load(src + state, mask=inside, other=0.0)
     lam = tl.load(weight_lambda + param, mask=inside, other=0.0)
     gam = tl.load(weight_gamma + param, mask=inside, other=0.0)
@@ -370,11 +373,11 @@ def _update_tile(
     if OJA:
         trace -= tl.sum(f * h[:, None], axis=0)
     if RETAIN:
-        acting, _ = _retained(lam, decay_factor, retention)
-        decayed = acting * f
+        acting, free = _retained(lam, decay_factor, retention)
     else:
-        decayed = lam * f * decay_factor[:, None]
-    return f, lam, gam, trace, decayed + gam * h[:, None] * trace[None, :]
+        acting = lam * decay_factor[:, None]
+        free = inside
+    return f, lam, gam, trace, acting, free, acting * f + gam * h[:, None] * trace[None, :]
 
 
 @triton.jit
@@ -408,7 +411,7 @@ def _post_norm_backward(
     for k0 in range(0, K, BLOCK_K):
         cols, inside, state, param = _tile(k0, rows, H, K, Kp, BLOCK_K)
         # POST: retention_max is never relative to the norm (RETAIN off)
-        _, _, _, _, updated = _update_tile(
+        _, _, _, _, _, _, updated = _update_tile(
             src, weight_lambda, weight_gamma, x, h0, outputs, t, b, B, T, IN, H, K, keep, h, decay_factor, 0.0,
             cols, state, param, inside, RECURRENT, OJA, False,
         )  # fmt: skip
@@ -441,7 +444,7 @@ def _update_backward(
     d_h_through_trace = tl.zeros([BLOCK_H], dtype=weight.dtype.element_ty)
     for k0 in range(0, K, BLOCK_K):
         cols, inside, state, param = _tile(k0, rows, H, K, Kp, BLOCK_K)
-        f, lam, gam, trace, updated = _update_tile(
+        f, lam, gam, trace, acting, free, updated = _update_tile(
             src, weight_lambda, weight_gamma, x, h0, outputs, t, b, B, T, IN, H, K, keep, h, decay_factor, retention,
             cols, state, param, inside, RECURRENT, OJA, RETAIN,
         )  # fmt: skip
@@ -454,20 +457,14 @@ def _update_backward(
             d_new = d_new * inverse_new_norm[:, None] + d_g_new
         d_new = _clamp_backward(d_new, updated, clamp, CLAMP)
         # d_free: the gradient lambda and n get through the decay, none where rho bounds it
-        d_free = d_new
-        if RETAIN:
-            acting, free = _retained(lam, decay_factor, retention)
-            d_free = tl.where(free, d_new, 0.0)
+        d_free = tl.where(free, d_new, 0.0)
         _accumulate(grad_weight_lambda, param, d_free * f * decay_factor[:, None], inside)
         _accumulate(grad_weight_gamma, param, d_new * h[:, None] * trace[None, :], inside)
         if not POST:
             d_norm_through_decay += tl.sum(d_free * lam * f, axis=1)
         d_h_through_hebbian += tl.sum(d_new * gam * trace[None, :], axis=1)
         d_trace = tl.sum(d_new * gam * h[:, None], axis=0)
-        if RETAIN:
-            d_old = d_new * acting
-        else:
-            d_old = d_new * lam * decay_factor[:, None]
+        d_old = d_new * acting
         if OJA:
             # Oja's trace e = z - F^T h
             d_h_through_trace += tl.sum(f * d_trace[None, :], axis=1)
