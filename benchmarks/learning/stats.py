@@ -34,18 +34,23 @@ def seed_band(curves: Sequence[tuple[Sequence[float], Sequence[float]]]) -> tupl
 
 
 def model_label(run: dict[str, Any]) -> str:
-    """Row label: which model, its size and why it is there."""
+    """
+    Row label: which model, its size and why it is there. A twin's ``plastic=False`` comes after the changes, as it
+    goes on top of them (:func:`~benchmarks.learning.variants.variant_entry`).
+    """
     if run["model"] == "mlp":
         return "PPO MLP (no memory)"
     name = "STPN" if run["model"].startswith("stpn") else "LSTM"
     why = {
         "stpn": "zoo entry",
-        "stpn_twin": "zoo entry, plastic=False: twin",
+        "stpn_twin": "zoo entry",
         "lstm_params": "matched params",
         "lstm_hidden": "matched hidden size",
     }[run["model"]]
     if run["changes"]:
         why += " + " + ", ".join(f"{key}={value}" for key, value in run["changes"].items())
+    if run["model"] == "stpn_twin":
+        why += ", plastic=False: twin"
     if run.get("plasticity_warmup"):
         why += f" + plasticity frozen for {run['plasticity_warmup']} updates"
     return f"{name} h={run['hidden_size']} ({why})"

@@ -24,6 +24,7 @@ from benchmarks.learning.stats import (
     equal_time_budget,
     max_mean_episodic_return,
     mean_std,
+    model_label,
     seed_band,
 )
 from benchmarks.learning.suite import suite_scores, suite_table
@@ -148,6 +149,15 @@ def test_twin_is_the_stpn_entry_without_plasticity() -> None:
     assert {k: v for k, v in twin["policy_kwargs"].items() if k != "stpn_kwargs"} == {
         k: v for k, v in stpn["policy_kwargs"].items() if k != "stpn_kwargs"
     }
+
+
+def test_twin_row_label_puts_plastic_false_after_the_changes_it_overrides() -> None:
+    changes = {"policy_kwargs": {"stpn_kwargs": {"plastic": True}}}
+    twin = {"model": "stpn_twin", "hidden_size": 64, "changes": changes}
+    changed = "policy_kwargs={'stpn_kwargs': {'plastic': True}}"
+    assert model_label(twin) == f"STPN h=64 (zoo entry + {changed}, plastic=False: twin)"
+    assert model_label({**twin, "changes": {}}) == "STPN h=64 (zoo entry, plastic=False: twin)"
+    assert model_label({**twin, "model": "stpn"}) == f"STPN h=64 (zoo entry + {changed})"
 
 
 def test_changes_are_merged_into_the_entry() -> None:
