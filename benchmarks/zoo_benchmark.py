@@ -307,8 +307,8 @@ def report(args: argparse.Namespace) -> None:
             speeds = [run.steps / run.wall_s for run in group if run.wall_s > 0]
             budget = max(run.budget or 0 for run in group)
             if replayed:
-                pooled = [value for run in replayed for value in run.returns or []]
-                score = f"{np.mean(pooled):.1f} ± {np.std(pooled):.1f}"
+                mean, std = seed_weighted_mean_std([run.returns or [] for run in replayed])
+                score = f"{mean:.1f} ± {std:.1f}"
                 per_seed = ", ".join(f"{replay_mean(run):.1f}" for run in replayed)
                 episodes = "/".join(str(len(run.returns or [])) for run in replayed)
             else:
@@ -361,6 +361,18 @@ def export_agents(runs: list[Progress], folder: Path) -> None:
         )  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "benchmark.json").write_text(json.dumps(rows, indent=1))
+
+
+def seed_weighted_mean_std(returns_per_seed: list[list[float]]) -> tuple[float, float]:
+    """
+    Mean and std of a replay's episode returns with every seed weighing the same, whatever its episode count: a seed
+    whose agent fails fast plays many short episodes in the replay's fixed steps and would otherwise swamp the row.
+    For one seed, the episodes' mean and std (rl_zoo3's).
+    """
+    means = np.array([np.mean(returns) for returns in returns_per_seed])
+    variances = np.array([np.var(returns) for returns in returns_per_seed])
+    mean = float(means.mean())
+    return mean, float(np.sqrt(np.mean(variances + (means - mean) ** 2)))
 
 
 def replay_mean(run: Progress) -> float:

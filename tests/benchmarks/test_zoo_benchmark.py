@@ -5,7 +5,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.zoo_benchmark import REPO, Progress, Runner, Segment, load_runs, main, saved_steps
+import numpy as np
+import pytest
+
+from benchmarks.zoo_benchmark import (
+    REPO,
+    Progress,
+    Runner,
+    Segment,
+    load_runs,
+    main,
+    saved_steps,
+    seed_weighted_mean_std,
+)
 
 ENV = "CartPoleNoVel-v1"  # its entry: 8 envs x 32 steps a rollout, normalised observations
 
@@ -97,3 +109,12 @@ def test_a_row_whose_runs_are_all_in_their_first_segment_is_reported_without_a_s
     main()
     (row,) = [line for line in markdown.read_text().splitlines() if line.startswith(f"| {ENV} | ppo_lstm |")]
     assert row.endswith("| not finished |  | - (trained: 0) |  | 0/1 | - | - |")
+
+
+def test_a_rows_score_weighs_every_seed_the_same_whatever_its_episode_count() -> None:
+    """Two agents, one at 1000 in 2 episodes, one failing in 10: the score is that of the seeds' episodes repeated
+    to equal counts (the second seed's episodes are 2 x 5, the first's 10 x 1), not of the 12 episodes pooled."""
+    good, bad = [1000.0, 1000.0], [10.0, 12.0] * 5
+    mean, std = seed_weighted_mean_std([good, bad])
+    assert (mean, std) == pytest.approx((np.mean(good * 5 + bad), np.std(good * 5 + bad)))
+    assert seed_weighted_mean_std([bad]) == pytest.approx((np.mean(bad), np.std(bad)))
