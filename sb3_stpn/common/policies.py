@@ -148,14 +148,14 @@ class StpnActorCriticPolicy(RecurrentActorCriticPolicy):
         self.stpn_critic = STPN(self.features_dim, stpn_hidden_size, **self.stpn_kwargs) if enable_critic_stpn else None
         # Without a memory of its own, the critic maps features to the STPN output size
         self.critic = None if (shared_stpn or enable_critic_stpn) else nn.Linear(self.features_dim, stpn_hidden_size)
-        self.plasticity_optimizer_kwargs = plasticity_optimizer_kwargs
-        # The optimizer made by ActorCriticPolicy predates the STPN layers
-        self.optimizer = self.optimizer_class(self._parameter_groups(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
         if "lr" in (plasticity_optimizer_kwargs or {}):
             raise ValueError(
                 "plasticity_optimizer_kwargs cannot set lr: SB3's learning-rate schedule sets it for every parameter "
                 "group at each update; use stpn_kwargs' lambda_lr_scale and gamma_lr_scale instead"
             )
+        self.plasticity_optimizer_kwargs = plasticity_optimizer_kwargs
+        # The optimizer made by ActorCriticPolicy predates the STPN layers
+        self.optimizer = self.optimizer_class(self._parameter_groups(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
         unknown = sorted(set(plasticity_optimizer_kwargs or {}) - set(self.optimizer.defaults))
         if unknown:
             raise ValueError(
